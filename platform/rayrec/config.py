@@ -1,0 +1,156 @@
+"""The one typed configuration behind every job, the CLI and Serve.
+
+A YAML file (or nothing: every field has a default that runs on the embedded synthetic
+world and MiniLM backbone) is validated into :class:`RayrecConfig`. Dotted overrides
+(``train.lr=1e-4``) are applied before validation, so they get the same checks.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from rayrec.configbase import Section
+from rayrec.data.config import DataConfig, PreprocessConfig
+from rayrec.evaluation.config import EvalConfig
+from rayrec.explore.config import ExploreConfig
+from rayrec.models.config import ModelConfig
+from rayrec.retrieval.config import RetrievalConfig
+from rayrec.serving.config import ServeConfig
+from rayrec.train.config import TrainConfig
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names each bad field."""
+
+
+class RayConfig(Section):
+    """How to reach Ray: an existing cluster (address or RAY_ADDRESS) or a local one."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+    object_store_memory: int | None = Field(None, ge=78_643_200)
+
+
+class RayrecConfig(Section):
+    """Top-level config. All artifacts of a run live under ``run_dir`` unless a section overrides."""
+
+    run_dir: str = "rayrec_output"
+    ray: RayConfig = Field(default_factory=RayConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    explore: ExploreConfig = Field(default_factory=ExploreConfig)
+
+    # Resolved artifact locations: one place decides where each stage reads and writes.
+    def _under_run_dir(self, override: str | None, name: str) -> str:
+        if override:
+            return override
+        if "://" in self.run_dir:
+            return f"{self.run_dir.rstrip('/')}/{name}"
+        return str(Path(self.run_dir).expanduser().resolve() / name)
+
+    @property
+    def data_dir(self) -> str:
+        return self._under_run_dir(self.data.out, "data")
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self._under_run_dir(self.train.storage_path, "checkpoints")
+
+    @property
+    def index_dir(self) -> str:
+        return self._under_run_dir(self.retrieval.out, "index")
+
+    @property
+    def eval_dir(self) -> str:
+        return self._under_run_dir(self.evaluate.out, "eval")
+
+    @property
+    def event_log_dir(self) -> str:
+        return self._under_run_dir(self.serve.event_log, "events")
+
+    @property
+    def explore_dir(self) -> str:
+        return self._under_run_dir(self.explore.out, "explore")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid rayrec config ({source}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        got = e.get("input")
+        got_txt = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+        lines.append(f"  - {field}: {msg}{got_txt}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``a.b.c=value``; the value is read as YAML (numbers, bools, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted-key overrides set."""
+    out = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        node = out
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
+) -> RayrecConfig:
+    """Load and validate a config file (None: all defaults), applying dotted overrides."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        raw, source = loaded, str(p)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        source += " + overrides"
+    return validate_config(raw, source)
+
+
+def validate_config(raw: dict[str, Any], source: str = "dict") -> RayrecConfig:
+    """Validate a plain dict into a RayrecConfig, raising ConfigError naming the bad fields."""
+    try:
+        return RayrecConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None

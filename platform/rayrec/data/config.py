@@ -1,0 +1,75 @@
+"""Config sections for data sources and the preprocessing pipeline."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from rayrec.configbase import Section
+
+SourceKind = Literal["auto", "synthetic", "movielens", "events"]
+FileFormat = Literal["auto", "csv", "parquet", "jsonl"]
+
+
+class ColumnMapping(Section):
+    """Which columns of a generic event log hold what."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str = "timestamp"
+    rating: str | None = "rating"
+    event: str | None = None
+
+
+class CatalogSource(Section):
+    """An optional item catalog with text fields (generic event logs)."""
+
+    path: str | None = None
+    format: FileFormat = "auto"
+    item: str = "item_id"
+    title: str = "title"
+    text_fields: list[str] = Field(default_factory=lambda: ["title"])
+    category: str | None = None
+
+
+class SyntheticWorldConfig(Section):
+    """Size and shape of the built-in synthetic world (the embedded default)."""
+
+    n_users: int = Field(1000, ge=2)
+    n_items: int = Field(500, ge=2)
+    n_events: int = Field(40_000, ge=10)
+    n_categories: int = Field(12, ge=1)
+    latent_dim: int = Field(16, ge=1)
+    popularity_exponent: float = Field(1.0, ge=0.0)
+    malformed_fraction: float = Field(0.001, ge=0.0, le=0.5)
+    seed: int = 0
+
+
+class DataConfig(Section):
+    """Where the interaction log comes from, and where the preprocessed Parquet goes."""
+
+    source: SourceKind = "auto"
+    path: str | None = None
+    format: FileFormat = "auto"
+    columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    catalog: CatalogSource = Field(default_factory=CatalogSource)
+    synthetic: SyntheticWorldConfig = Field(default_factory=SyntheticWorldConfig)
+    out: str | None = None  # default: <run_dir>/data
+
+
+class PreprocessConfig(Section):
+    """The preprocessing pipeline's knobs."""
+
+    rating_threshold: float | None = None  # None: every rating is a positive (implicit)
+    positive_events: list[str] = Field(
+        default_factory=lambda: ["click", "like", "purchase", "add_to_cart", "rating", "view"]
+    )
+    min_user_interactions: int = Field(5, ge=1)
+    min_item_interactions: int = Field(1, ge=1)
+    split: Literal["leave_last_out", "global_time"] = "leave_last_out"
+    global_cut_quantiles: tuple[float, float] = (0.8, 0.9)
+    max_history: int = Field(20, ge=1)
+    num_negatives: int = Field(4, ge=0)
+    eval_negatives: int = Field(99, ge=0)
+    seed: int = 0

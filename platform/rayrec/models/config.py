@@ -1,0 +1,33 @@
+"""Config section for the ranker: backbone, head, loss and LoRA."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from rayrec.configbase import Section
+
+RankerKind = Literal["cross_encoder", "causal_yesno", "causal_listwise"]
+LossKind = Literal["bce", "mse", "listwise"]
+
+
+class LoraSettings(Section):
+    """peft LoRA settings; target_modules None picks the backbone family's default."""
+
+    enabled: bool = True
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = None
+
+
+class ModelConfig(Section):
+    """The ranker. backbone: 'minilm' (embedded all-MiniLM-L6-v2), a hub id, or a local path."""
+
+    backbone: str = "minilm"
+    kind: RankerKind = "cross_encoder"
+    loss: LossKind = "bce"
+    max_length: int = Field(256, ge=8)
+    max_history_items: int = Field(10, ge=1)
+    lora: LoraSettings = Field(default_factory=LoraSettings)

@@ -1,0 +1,32 @@
+"""Connecting to Ray: an existing cluster when RAY_ADDRESS (or ray.address) is set, else local."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from rayrec.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(cfg: RayConfig | None = None) -> None:
+    """Connect to Ray once per process; a no-op when already connected (jobs, tests, Serve)."""
+    if ray.is_initialized():
+        return
+    cfg = cfg or RayConfig()
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    # Job-submitted drivers and Serve replicas inherit RAY_ADDRESS; a laptop run starts Ray here.
+    kwargs: dict = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(
+            num_cpus=cfg.num_cpus,
+            object_store_memory=cfg.object_store_memory,
+            include_dashboard=False,
+            **kwargs,
+        )
+    log.info("connected to Ray: %s", ray.cluster_resources())

@@ -1,0 +1,44 @@
+"""Config section for Ray Train + DeepSpeed fine-tuning."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from rayrec.configbase import Section
+
+
+class DeepSpeedSettings(Section):
+    """DeepSpeed ZeRO stage and offload."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+
+class TrainConfig(Section):
+    """Scaling, optimisation, validation and checkpointing of the training job."""
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    batch_size: int = Field(16, ge=1)  # per worker, per step
+    grad_accum_steps: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    max_train_examples: int | None = Field(None, ge=1)
+    eval_every_steps: int = Field(100, ge=1)
+    early_stopping_metric: str = "ndcg@10"
+    early_stopping_patience: int = Field(3, ge=1)
+    checkpoint_every_steps: int = Field(100, ge=1)
+    storage_path: str | None = None  # default: <run_dir>/checkpoints
+    max_failures: int = Field(2, ge=0)
+    seed: int = 0

@@ -1,0 +1,55 @@
+"""Shared fixtures: one Ray instance for the whole test session.
+
+The session cluster is a real two-node Ray cluster on this machine
+(``ray.cluster_utils.Cluster``: two raylets), so multi-node tests (training workers
+spread over nodes) and single-node ones (Ray Data, Serve) share one start-up cost.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ML_LATEST_SMALL = SHARED_DATA / "ml-latest-small"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A two-node local Ray cluster (2 logical CPUs each), connected for the whole session."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "object_store_memory": 400 * 1024**2, "include_dashboard": False},
+    )
+    cluster.add_node(num_cpus=2, object_store_memory=400 * 1024**2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=True)
+    yield cluster
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:
+        pass
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ml_latest_small() -> Path:
+    """Path to MovieLens ml-latest-small beside the checkout; skips when it is absent."""
+    if not (ML_LATEST_SMALL / "ratings.csv").is_file():
+        pytest.skip(f"real data not found at {ML_LATEST_SMALL} (../shared is absent)")
+    return ML_LATEST_SMALL

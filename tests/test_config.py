@@ -1,0 +1,38 @@
+from pathlib import Path
+
+import pytest
+
+from rayrec.config import ConfigError, load_config, parse_override
+
+
+def test_defaults_validate_and_resolve_paths(tmp_path: Path) -> None:
+    cfg = load_config(overrides={"run_dir": str(tmp_path)})
+    assert cfg.data_dir == str(tmp_path / "data")
+    assert cfg.train.deepspeed.zero_stage == 2
+
+
+def test_bad_field_names_field_and_allowed_values(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  deepspeed:\n    zero_stage: 5\nmodel:\n  kind: nope\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(f)
+    text = str(exc.value)
+    assert "train.deepspeed.zero_stage" in text and "0, 1, 2 or 3" in text
+    assert "model.kind" in text and "cross_encoder" in text
+
+
+def test_unknown_field_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="data.bogus: unknown field"):
+        load_config(overrides={"data.bogus": 1})
+
+
+def test_override_parsing() -> None:
+    assert parse_override("train.lr=1e-4") == ("train.lr", 1e-4)
+    assert parse_override("explore.policies=[greedy, ucb1]") == ("explore.policies", ["greedy", "ucb1"])
+    with pytest.raises(ConfigError):
+        parse_override("train.lr")
+
+
+def test_missing_file_is_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
