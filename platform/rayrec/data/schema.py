@@ -60,3 +60,18 @@ EXAMPLE_COLUMNS = (
 # source:string (file), row:int64 (line/row number in the file, -1 if unknown),
 # reason:string (machine-readable code), detail:string, raw:string (the row as read)
 REJECT_COLUMNS = ("source", "row", "reason", "detail", "raw")
+
+# The serving event log (written by rayrec.serving.eventlog, read back by the feedback loop
+# and off-policy evaluation). Two datasets under <event_log_dir>/impressions and /feedback.
+# impressions: one row per shown item.
+#   request_id:string, timestamp:float64 (unix s), user_id:string ("" for anonymous),
+#   user_idx:int64 (-1 when unknown), policy:string, position:int64 (0-based slot),
+#   item_idx:int64, item_id:string, score:float64 (final ranking score),
+#   propensity:float64 (probability the policy shows this item in this slot),
+#   n_candidates:int64, degraded:bool
+IMPRESSION_COLUMNS = (
+    "request_id", "timestamp", "user_id", "user_idx", "policy", "position", "item_idx",
+    "item_id", "score", "propensity", "n_candidates", "degraded",
+)
+# feedback: request_id:string, timestamp:float64, item_idx:int64, item_id:string, reward:float64
+FEEDBACK_COLUMNS = ("request_id", "timestamp", "item_idx", "item_id", "reward")
