@@ -30,3 +30,24 @@ def init_ray(cfg: RayConfig | None = None) -> None:
             **kwargs,
         )
     log.info("connected to Ray: %s", ray.cluster_resources())
+
+
+class UserFacingError(RuntimeError):
+    """An error whose message is meant for the person running the job (no traceback)."""
+
+
+class ClusterResourceError(UserFacingError):
+    """The Ray cluster lacks a resource the config asks for."""
+
+
+def require_resources(needed: dict[str, float], what: str) -> None:
+    """Fail fast, with a clear message, when the cluster cannot ever satisfy ``needed``."""
+    available = ray.cluster_resources()
+    missing = {k: v for k, v in needed.items() if v > 0 and available.get(k, 0.0) < v}
+    if missing:
+        have = {k: available.get(k, 0.0) for k in missing}
+        raise ClusterResourceError(
+            f"{what} needs {missing} but the Ray cluster only has {have} "
+            f"(cluster total: CPU={available.get('CPU', 0)}, GPU={available.get('GPU', 0)}). "
+            "Use a config for this cluster (e.g. train.use_gpu=false) or add nodes."
+        )

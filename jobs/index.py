@@ -1,0 +1,6 @@
+"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/index.py --config FILE`."""
+
+from rayrec.cli import job_main
+
+if __name__ == "__main__":
+    job_main("index")

