@@ -7,6 +7,7 @@ world and MiniLM backbone) is validated into :class:`RayrecConfig`. Dotted overr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from pathlib import Path
@@ -107,10 +108,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     value = yaml.safe_load(raw) if raw.strip() else None
     if isinstance(value, str):
-        try:  # YAML 1.1 reads '1e-4' as a string
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads '1e-4' as a string
             value = float(value)
-        except ValueError:
-            pass
     return key.strip(), value
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import ray
 
+import rayrec
 from rayrec.config import RayConfig
 
 log = logging.getLogger(__name__)
@@ -21,7 +23,12 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     # Job-submitted drivers and Serve replicas inherit RAY_ADDRESS; a laptop run starts Ray here.
     kwargs: dict = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, **kwargs)
+        # Ship this rayrec to the cluster's workers so every node runs the same code as the
+        # driver, whether or not the cluster image has rayrec installed.
+        runtime_env = None
+        if os.environ.get("RAYREC_SHIP_CODE", "1") == "1":
+            runtime_env = {"py_modules": [str(Path(rayrec.__file__).parent)]}
+        ray.init(address=address, runtime_env=runtime_env, **kwargs)
     else:
         ray.init(
             num_cpus=cfg.num_cpus,
