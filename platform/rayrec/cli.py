@@ -37,8 +37,15 @@ def _preprocess(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 
 def _train(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.runtime import init_ray, require_resources
     from rayrec.train.trainer import run_training
 
+    init_ray(cfg.ray)
+    t = cfg.train
+    needs = {k: v * t.num_workers for k, v in t.resources_per_worker.items()}
+    if t.use_gpu:
+        needs["GPU"] = max(needs.get("GPU", 0.0), float(t.num_workers))
+    require_resources(needs, f"training ({t.num_workers} workers, use_gpu={t.use_gpu})")
     return run_training(cfg)
 
 
@@ -61,8 +68,11 @@ def _bandit(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 
 def _serve(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.runtime import init_ray, require_resources
     from rayrec.serving.app import run_blocking
 
+    init_ray(cfg.ray)
+    require_resources({"GPU": cfg.serve.ranking.num_gpus}, "the ranking deployment")
     return run_blocking(cfg)
 
 

@@ -20,6 +20,8 @@ class ColumnMapping(Section):
     timestamp: str = "timestamp"
     rating: str | None = "rating"
     event: str | None = None
+    # "int": ids must be integers (non-numeric ids are rejected); "string": any non-empty text.
+    id_type: Literal["int", "string"] = "int"
 
 
 class CatalogSource(Section):
@@ -44,6 +46,10 @@ class SyntheticWorldConfig(Section):
     popularity_exponent: float = Field(1.0, ge=0.0)
     malformed_fraction: float = Field(0.001, ge=0.0, le=0.5)
     seed: int = 0
+    rows_per_chunk: int = Field(500_000, ge=1000)  # one generator task and file per chunk
+    session_length: int = Field(10, ge=1)  # mean impressions per session
+    days: int = Field(180, ge=1)  # time span of the log
+    format: Literal["parquet", "csv"] = "parquet"
 
 
 class DataConfig(Section):
@@ -56,6 +62,8 @@ class DataConfig(Section):
     catalog: CatalogSource = Field(default_factory=CatalogSource)
     synthetic: SyntheticWorldConfig = Field(default_factory=SyntheticWorldConfig)
     out: str | None = None  # default: <run_dir>/data
+    encoding: str = "utf-8"  # text event logs; MovieLens 100k/1m files are latin-1 by definition
+    read_chunk_bytes: int = Field(64 * 1024**2, ge=1024)  # text files are read in byte ranges
 
 
 class PreprocessConfig(Section):
@@ -72,4 +80,12 @@ class PreprocessConfig(Section):
     max_history: int = Field(20, ge=1)
     num_negatives: int = Field(4, ge=0)
     eval_negatives: int = Field(99, ge=0)
+    # Optional Parquet (user_idx:int64, items:list<int64>) of hard negatives, e.g. from retrieval;
+    # up to num_hard_negatives of them replace random negatives in training examples.
+    hard_negatives: str | None = None
+    num_hard_negatives: int = Field(0, ge=0)
+    # Where an existing id_map/ lives (default: the output dir), so reruns keep their ids.
+    id_map_from: str | None = None
+    rows_per_partition: int = Field(1_000_000, ge=1)  # user-hash partitions ~ rows / this
+    num_partitions: int | None = Field(None, ge=1)  # fixed partition count (overrides the above)
     seed: int = 0

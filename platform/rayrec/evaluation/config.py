@@ -18,4 +18,12 @@ class EvalConfig(Section):
     num_candidates: int = Field(100, ge=2)
     max_users: int | None = Field(None, ge=1)
     checkpoint: str | None = None  # default: latest under the training storage path
+    require_checkpoint: bool = True  # False: evaluate the untuned ranker when none is found
+    scoring: Literal["auto", "ray", "local"] = "auto"  # auto: Ray Data above local_max_users
+    local_max_users: int = Field(64, ge=0)
+    scoring_actors: int = Field(1, ge=1)
+    score_batch_size: int = Field(16, ge=1)  # users per Ray Data batch
+    beyond_k: int = Field(10, ge=1)  # list length for diversity, coverage and novelty
+    bootstrap: int = Field(1000, ge=0)  # resamples for paired confidence intervals
+    seed: int = 0
     out: str | None = None  # default: <run_dir>/eval

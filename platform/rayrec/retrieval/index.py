@@ -45,7 +45,10 @@ def embed_items_ray(
     """Embed ``items.text`` with a Ray Data actor pool; returns rows aligned with ``items``."""
     import ray
 
-    ds = ray.data.from_pandas(items[["item_idx", "text"]].reset_index(drop=True))
+    frame = items[["item_idx", "text"]].reset_index(drop=True)
+    # Several blocks so that every actor in the pool gets work.
+    n_blocks = max(1, min(len(frame), num_actors * 4, math.ceil(len(frame) / batch_size)))
+    ds = ray.data.from_pandas([frame.iloc[c] for c in np.array_split(np.arange(len(frame)), n_blocks)])
     out = ds.map_batches(
         _EmbedBatch,
         fn_constructor_kwargs={"backbone": backbone, "max_length": max_length, "batch_size": batch_size},
@@ -234,8 +237,12 @@ class ItemIndex:
 
 
 def _load_items(data_dir: str) -> pd.DataFrame:
-    from rayrec.data.store import load_items
+    try:
+        from rayrec.data.store import load_items
+    except ImportError:  # TODO(integration): drop once rayrec.data.store lands
+        from rayrec.data.schema import ITEMS_FILE as CATALOG
 
+        return pd.read_parquet(Path(data_dir) / CATALOG).sort_values("item_idx").reset_index(drop=True)
     return load_items(data_dir)
 
 

@@ -32,9 +32,22 @@ class RankingDeploymentSettings(Section):
 class ServeConfig(Section):
     """The composed endpoint."""
 
+    app_name: str = "rayrec"
+    route_prefix: str = "/"
+    host: str = "127.0.0.1"  # HTTP proxy bind address ("0.0.0.0" on a cluster)
+    port: int = Field(8000, ge=1, le=65535)
     checkpoint: str | None = None  # default: the latest exported adapter, else the untuned backbone
     ranking: RankingDeploymentSettings = Field(default_factory=RankingDeploymentSettings)
     retrieval_replicas: int = Field(1, ge=1)
+    retrieval_num_cpus: float = Field(0.5, ge=0)
+    ingress_replicas: int = Field(1, ge=1)
+    ingress_num_cpus: float = Field(0.25, ge=0)
+    ingress_max_ongoing_requests: int = Field(64, ge=1)
+    ingress_max_queued_requests: int = Field(128, ge=-1)
+    rank_candidates: int = Field(50, ge=1)  # retrieved candidates passed on to the ranker
+    text_weight: float = Field(0.5, ge=0, le=1)  # query = (1-w) history + w text when both given
+    max_body_bytes: int = Field(65_536, ge=256)
+    request_cache_size: int = Field(10_000, ge=1)  # recent slates kept for /feedback
     rank_timeout_s: float = Field(5.0, gt=0)
     max_k: int = Field(100, ge=1)
     max_text_length: int = Field(1000, ge=1)

@@ -39,6 +39,12 @@ class TrainConfig(Section):
     early_stopping_metric: str = "ndcg@10"
     early_stopping_patience: int = Field(3, ge=1)
     checkpoint_every_steps: int = Field(100, ge=1)
+    max_valid_examples: int | None = Field(500, ge=1)  # validation users per evaluation
+    log_every_steps: int = Field(10, ge=1)
+    shuffle_buffer: int = Field(2000, ge=0)  # local shuffle buffer (rows) per worker
     storage_path: str | None = None  # default: <run_dir>/checkpoints
+    run_name: str = "ranker"  # same storage_path + run_name = resume the same job
+    keep_checkpoints: int | None = Field(3, ge=1)  # most recent kept; None keeps all
     max_failures: int = Field(2, ge=0)
+    fail_at_step: int | None = Field(None, ge=1)  # chaos testing: rank 0 fails once at this step
     seed: int = 0

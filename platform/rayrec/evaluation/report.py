@@ -1,0 +1,80 @@
+"""Evaluation report: JSON (everything), markdown (protocol + table), PNG (HR@K, NDCG@K by K)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+JSON_FILE = "eval.json"
+MARKDOWN_FILE = "eval.md"
+PLOT_FILE = "eval.png"
+PER_USER_FILE = "per_user.parquet"
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The protocol as a bullet list, then one row per model, then the paired comparisons."""
+    p, models = result["protocol"], result["models"]
+    cols = [c for c in next(iter(models.values())) if c not in ()]
+    lines = ["# Offline evaluation", "", "## Protocol", ""]
+    for key, val in p.items():
+        if isinstance(val, dict):
+            val = "; ".join(f"{k}: {v}" for k, v in val.items())
+        lines.append(f"- **{key}**: {val}")
+    lines += ["", "## Results", "", "| model | " + " | ".join(cols) + " |",
+              "|---|" + "---|" * len(cols)]
+    for name, m in models.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(m[c]) for c in cols) + " |")
+    if result.get("comparisons"):
+        lines += ["", "## Paired comparisons (same users, same candidates)", ""]
+        for name, c in result["comparisons"].items():
+            ci = c.get("ci95")
+            ci_txt = f", 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]" if ci else ""
+            lines.append(f"- {name}: {c['metric']} delta {c['delta']:+.4f}{ci_txt} "
+                         f"(ranker better for {c['wins']} users, worse for {c['losses']})")
+    return "\n".join(lines) + "\n"
+
+
+def plot_by_k(result: dict[str, Any], path: str | Path) -> None:
+    """HR@K and NDCG@K against K, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = result["protocol"]["ks"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, metric in zip(axes, ("hr", "ndcg"), strict=True):
+        for name, m in result["models"].items():
+            ax.plot(ks, [m[f"{metric}@{k}"] for k in ks], marker="o", label=name)
+        ax.set_xlabel("K")
+        ax.set_title(f"{metric.upper()}@K")
+        ax.set_xticks(ks)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    p = result["protocol"]
+    fig.suptitle(f"{p['split']} split, {p['users']} users, {p['candidates']} candidates "
+                 f"(~{p['candidates_per_user']['mean']:.0f} per user)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(result: dict[str, Any], per_user: pd.DataFrame, out_dir: str | Path) -> dict[str, str]:
+    """Write eval.json, eval.md, eval.png and per_user.parquet into out_dir; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {k: str(out / f) for k, f in (("json", JSON_FILE), ("markdown", MARKDOWN_FILE),
+                                          ("plot", PLOT_FILE), ("per_user", PER_USER_FILE))}
+    per_user.to_parquet(files["per_user"], index=False)
+    plot_by_k(result, files["plot"])
+    (out / MARKDOWN_FILE).write_text(render_markdown(result))
+    (out / JSON_FILE).write_text(json.dumps({**result, "files": files}, indent=2, default=float))
+    return files

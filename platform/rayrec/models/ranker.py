@@ -1,0 +1,215 @@
+"""The ranker: one module and one scoring path for training, offline evaluation and serving."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from rayrec.models.backbone import (
+    backbone_family,
+    default_lora_targets,
+    is_causal_family,
+    resolve_backbone,
+)
+from rayrec.models.collate import RankerCollator, SeqPlan, scatter_scores
+from rayrec.models.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_FILE = "ranker.json"  # marks a saved ranker directory
+
+
+class RankerModel(nn.Module):
+    """Backbone (+ LoRA) and the scoring head; ``forward`` returns (S, W) scores per sequence.
+
+    cross_encoder: W=1, linear head on the pooled encoder output. causal_yesno: W=1,
+    logit(' Yes') - logit(' No') at the last position. causal_listwise: W=window, the
+    logits of the index tokens at the last position.
+    """
+
+    def __init__(self, backbone: nn.Module, cfg: ModelConfig, answer_ids: list[int], hidden: int):
+        super().__init__()
+        self.backbone, self.kind, self.pooling = backbone, cfg.kind, cfg.pooling
+        self.head = nn.Linear(hidden, 1) if cfg.kind == "cross_encoder" else None
+        self.register_buffer("answer_ids", torch.tensor(answer_ids, dtype=torch.long), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw) -> torch.Tensor:
+        if self.kind == "cross_encoder":
+            h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
+            if self.pooling == "cls":
+                pooled = h[:, 0]
+            else:
+                m = attention_mask.unsqueeze(-1).to(h.dtype)
+                pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+            return self.head(pooled.to(self.head.weight.dtype))
+        # Left-padded: the last position is the answer slot for every row.
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            logits_to_keep=1,
+        ).logits[:, -1]
+        picked = logits[:, self.answer_ids].float()
+        if self.kind == "causal_yesno":
+            return (picked[:, 0] - picked[:, 1]).unsqueeze(-1)
+        return picked
+
+
+def build_ranker(
+    cfg: ModelConfig, seed: int = 0, backbone_dir: str | None = None,
+    tokenizer_dir: str | None = None,
+) -> tuple[RankerModel, RankerCollator]:
+    """A fresh ranker (untuned backbone + new LoRA + new head) and its collator."""
+    path = backbone_dir or resolve_backbone(cfg.backbone)
+    family = backbone_family(path)
+    causal = is_causal_family(family)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or path)
+    collator = RankerCollator(tokenizer, cfg, causal)
+    loader = AutoModelForCausalLM if causal else AutoModel
+    backbone = loader.from_pretrained(path, dtype=torch.float32)
+    hidden = backbone.config.hidden_size
+    torch.manual_seed(seed)
+    if cfg.lora.enabled:
+        lora = LoraConfig(
+            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules or default_lora_targets(family),
+        )
+        backbone = get_peft_model(backbone, lora)
+    answer_ids = collator.answer_ids if causal else []
+    return RankerModel(backbone, cfg, answer_ids, hidden), collator
+
+
+def trainable_state(model: RankerModel) -> dict[str, torch.Tensor]:
+    """The parameters training changes (LoRA + head, or everything without LoRA), on CPU."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_ranker(
+    out_dir: str | Path,
+    cfg: ModelConfig,
+    model: RankerModel,
+    collator: RankerCollator,
+    state: dict[str, torch.Tensor] | None = None,
+) -> str:
+    """Write a loadable ranker: ranker.json, adapter/ (peft) or backbone/, head, tokenizer/.
+
+    ``state`` is the gathered trainable state (needed under ZeRO-3, where parameters are
+    partitioned); by default it is read from ``model``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = state if state is not None else trainable_state(model)
+    bb = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    if isinstance(model.backbone, PeftModel):
+        model.backbone.save_pretrained(out / "adapter", state_dict=bb)
+        fmt = "adapter"
+    else:
+        model.backbone.save_pretrained(out / "backbone", state_dict=bb or None)
+        fmt = "full"
+    head = {k.removeprefix("head."): v.contiguous() for k, v in state.items() if k.startswith("head.")}
+    if head:
+        save_file(head, str(out / "head.safetensors"))
+    collator.tok.save_pretrained(out / "tokenizer")
+    meta = {"format": fmt, "model_config": cfg.model_dump(mode="json")}
+    (out / ARTIFACT_FILE).write_text(json.dumps(meta, indent=2))
+    return str(out)
+
+
+def _artifact_dir(checkpoint: str | Path) -> Path:
+    p = Path(checkpoint)
+    for cand in (p, p / "model"):
+        if (cand / ARTIFACT_FILE).is_file():
+            return cand
+    raise FileNotFoundError(f"no ranker artifact ({ARTIFACT_FILE}) in {p} or {p / 'model'}")
+
+
+def load_ranker(
+    model_cfg: ModelConfig, checkpoint: str | None, device: str = "cpu"
+) -> Ranker:
+    """A ready scorer: ``checkpoint`` None = untuned backbone + fresh LoRA; else a saved ranker
+    (a training checkpoint directory, its ``model/`` folder, or an exported artifact)."""
+    if checkpoint is None:
+        model, collator = build_ranker(model_cfg)
+        return Ranker(model, collator, model_cfg, device)
+    art = _artifact_dir(checkpoint)
+    meta = json.loads((art / ARTIFACT_FILE).read_text())
+    saved = ModelConfig.model_validate(meta["model_config"])
+    if saved.kind != model_cfg.kind or saved.backbone != model_cfg.backbone:
+        log.warning("checkpoint ranker (%s, %s) differs from config; using the checkpoint's",
+                    saved.kind, saved.backbone)
+    # Inference-time knobs come from the caller's config; the structure from the checkpoint.
+    cfg = saved.model_copy(update={"score_batch_size": model_cfg.score_batch_size})
+    if meta["format"] in ("full", "merged"):
+        model, collator = build_ranker(
+            cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": False})}),
+            backbone_dir=str(art / "backbone"), tokenizer_dir=str(art / "tokenizer"),
+        )
+    else:
+        no_lora = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": False})})
+        model, collator = build_ranker(no_lora, tokenizer_dir=str(art / "tokenizer"))
+        model.backbone = PeftModel.from_pretrained(model.backbone, str(art / "adapter"))
+    if (art / "head.safetensors").is_file():
+        model.head.load_state_dict(load_file(str(art / "head.safetensors")))
+    return Ranker(model, collator, cfg, device)
+
+
+@torch.no_grad()
+def score_lists(
+    model: nn.Module,
+    collator: RankerCollator,
+    history_texts: Sequence[str],
+    candidate_texts: Sequence[Sequence[str]],
+    batch_size: int,
+    device: torch.device | str = "cpu",
+) -> list[np.ndarray]:
+    """Score every candidate list (no grad, batched by sequences). The one scoring path."""
+    seqs: list[SeqPlan] = collator.plan(history_texts, candidate_texts)
+    out = [np.full(len(c), np.nan, dtype=np.float32) for c in candidate_texts]
+    for s in range(0, len(seqs), batch_size):
+        chunk = seqs[s : s + batch_size]
+        batch = {k: v.to(device) for k, v in collator.encode(chunk).items()}
+        res = model(**batch).float().cpu().numpy()
+        for seq, row in zip(chunk, res, strict=True):
+            out[seq.example][list(seq.positions)] = row[: len(seq.positions)]
+    return out
+
+
+def train_scores(
+    model: nn.Module, collator: RankerCollator, history_texts, candidate_texts, rng, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable (B, C) scores + mask for a training batch (same forward as scoring)."""
+    seqs = collator.plan(history_texts, candidate_texts, rng=rng)
+    batch = {k: v.to(device) for k, v in collator.encode(seqs).items()}
+    n_cols = max(len(c) for c in candidate_texts)
+    return scatter_scores(model(**batch), seqs, len(candidate_texts), n_cols)
+
+
+class Ranker:
+    """Batched no-grad scorer around a RankerModel (offline evaluation, serving, validation)."""
+
+    def __init__(self, model: RankerModel, collator: RankerCollator, cfg: ModelConfig, device: str):
+        self.device = torch.device(device)
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.model = model.to(self.device, dtype=dtype).eval()
+        self.collator, self.cfg = collator, cfg
+
+    @property
+    def tokenizer(self):
+        return self.collator.tok
+
+    def score(
+        self, history_texts: list[str], candidate_texts: list[list[str]]
+    ) -> list[np.ndarray]:
+        """One float32 score array per history, aligned with its candidate list."""
+        return score_lists(
+            self.model, self.collator, history_texts, candidate_texts,
+            self.cfg.score_batch_size, self.device,
+        )

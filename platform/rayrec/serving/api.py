@@ -1,0 +1,149 @@
+"""HTTP request/response models of the recommendation endpoint, and the request-level guards
+(API keys, body size) that sit in front of it."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rayrec.explore.config import PolicyName
+
+ItemId = str | int  # raw ids as the client knows them (MovieLens ids are numbers)
+
+
+class RecommendRequest(BaseModel):
+    """A recommendation request: who (user_id), what they just saw (history), what they ask (query)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: ItemId | None = Field(None, description="Raw user id; unknown ids take the cold-start path.")
+    history: list[ItemId] = Field(default_factory=list, description="Recent item ids, oldest first.")
+    query: str | None = Field(None, description="Free-text query (works for new users too).")
+    k: int = Field(10, ge=1, description="Number of items to return (at most serve.max_k).")
+    policy: PolicyName | None = Field(None, description="Exploration policy (default serve.default_policy).")
+    diversity: float | None = Field(None, ge=0, le=1, description="Diversity weight: 0 relevance .. 1 diversity.")
+    diversity_method: Literal["mmr", "dpp"] = "mmr"
+    category: str | None = Field(None, max_length=200, description="Only items of this category.")
+
+
+class StageScores(BaseModel):
+    retrieval: float
+    ranker: float | None
+    final: float
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    title: str
+    category: str
+    position: int
+    scores: StageScores
+    propensity: float
+
+
+class RecommendResponse(BaseModel):
+    request_id: str
+    user_id: str | None
+    cold_start: bool
+    retrieval_source: str
+    policy: str
+    diversity: float
+    degraded: bool
+    degraded_reason: str | None
+    model_version: str | None
+    items: list[RecommendedItem]
+    latency_ms: dict[str, float]
+
+
+class FeedbackRequest(BaseModel):
+    """A reward for one item of a served slate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=64)
+    item_id: ItemId
+    reward: float = Field(ge=-1e6, le=1e6, allow_inf_nan=False)
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    item_id: str
+    reward: float
+    policy: str
+    learned: bool
+
+
+def load_api_keys(env_var: str, path: str | None) -> list[str]:
+    """API keys from the env var (comma separated) and/or a file (one per line, # comments)."""
+    keys = [k.strip() for k in os.environ.get(env_var, "").split(",") if k.strip()]
+    if path:
+        lines = Path(path).expanduser().read_text().splitlines()
+        keys += [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")]
+    return keys
+
+
+def key_is_valid(presented: str | None, keys: list[str]) -> bool:
+    """Constant-time comparison against every configured key."""
+    if not presented:
+        return False
+    ok = False
+    for k in keys:
+        ok |= hmac.compare_digest(presented.encode(), k.encode())
+    return ok
+
+
+class BodySizeLimit:
+    """ASGI middleware: bodies over the limit get 413 before any parsing happens.
+
+    The limit is ``app.state.max_body_bytes`` (set by the ingress from its config), else
+    ``max_bytes``.
+    """
+
+    def __init__(self, app, max_bytes: int = 65_536) -> None:
+        self.app = app
+        self.default_max = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        owner = scope.get("app")
+        limit = getattr(getattr(owner, "state", None), "max_body_bytes", self.default_max)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._reject(send, int(declared), limit)
+        # No (or a small) declared length: read it all, counting, then replay it downstream.
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                return await self._reject(send, size, limit)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _reject(self, send, size: int, limit: int) -> None:
+        payload = json.dumps(
+            {"error": "request body too large", "detail": f"{size} bytes > limit {limit}"}
+        ).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,349 @@
+"""The composed recommendation endpoint: FastAPI ingress -> Retrieval -> Ranking -> policy.
+
+``build_app(args)`` is the Serve import target (``rayrec.serving.app:build_app``)::
+
+    serve run serve_configs/local.yaml
+    # or: serve.run(build_app({"config": "configs/x.yaml", "serve.rank_timeout_s": 2}))
+
+Per request: retrieval turns the user's history and/or free text into candidates, the
+ranking deployment scores them (batched), the exploration policy picks the slate (with
+optional MMR/DPP diversity) and logs its propensities; impressions and feedback go to the
+event log. If ranking fails or is slow the slate falls back to retrieval order with
+``degraded: true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve import metrics
+from ray.serve.handle import DeploymentHandle
+
+from rayrec.config import RayrecConfig, load_config, validate_config
+from rayrec.serving.api import (
+    BodySizeLimit,
+    FeedbackRequest,
+    FeedbackResponse,
+    RecommendRequest,
+    RecommendResponse,
+    key_is_valid,
+    load_api_keys,
+)
+from rayrec.serving.bandit import BanditClient
+from rayrec.serving.eventlog import EventLogWriter
+from rayrec.serving.ranking import RankingDeployment
+from rayrec.serving.retrieval import RetrievalDeployment, RetrievalRequest
+
+log = logging.getLogger("ray.serve")
+
+fastapi_app = FastAPI(
+    title="rayrec recommendations",
+    description="Retrieval + LLM ranking + exploration, served by Ray Serve.",
+    version="1",
+)
+fastapi_app.add_middleware(BodySizeLimit)
+
+
+@fastapi_app.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        msg = "unknown field" if e.get("type") == "extra_forbidden" else e.get("msg", "invalid")
+        problems.append(f"{where}: {msg}")
+    return JSONResponse(status_code=422, content={"error": "invalid request", "detail": problems})
+
+
+def _bad_request(msg: str, status: int = 422) -> HTTPException:
+    return HTTPException(status_code=status, detail=msg)
+
+
+async def _require_key(request: Request) -> None:
+    """API-key check (no-op unless serve.require_api_key); keys are never logged or echoed."""
+    state = request.app.state
+    if not getattr(state, "require_api_key", False):
+        return
+    presented = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if presented is None and auth.lower().startswith("bearer "):
+        presented = auth[7:].strip()
+    if not key_is_valid(presented, state.api_keys):
+        raise HTTPException(status_code=401, detail="missing or invalid API key",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+def _rank_scores_or_reason(result: Any) -> tuple[np.ndarray | None, str | None, str | None]:
+    if isinstance(result, BaseException):
+        if isinstance(result, TimeoutError):
+            return None, None, "ranking_timeout"
+        return None, None, f"ranking_error: {type(result).__name__}"
+    return np.asarray(result["scores"], dtype=np.float64), result["version"], None
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(fastapi_app)
+class RecommenderIngress:
+    """The public HTTP API; composes the retrieval and ranking deployments by handle."""
+
+    def __init__(self, cfg: dict[str, Any], retrieval: DeploymentHandle, ranking: DeploymentHandle) -> None:
+        self.cfg: RayrecConfig = validate_config(cfg, "serve ingress")
+        sc = self.cfg.serve
+        self.retrieval = retrieval
+        self.ranking = ranking
+        state = fastapi_app.state
+        state.max_body_bytes = sc.max_body_bytes
+        state.require_api_key = sc.require_api_key
+        state.api_keys = load_api_keys(sc.api_keys_env, sc.api_keys_file) if sc.require_api_key else []
+        if sc.require_api_key and not state.api_keys:
+            raise ValueError(
+                f"serve.require_api_key is on but no keys were found in ${sc.api_keys_env} "
+                f"or serve.api_keys_file={sc.api_keys_file!r}"
+            )
+        try:
+            replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:
+            replica = uuid.uuid4().hex[:8]
+        self.events = EventLogWriter(
+            self.cfg.event_log_dir, sc.event_flush_rows, sc.event_flush_interval_s, writer_id=replica
+        )
+        self.bandit = BanditClient(self.cfg)
+        self._slates: OrderedDict[str, dict[str, Any]] = OrderedDict()  # request_id -> served slate
+        self._requests = metrics.Counter(
+            "rayrec_requests_total", description="Requests by route and HTTP status.",
+            tag_keys=("route", "status"),
+        )
+        self._degraded = metrics.Counter(
+            "rayrec_degraded_total", description="Responses served in retrieval order, by reason.",
+            tag_keys=("reason",),
+        )
+        self._latency = metrics.Histogram(
+            "rayrec_stage_latency_ms", description="Latency per pipeline stage.",
+            boundaries=[1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
+            tag_keys=("stage",),
+        )
+        log.info("ingress ready: events -> %s, auth %s", self.cfg.event_log_dir,
+                 "on" if sc.require_api_key else "off")
+
+    def __del__(self) -> None:
+        # Serve calls __del__ on graceful shutdown: write out the buffered events.
+        events = getattr(self, "events", None)
+        if events is not None:
+            events.close()
+
+    # ---- routes ------------------------------------------------------------------------
+    @fastapi_app.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        """Liveness plus what is being served (catalog size, adapter version)."""
+        info = await self.retrieval.catalog_info.remote()
+        ranker = await self.ranking.info.remote()
+        return {"status": "ok", "catalog": info, "ranker": ranker}
+
+    @fastapi_app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(_require_key)])
+    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        """Top-k items for a user and/or history and/or free-text query."""
+        try:
+            out = await self._recommend(req)
+        except HTTPException as e:
+            self._requests.inc(tags={"route": "recommend", "status": str(e.status_code)})
+            raise
+        self._requests.inc(tags={"route": "recommend", "status": "200"})
+        return out
+
+    @fastapi_app.post("/feedback", response_model=FeedbackResponse, dependencies=[Depends(_require_key)])
+    async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
+        """Record a reward for an item of a served slate and update the policy's state."""
+        slate = self._slates.get(req.request_id)
+        if slate is None:
+            self._requests.inc(tags={"route": "feedback", "status": "404"})
+            raise _bad_request(f"unknown or expired request_id {req.request_id!r}", 404)
+        item_id = str(req.item_id)
+        if item_id not in slate["pos_of"]:
+            self._requests.inc(tags={"route": "feedback", "status": "422"})
+            raise _bad_request(f"item_id {item_id!r} was not shown in request {req.request_id!r}")
+        pos = slate["pos_of"][item_id]
+        self.events.log_feedback([{
+            "request_id": req.request_id, "timestamp": time.time(), "item_idx": slate["item_idx"][pos],
+            "item_id": item_id, "reward": float(req.reward),
+        }])
+        learned = await self.bandit.update(
+            slate["policy"], [slate["item_idx"][pos]], [float(req.reward)], slate["features"][pos : pos + 1]
+        )
+        self._requests.inc(tags={"route": "feedback", "status": "200"})
+        return FeedbackResponse(request_id=req.request_id, item_id=item_id, reward=float(req.reward),
+                                policy=slate["policy"], learned=learned)
+
+    # ---- pipeline ----------------------------------------------------------------------
+    async def _recommend(self, req: RecommendRequest) -> RecommendResponse:
+        sc = self.cfg.serve
+        if req.k > sc.max_k:
+            raise _bad_request(f"k: must be <= {sc.max_k} (serve.max_k), got {req.k}")
+        if req.query is not None and len(req.query) > sc.max_text_length:
+            raise _bad_request(f"query: longer than {sc.max_text_length} characters")
+        if len(req.history) > sc.max_history_length:
+            raise _bad_request(f"history: more than {sc.max_history_length} items")
+        policy = req.policy or sc.default_policy
+        t_start = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        n_cand = max(sc.rank_candidates, req.k)
+        user_id = None if req.user_id is None else str(req.user_id)
+        cand = await self.retrieval.retrieve.remote(RetrievalRequest(
+            user_id=user_id, history=[str(h) for h in req.history], query=req.query,
+            category=req.category, num_candidates=n_cand,
+        ))
+        if "error" in cand:
+            raise _bad_request(cand["error"])
+        t_retrieved = time.perf_counter()
+        lat = {"retrieval": (t_retrieved - t_start) * 1000}
+
+        ranker_scores, version, reason = None, None, None
+        if cand["item_idx"]:
+            ranker_scores, version, reason = _rank_scores_or_reason(await self._rank(cand, req.query))
+            lat["ranking"] = (time.perf_counter() - t_retrieved) * 1000
+        retrieval_scores = np.asarray(cand["score"], dtype=np.float64)
+        degraded = reason is not None
+        if degraded:
+            self._degraded.inc(tags={"reason": reason.split(":")[0]})
+            log.warning("request %s degraded to retrieval order: %s", request_id, reason)
+        final = retrieval_scores if ranker_scores is None else ranker_scores
+
+        t_policy = time.perf_counter()
+        weight = self.cfg.explore.diversity_weight if req.diversity is None else req.diversity
+        method = req.diversity_method if weight > 0 else "none"
+        features = np.asarray(cand["embeddings"], dtype=np.float64)
+        if len(final):
+            slate = await self.bandit.select(policy, final, req.k, features, np.asarray(cand["item_idx"]),
+                                             diversity=method, diversity_weight=weight, seed=request_id)
+            picks, props = slate.indices.tolist(), slate.propensities.tolist()
+        else:
+            picks, props = [], []
+        lat["policy"] = (time.perf_counter() - t_policy) * 1000
+
+        items = []
+        for pos, (i, p) in enumerate(zip(picks, props, strict=True)):
+            items.append({
+                "item_id": cand["item_id"][i], "title": cand["title"][i], "category": cand["category"][i],
+                "position": pos, "propensity": float(p),
+                "scores": {"retrieval": float(retrieval_scores[i]),
+                           "ranker": None if ranker_scores is None else float(ranker_scores[i]),
+                           "final": float(final[i])},
+            })
+        now = time.time()
+        self.events.log_impressions([{
+            "request_id": request_id, "timestamp": now, "user_id": user_id or "",
+            "user_idx": int(cand["user_idx"]), "policy": policy, "position": it["position"],
+            "item_idx": int(cand["item_idx"][i]), "item_id": it["item_id"], "score": it["scores"]["final"],
+            "propensity": it["propensity"], "n_candidates": len(final), "degraded": degraded,
+        } for it, i in zip(items, picks, strict=True)])
+        self._remember(request_id, policy, [cand["item_id"][i] for i in picks],
+                       [int(cand["item_idx"][i]) for i in picks], features[picks] if picks else features[:0])
+        lat["total"] = (time.perf_counter() - t_start) * 1000
+        for stage, ms in lat.items():
+            self._latency.observe(ms, tags={"stage": stage})
+        return RecommendResponse(
+            request_id=request_id, user_id=user_id, cold_start=not cand["known_user"] and not cand["history"],
+            retrieval_source=cand["source"], policy=policy, diversity=float(weight), degraded=degraded,
+            degraded_reason=reason, model_version=version, items=items,
+            latency_ms={k: round(v, 2) for k, v in lat.items()},
+        )
+
+    async def _rank(self, cand: dict[str, Any], query: str | None) -> dict[str, Any] | BaseException:
+        """Ranker scores for the candidates, or the exception/timeout that prevented them."""
+        from rayrec.data.text import render_history
+
+        texts = cand["history_texts"][-self.cfg.model.max_history_items :]
+        if query and query.strip():
+            texts = [*texts, query.strip()]  # the query reads as the most recent thing the user wants
+        response = self.ranking.score.remote(render_history(texts), cand["text"])
+        try:
+            return await asyncio.wait_for(_resolve(response), timeout=self.cfg.serve.rank_timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()
+            return TimeoutError(f"ranking took longer than {self.cfg.serve.rank_timeout_s}s")
+        except Exception as e:  # any ranking failure (replica error, overload) degrades the slate
+            return e
+
+    def _remember(self, request_id: str, policy: str, item_ids: list[str], item_idx: list[int],
+                  features: np.ndarray) -> None:
+        self._slates[request_id] = {
+            "policy": policy, "item_idx": item_idx, "features": features,
+            "pos_of": {iid: p for p, iid in enumerate(item_ids)},
+        }
+        while len(self._slates) > self.cfg.serve.request_cache_size:
+            self._slates.popitem(last=False)
+
+
+async def _resolve(response):
+    return await response
+
+
+def _absolute_dirs(cfg: RayrecConfig) -> RayrecConfig:
+    """Pin every artifact dir to an absolute path now: replicas run with another cwd."""
+    return cfg.model_copy(update={
+        "run_dir": cfg.run_dir if "://" in cfg.run_dir else os.path.abspath(os.path.expanduser(cfg.run_dir)),
+        "data": cfg.data.model_copy(update={"out": cfg.data_dir}),
+        "train": cfg.train.model_copy(update={"storage_path": cfg.checkpoint_dir}),
+        "retrieval": cfg.retrieval.model_copy(update={"out": cfg.index_dir}),
+        "serve": cfg.serve.model_copy(update={"event_log": cfg.event_log_dir}),
+        "explore": cfg.explore.model_copy(update={"out": cfg.explore_dir}),
+    })
+
+
+def compose(cfg: RayrecConfig, fault_injection: dict[str, Any] | None = None):
+    """Bind the three deployments with the options from ``cfg.serve``."""
+    cfg = _absolute_dirs(cfg)
+    sc, rc = cfg.serve, cfg.serve.ranking
+    shared = cfg.model_dump(mode="json")
+    # The adapter lives only in the ranking user_config, so switching it is an in-place
+    # reconfigure of the ranking replicas rather than a redeploy of the whole app.
+    shared["serve"]["checkpoint"] = None
+    a = rc.autoscaling
+    autoscaling = {
+        "min_replicas": a.min_replicas, "max_replicas": max(a.max_replicas, a.min_replicas),
+        "initial_replicas": max(a.min_replicas, 1),
+        "target_ongoing_requests": a.target_ongoing_requests,
+        "upscale_delay_s": a.upscale_delay_s, "downscale_delay_s": a.downscale_delay_s,
+        "metrics_interval_s": min(2.0, max(0.5, a.upscale_delay_s)),
+        "look_back_period_s": max(2.0, min(10.0, a.upscale_delay_s * 2)),
+    }
+    ranking = RankingDeployment.options(
+        ray_actor_options={"num_cpus": rc.num_cpus, "num_gpus": rc.num_gpus},
+        autoscaling_config=autoscaling,
+        max_ongoing_requests=rc.max_ongoing_requests,
+        max_queued_requests=rc.max_queued_requests,
+        user_config={"checkpoint": sc.checkpoint, "fault_injection": fault_injection or {}},
+        health_check_timeout_s=60,
+    ).bind(shared)
+    retrieval = RetrievalDeployment.options(
+        num_replicas=sc.retrieval_replicas, ray_actor_options={"num_cpus": sc.retrieval_num_cpus},
+    ).bind(shared)
+    return RecommenderIngress.options(
+        num_replicas=sc.ingress_replicas, ray_actor_options={"num_cpus": sc.ingress_num_cpus},
+        max_ongoing_requests=sc.ingress_max_ongoing_requests,
+        max_queued_requests=sc.ingress_max_queued_requests,
+    ).bind(shared, retrieval, ranking)
+
+
+def build_app(args: dict[str, Any] | None = None):
+    """Serve import target. ``args``: ``config`` (YAML path), dotted overrides
+    (``"serve.rank_timeout_s": 2`` or ``overrides: {...}``), and test-only ``fault_injection``."""
+    args = dict(args or {})
+    path = args.pop("config", None)
+    fault = args.pop("fault_injection", None)
+    overrides = dict(args.pop("overrides", None) or {})
+    unknown = [k for k in args if "." not in k]
+    if unknown:
+        raise ValueError(f"unknown build_app args {unknown}: expected config, overrides, "
+                         "fault_injection or dotted overrides like serve.max_k")
+    overrides.update(args)
+    return compose(load_config(path, overrides), fault_injection=fault)

@@ -1,0 +1,196 @@
+"""The serving event log: impressions and feedback appended as Parquet part files.
+
+Layout (columns from :mod:`rayrec.data.schema`)::
+
+    <event_log_dir>/impressions/part-<unix_ms>-<writer>-<seq>.parquet   IMPRESSION_COLUMNS
+    <event_log_dir>/feedback/part-<unix_ms>-<writer>-<seq>.parquet      FEEDBACK_COLUMNS
+
+Each writer (one per ingress replica) buffers rows and writes a new part file when
+``flush_rows`` rows are buffered, every ``flush_interval_s`` seconds from a background
+thread, and on :meth:`EventLogWriter.close`. A part is written under a temporary name and
+renamed, so readers never see half a file. ``event_log_dir`` may be a local path or a
+pyarrow filesystem URI (``s3://bucket/prefix``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from rayrec.data.schema import FEEDBACK_COLUMNS, IMPRESSION_COLUMNS
+
+log = logging.getLogger(__name__)
+
+IMPRESSIONS = "impressions"
+FEEDBACK = "feedback"
+
+IMPRESSION_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("timestamp", pa.float64()),
+        ("user_id", pa.string()),
+        ("user_idx", pa.int64()),
+        ("policy", pa.string()),
+        ("position", pa.int64()),
+        ("item_idx", pa.int64()),
+        ("item_id", pa.string()),
+        ("score", pa.float64()),
+        ("propensity", pa.float64()),
+        ("n_candidates", pa.int64()),
+        ("degraded", pa.bool_()),
+    ]
+)
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("timestamp", pa.float64()),
+        ("item_idx", pa.int64()),
+        ("item_id", pa.string()),
+        ("reward", pa.float64()),
+    ]
+)
+assert tuple(IMPRESSION_SCHEMA.names) == IMPRESSION_COLUMNS
+assert tuple(FEEDBACK_SCHEMA.names) == FEEDBACK_COLUMNS
+_SCHEMAS = {IMPRESSIONS: IMPRESSION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA}
+
+
+def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in root:
+        return pafs.FileSystem.from_uri(root)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(root))
+
+
+def _check_row(kind: str, row: Mapping[str, Any]) -> None:
+    names = _SCHEMAS[kind].names
+    missing = [c for c in names if c not in row]
+    extra = [c for c in row if c not in names]
+    if missing or extra:
+        raise ValueError(f"{kind} event has missing columns {missing} / unknown columns {extra}")
+
+
+class EventLogWriter:
+    """Buffered, thread-safe appender of impression and feedback rows."""
+
+    def __init__(
+        self,
+        root: str,
+        flush_rows: int = 64,
+        flush_interval_s: float = 2.0,
+        writer_id: str | None = None,
+        background: bool = True,
+    ) -> None:
+        self.root = root
+        self.flush_rows = flush_rows
+        self.flush_interval_s = flush_interval_s
+        self.writer_id = writer_id or uuid.uuid4().hex[:12]
+        self._fs, self._base = _filesystem(root)
+        for kind in _SCHEMAS:
+            self._fs.create_dir(f"{self._base}/{kind}", recursive=True)
+        self._buffers: dict[str, list[Mapping[str, Any]]] = {k: [] for k in _SCHEMAS}
+        self._lock = threading.Lock()  # guards the buffers
+        self._write_lock = threading.Lock()  # one part write at a time, in order
+        self._seq = 0
+        self._closed = False
+        self._wake = threading.Event()
+        self.rows_written = {k: 0 for k in _SCHEMAS}
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="rayrec-eventlog", daemon=True)
+            self._thread.start()
+
+    def append(self, kind: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Buffer rows of one kind ('impressions' or 'feedback'); columns are checked now."""
+        if self._closed:
+            raise RuntimeError("event log writer is closed")
+        rows = list(rows)
+        for r in rows:
+            _check_row(kind, r)
+        with self._lock:
+            self._buffers[kind].extend(rows)
+            full = len(self._buffers[kind]) >= self.flush_rows
+        if full:
+            self._wake.set()
+
+    def log_impressions(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self.append(IMPRESSIONS, rows)
+
+    def log_feedback(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self.append(FEEDBACK, rows)
+
+    def flush(self) -> int:
+        """Write every buffered row now; returns the number of rows written."""
+        with self._write_lock:
+            with self._lock:
+                pending = {k: v for k, v in self._buffers.items() if v}
+                self._buffers = {k: [] for k in _SCHEMAS}
+            n = 0
+            for kind, rows in pending.items():
+                try:
+                    self._write_part(kind, rows)
+                except Exception:
+                    # Put the rows back so a transient storage error loses nothing.
+                    with self._lock:
+                        self._buffers[kind][:0] = rows
+                    raise
+                n += len(rows)
+            return n
+
+    def _write_part(self, kind: str, rows: list[Mapping[str, Any]]) -> None:
+        table = pa.Table.from_pylist(list(rows), schema=_SCHEMAS[kind])
+        self._seq += 1
+        name = f"part-{int(time.time() * 1000)}-{self.writer_id}-{self._seq:06d}.parquet"
+        final = f"{self._base}/{kind}/{name}"
+        tmp = f"{self._base}/{kind}/.tmp-{name}"
+        with self._fs.open_output_stream(tmp) as out:
+            pq.write_table(table, out)
+        self._fs.move(tmp, final)
+        self.rows_written[kind] += len(rows)
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # keep the thread alive; rows stay buffered for the next try
+                log.exception("event log flush to %s failed; will retry", self.root)
+
+    def close(self) -> None:
+        """Stop the background thread and write what is left (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(5.0, self.flush_interval_s * 2))
+        self.flush()
+
+
+def _read_kind(root: str, kind: str) -> pd.DataFrame:
+    schema = _SCHEMAS[kind]
+    fs, base = _filesystem(root)
+    info = fs.get_file_info(pafs.FileSelector(f"{base}/{kind}", allow_not_found=True))
+    files = sorted(
+        i.path for i in info
+        if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.path.endswith(".parquet")
+    )
+    if not files:
+        return schema.empty_table().to_pandas()
+    tables = [pq.read_table(f, filesystem=fs, schema=schema) for f in files]
+    df = pa.concat_tables(tables).to_pandas()
+    return df.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def read_events(root: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read the whole event log: ``(impressions_df, feedback_df)`` with the schema columns."""
+    return _read_kind(root, IMPRESSIONS), _read_kind(root, FEEDBACK)

@@ -1,0 +1,130 @@
+"""Ranking deployment: the fine-tuned ranker (base model + LoRA adapter) behind @serve.batch.
+
+Concurrent requests are scored together by :meth:`rayrec.models.ranker.Ranker.score`, the
+same scoring code used in training-time validation and offline evaluation. The adapter is
+chosen by ``user_config["checkpoint"]``; ``reconfigure`` loads a new one fully before
+swapping the reference, so requests in flight finish on the old model and none are dropped.
+
+``user_config["fault_injection"]`` (test-only: ``{"raise": true}`` or ``{"sleep_s": 2.0}``)
+makes scoring fail or stall so the ingress' degradation path can be exercised for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve import metrics
+
+from rayrec.config import RayrecConfig, validate_config
+
+log = logging.getLogger("ray.serve")
+
+
+def resolve_checkpoint(cfg: RayrecConfig, requested: str | None) -> tuple[str | None, str]:
+    """Pick the adapter: the requested one, else the latest under checkpoint_dir, else none.
+
+    Returns ``(checkpoint_or_None, how_it_was_chosen)``.
+    """
+    if requested:
+        return requested, "configured"
+    try:
+        from rayrec.train.checkpoint import latest_checkpoint
+    except ImportError:
+        latest_checkpoint = None
+    latest = latest_checkpoint(cfg.checkpoint_dir) if latest_checkpoint else None
+    if latest:
+        return latest, f"latest under {cfg.checkpoint_dir}"
+    return None, f"no adapter under {cfg.checkpoint_dir}: untuned backbone {cfg.model.backbone}"
+
+
+def _device(num_gpus: float) -> str:
+    import torch
+
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+@serve.deployment(name="Ranking")
+class RankingDeployment:
+    """Scores (history text, candidate texts) pairs in batches with the current adapter."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = validate_config(cfg, "serve ranking")
+        rc = self.cfg.serve.ranking
+        self.device = _device(rc.num_gpus)
+        self._score_batch.set_max_batch_size(rc.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(rc.batch_wait_timeout_s)
+        self.ranker = None
+        self.version: str | None = None
+        self.fault: dict[str, Any] = {}
+        self._swap_lock = asyncio.Lock()
+        self._batch_size = metrics.Histogram(
+            "rayrec_rank_batch_size", description="Requests scored per ranker call.",
+            boundaries=[1, 2, 4, 8, 16, 32, 64],
+        )
+        self._score_latency = metrics.Histogram(
+            "rayrec_rank_batch_latency_ms", description="Ranker forward time per batch.",
+            boundaries=[5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000],
+        )
+        if not self._has_user_config():
+            self._load(self.cfg.serve.checkpoint)
+
+    @staticmethod
+    def _has_user_config() -> bool:
+        try:
+            return serve.get_replica_context()._deployment_config.user_config is not None
+        except Exception:  # outside a replica (direct construction)
+            return False
+
+    def _load(self, requested: str | None) -> None:
+        from rayrec.models.ranker import load_ranker
+
+        checkpoint, why = resolve_checkpoint(self.cfg, requested)
+        t0 = time.perf_counter()
+        ranker = load_ranker(self.cfg.model, checkpoint, device=self.device)
+        # Swap only once the new ranker is fully loaded: in-flight batches keep the old one.
+        self.ranker, self.version = ranker, checkpoint or f"untuned:{self.cfg.model.backbone}"
+        log.info("ranker loaded in %.1fs on %s: %s (%s)", time.perf_counter() - t0, self.device, self.version, why)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply ``{"checkpoint": path|None, "fault_injection": {...}}`` without a restart."""
+        unknown = set(user_config) - {"checkpoint", "fault_injection"}
+        if unknown:
+            raise ValueError(f"unknown ranking user_config keys: {sorted(unknown)}")
+        fault = dict(user_config.get("fault_injection") or {})
+        if set(fault) - {"raise", "sleep_s"}:
+            raise ValueError(f"fault_injection accepts 'raise' and 'sleep_s', got {sorted(fault)}")
+        requested = user_config.get("checkpoint")
+        async with self._swap_lock:
+            wanted, _ = resolve_checkpoint(self.cfg, requested)
+            current = self.version if self.ranker is not None else None
+            if self.ranker is None or (wanted or f"untuned:{self.cfg.model.backbone}") != current:
+                await asyncio.to_thread(self._load, requested)
+        self.fault = fault
+
+    def info(self) -> dict[str, Any]:
+        return {"version": self.version, "device": self.device, "fault_injection": self.fault}
+
+    async def score(self, history_text: str, candidate_texts: list[str]) -> dict[str, Any]:
+        """Ranker scores for one request's candidates, plus the adapter version that made them."""
+        if self.fault.get("raise"):
+            raise RuntimeError("fault injection: ranking failure")
+        if self.fault.get("sleep_s"):
+            await asyncio.sleep(float(self.fault["sleep_s"]))
+        scores, version = await self._score_batch((history_text, candidate_texts))
+        return {"scores": scores, "version": version}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # real values set in __init__
+    async def _score_batch(self, requests: list[tuple[str, list[str]]]) -> list[tuple[np.ndarray, str]]:
+        ranker, version = self.ranker, self.version
+        t0 = time.perf_counter()
+        histories = [h for h, _ in requests]
+        candidates = [c for _, c in requests]
+        scores = await asyncio.to_thread(ranker.score, histories, candidates)
+        self._score_latency.observe((time.perf_counter() - t0) * 1000)
+        self._batch_size.observe(len(requests))
+        return [(np.asarray(s, dtype=np.float32), version) for s in scores]

@@ -1,0 +1,180 @@
+"""Retrieval deployment: request -> query vector -> candidate items from the FAISS index.
+
+The query comes from the user's recent history (feature store histories plus any items sent
+with the request), from free text (new users), or both. Items the user has seen are
+excluded; a category filter is applied inside the index search. With neither a history nor
+text, candidates are the most popular items (cold start).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from ray import serve
+
+from rayrec.config import RayrecConfig, validate_config
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass
+class RetrievalRequest:
+    """What the ingress asks retrieval for (raw ids as sent by the client)."""
+
+    user_id: str | None = None
+    history: list[str] = field(default_factory=list)  # raw item ids, oldest first
+    query: str | None = None
+    category: str | None = None
+    num_candidates: int = 50
+
+
+class UnknownItemsError(ValueError):
+    """The request's history names item ids that are not in the catalog."""
+
+    def __init__(self, unknown: list[str]) -> None:
+        super().__init__(f"unknown item ids in history: {unknown[:10]}")
+        self.unknown = unknown
+
+
+class FeatureStore:
+    """The preprocessing output as the serving feature store: items, users and histories."""
+
+    def __init__(self, data_dir: str) -> None:
+        load_histories, load_items, load_users = _store_readers()
+        self.items = load_items(data_dir).reset_index(drop=True)
+        users = load_users(data_dir)
+        histories = load_histories(data_dir)
+        self.item_idx_of = {str(i): int(x) for i, x in zip(self.items["item_id"], self.items["item_idx"], strict=True)}
+        self._row_of = {int(x): r for r, x in enumerate(self.items["item_idx"])}
+        self.user_idx_of = {str(u): int(x) for u, x in zip(users["user_id"], users["user_idx"], strict=True)}
+        self.history_of: dict[int, list[int]] = {}
+        for u, h, v in zip(histories["user_idx"], histories["history"], histories["valid_item"], strict=True):
+            seq = [int(i) for i in h]
+            if int(v) >= 0:  # serving sees everything before the held-out test item
+                seq.append(int(v))
+            self.history_of[int(u)] = seq
+        self.popular = self.items.sort_values(["popularity", "item_idx"], ascending=[False, True])[
+            "item_idx"
+        ].to_numpy()
+        pop = self.items["popularity"].astype(float).to_numpy()
+        max_pop = max(float(pop.max()), 1.0) if len(pop) else 1.0
+        # Popularity share is the retrieval score of the cold-start path.
+        self.pop_score = {int(i): float(p) / max_pop for i, p in zip(self.items["item_idx"], pop, strict=True)}
+        self.category_of = {int(i): str(c) for i, c in zip(self.items["item_idx"], self.items["category"], strict=True)}
+
+    def item_rows(self, item_idxs: list[int]) -> pd.DataFrame:
+        return self.items.iloc[[self._row_of[i] for i in item_idxs]]
+
+
+def _store_readers():
+    try:
+        from rayrec.data.store import load_histories, load_items, load_users
+    except ImportError:  # TODO(integration): drop once rayrec.data.store lands
+        import pyarrow.parquet as pq
+
+        from rayrec.data import schema
+
+        def load_items(d):
+            return pd.read_parquet(f"{d}/{schema.ITEMS_FILE}").sort_values("item_idx")
+
+        def load_users(d):
+            return pd.read_parquet(f"{d}/{schema.USERS_FILE}")
+
+        def load_histories(d):
+            return pq.read_table(f"{d}/{schema.HISTORIES_DIR}").to_pandas()
+
+    return load_histories, load_items, load_users
+
+
+def resolve_encoder(cfg: RayrecConfig, index_meta: dict[str, Any]) -> str:
+    """The query encoder must be the one the index was built with."""
+    return index_meta.get("encoder") or cfg.retrieval.encoder or cfg.model.backbone
+
+
+@serve.deployment(name="Retrieval")
+class RetrievalDeployment:
+    """Loads the item index and feature store once per replica; answers candidate requests."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        from rayrec.retrieval.encoder import TextEncoder
+        from rayrec.retrieval.index import ItemIndex
+
+        self.cfg = validate_config(cfg, "serve retrieval")
+        self.index = ItemIndex.load(self.cfg.index_dir)
+        self.store = FeatureStore(self.cfg.data_dir)
+        self.encoder_name = resolve_encoder(self.cfg, self.index.meta)
+        self._encoder_cls = TextEncoder
+        self._encoder = None  # loaded on the first text query: most requests never need it
+        log.info(
+            "retrieval ready: %d items in index (%s), %d users, encoder %s",
+            len(self.index), self.index.meta.get("type"), len(self.store.user_idx_of), self.encoder_name,
+        )
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            self._encoder = self._encoder_cls(self.encoder_name)
+        return self._encoder
+
+    def catalog_info(self) -> dict[str, Any]:
+        return {"n_items": len(self.index), "n_users": len(self.store.user_idx_of), "encoder": self.encoder_name}
+
+    def retrieve(self, req: RetrievalRequest) -> dict[str, Any]:
+        """Candidates best first with metadata, embeddings and how the query was formed."""
+        from rayrec.retrieval.query import combined_query
+
+        t0 = time.perf_counter()
+        store = self.store
+        user_idx = store.user_idx_of.get(str(req.user_id), -1) if req.user_id is not None else -1
+        unknown = [i for i in req.history if i not in store.item_idx_of]
+        if unknown:
+            raise UnknownItemsError(unknown)
+        history = list(store.history_of.get(user_idx, [])) + [store.item_idx_of[i] for i in req.history]
+        exclude = set(history)
+        text = req.query.strip() if req.query and req.query.strip() else None
+        known_history = [i for i in history if self.index.has(i)]
+        if known_history or text:
+            source = "+".join(s for s, on in (("history", known_history), ("text", text)) if on)
+            q = combined_query(
+                self.index, known_history or None, text, self.encoder if text else None,
+                text_weight=self.cfg.serve.text_weight, recency_decay=self.cfg.retrieval.recency_decay,
+            )
+            hits = self.index.search(q, req.num_candidates, exclude=exclude, category=req.category)
+        else:
+            source = "popularity"
+            hits = self._popular(req.num_candidates, exclude, req.category)
+        idxs = [i for i, _ in hits]
+        rows = store.item_rows(idxs)
+        return {
+            "user_idx": user_idx,
+            "known_user": user_idx >= 0,
+            "source": source,
+            "history": history,
+            "history_texts": store.item_rows(history)["text"].tolist() if history else [],
+            "item_idx": idxs,
+            "item_id": rows["item_id"].astype(str).tolist(),
+            "title": rows["title"].astype(str).tolist(),
+            "category": rows["category"].astype(str).tolist(),
+            "text": rows["text"].astype(str).tolist(),
+            "score": [float(s) for _, s in hits],
+            "embeddings": self.index.embeddings_for(idxs) if idxs else np.zeros((0, self.index.dim), np.float32),
+            "latency_s": time.perf_counter() - t0,
+        }
+
+    def _popular(self, k: int, exclude: set[int], category: str | None) -> list[tuple[int, float]]:
+        out = []
+        for i in self.store.popular:
+            i = int(i)
+            if i in exclude or not self.index.has(i):
+                continue
+            if category is not None and self.store.category_of[i] != category:
+                continue
+            out.append((i, self.store.pop_score[i]))
+            if len(out) == k:
+                break
+        return out

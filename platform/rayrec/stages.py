@@ -1,0 +1,91 @@
+"""Stage bookkeeping for multi-stage runs: reuse what is built, rebuild what changed.
+
+A stage stamps ``<run_dir>/stages/<name>.json`` with a hash of the config sections it
+depends on and its result. A later run reuses the stage when the hash matches and its
+outputs still exist, unless told to rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayrec.config import RayrecConfig
+
+log = logging.getLogger("rayrec")
+
+
+def config_hash(cfg: RayrecConfig, sections: Sequence[str]) -> str:
+    """Stable hash of the named config sections (e.g. ``("data", "preprocess")``)."""
+    dumped = cfg.model_dump(mode="json")
+    payload = json.dumps({s: dumped.get(s) for s in sections}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StageRecord:
+    name: str
+    seconds: float
+    reused: bool
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass
+class StageRunner:
+    """Runs named stages in order, printing progress, timing and reusing each."""
+
+    cfg: RayrecConfig
+    rebuild: bool = False
+    records: list[StageRecord] = field(default_factory=list)
+
+    @property
+    def stamp_dir(self) -> Path:
+        return Path(self.cfg.run_dir).expanduser().resolve() / "stages"
+
+    def run(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        depends_on: Sequence[str] = (),
+        outputs: Sequence[str | Path] = (),
+        reusable: bool = True,
+        required: bool = True,
+    ) -> Any:
+        """Run (or reuse) one stage. A non-required stage that fails is recorded, not raised."""
+        stamp = self.stamp_dir / f"{name}.json"
+        digest = config_hash(self.cfg, depends_on)
+        index = len(self.records) + 1
+        if reusable and not self.rebuild and stamp.is_file():
+            saved = json.loads(stamp.read_text())
+            if saved.get("hash") == digest and all(Path(o).exists() for o in outputs):
+                log.info("[%d] %s: reusing the result from %s", index, name, saved.get("finished"))
+                self.records.append(StageRecord(name, 0.0, True, saved.get("result")))
+                return saved.get("result")
+        log.info("[%d] %s: running", index, name)
+        start = time.perf_counter()
+        try:
+            result = fn()
+        except Exception as exc:
+            seconds = time.perf_counter() - start
+            self.records.append(StageRecord(name, seconds, False, None, f"{type(exc).__name__}: {exc}"))
+            if required:
+                raise
+            log.exception("[%d] %s: FAILED after %.1fs (continuing; see the report)", index, name, seconds)
+            return None
+        seconds = time.perf_counter() - start
+        log.info("[%d] %s: done in %.1fs", index, name, seconds)
+        self.records.append(StageRecord(name, seconds, False, result))
+        if reusable:
+            self.stamp_dir.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(json.dumps(
+                {"hash": digest, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "result": result},
+                default=str, indent=2,
+            ))
+        return result

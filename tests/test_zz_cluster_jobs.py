@@ -1,0 +1,138 @@
+"""Jobs on a real Ray cluster: `ray start --head` + a second node, submitted through the Jobs SDK.
+
+Named test_zz_* so it runs last: it starts its own two-node cluster beside the session one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    """Stop only this cluster's processes (``ray stop`` would stop every cluster here)."""
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in part for part in (p.info["cmdline"] or [])):
+                procs.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for p in procs:
+        p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        p.kill()
+
+
+@pytest.fixture(scope="module")
+def job_cluster():
+    """A real cluster: a head (2 CPUs) and a second node (1 CPU) started with the ray CLI."""
+    temp_dir = tempfile.mkdtemp(prefix="rrjob")  # short: Ray's socket paths have a length limit
+    gcs_port, dash_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    common = ["--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    subprocess.run(
+        [RAY, "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
+         "--include-dashboard=true", "--num-cpus=2", *common],
+        check=True, env=env, capture_output=True, timeout=180,
+    )
+    try:
+        head = f"{socket.gethostbyname(socket.gethostname())}:{gcs_port}"
+        out = subprocess.run(
+            [RAY, "start", f"--address={head}", "--num-cpus=1", *common],
+            env=env, capture_output=True, text=True, timeout=180,
+        )
+        if out.returncode != 0:  # the head may have bound to loopback
+            subprocess.run(
+                [RAY, "start", f"--address=127.0.0.1:{gcs_port}", "--num-cpus=1", *common],
+                check=True, env=env, capture_output=True, timeout=180,
+            )
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(f"http://127.0.0.1:{dash_port}")
+        yield client
+    finally:
+        _stop_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _submit_and_wait(client, entrypoint: str, timeout_s: float = 420) -> tuple[str, str]:
+    from ray.job_submission import JobStatus
+
+    job_id = client.submit_job(
+        entrypoint=entrypoint,
+        runtime_env={"working_dir": str(REPO), "env_vars": {"HF_HUB_OFFLINE": "1"}},
+    )
+    deadline = time.time() + timeout_s
+    status = client.get_job_status(job_id)
+    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        if time.time() > deadline:
+            client.stop_job(job_id)
+            pytest.fail(f"job {entrypoint!r} did not finish in {timeout_s}s:\n{client.get_job_logs(job_id)}")
+        time.sleep(2)
+        status = client.get_job_status(job_id)
+    return str(status), client.get_job_logs(job_id)
+
+
+def test_cluster_has_two_nodes(job_cluster) -> None:
+    status, logs = _submit_and_wait(
+        job_cluster,
+        "python -c \"import ray; ray.init(); print('NODES', len([n for n in ray.nodes() if n['Alive']]))\"",
+    )
+    assert "SUCCEEDED" in status, logs
+    assert "NODES 2" in logs
+
+
+def test_preprocess_then_train_jobs(job_cluster, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    small = (
+        f"--out {out} --set data.synthetic.n_users=60 --set data.synthetic.n_items=40 "
+        "--set data.synthetic.n_events=1500"
+    )
+    status, logs = _submit_and_wait(job_cluster, f"python jobs/preprocess.py {small}")
+    assert "SUCCEEDED" in status, logs
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert manifest["counts"]["users"] > 0
+
+    from rayrec.models.tiny import make_tiny_backbone
+
+    backbone = make_tiny_backbone("bert", tmp_path / "tiny-bert")
+    status, logs = _submit_and_wait(
+        job_cluster,
+        f"python jobs/train.py {small} --backbone {backbone} --set train.max_steps=3 "
+        "--set train.batch_size=4 --set train.eval_every_steps=3 --set train.checkpoint_every_steps=3",
+    )
+    assert "SUCCEEDED" in status, logs
+    from rayrec.train.checkpoint import latest_checkpoint
+
+    assert latest_checkpoint(str(out / "checkpoints")) is not None
+
+
+def test_missing_gpu_fails_with_clear_message(job_cluster, tmp_path: Path) -> None:
+    status, logs = _submit_and_wait(
+        job_cluster, f"python jobs/train.py --out {tmp_path} --set train.use_gpu=true"
+    )
+    assert "FAILED" in status
+    assert "needs {'GPU'" in logs and "Traceback" not in logs, logs
