@@ -192,3 +192,27 @@ def test_run_evaluation_retrieval_through_ray(ray_cluster, tmp_path, tiny_bert):
     assert (missed["rank"] == 5).all()
     assert res["models"]["ranker"]["auc"] == pytest.approx(
         per_user[per_user.model == "ranker"]["auc"].mean())
+
+
+def test_run_evaluation_uses_latest_checkpoint(tmp_path, tiny_bert):
+    import torch
+    from rayrec.models.ranker import build_ranker, load_ranker, save_ranker
+
+    write_tiny_dataset(tmp_path / "data")
+    cfg = _cfg(tmp_path, tiny_bert, **{"evaluate.require_checkpoint": True, "evaluate.scoring": "local"})
+    model, collator = build_ranker(cfg.model, seed=3)
+    with torch.no_grad():  # a head unlike a fresh one, so that loading it visibly matters
+        for p in model.head.parameters():
+            p.add_(torch.randn_like(p))
+    for step in (1, 7):
+        save_ranker(Path(cfg.checkpoint_dir) / f"step_{step:08d}" / "model", cfg.model, model, collator)
+    res = run_evaluation(cfg)
+    assert "step_00000007" in res["protocol"]["models"]["ranker"]
+    # The evaluation's ranker metrics are those of this checkpoint's scores.
+    ranker = load_ranker(cfg.model, str(Path(cfg.checkpoint_dir) / "step_00000007"))
+    ex = pd.read_parquet(tmp_path / "data" / "examples" / "test").sort_values("user_idx")
+    items = pd.read_parquet(tmp_path / "data" / "items.parquet")
+    scores = ranker.score(ex.history_text.tolist(), [items.text[list(c)].tolist() for c in ex.candidates])
+    ranks = [int((s > s[0]).sum() + (s == s[0]).sum() - 1) for s in scores]
+    got = pd.read_parquet(res["files"]["per_user"]).query("model == 'ranker'").sort_values("user_idx")
+    assert got["rank"].astype(int).tolist() == ranks

@@ -22,6 +22,7 @@ class EvalConfig(Section):
     scoring: Literal["auto", "ray", "local"] = "auto"  # auto: Ray Data above local_max_users
     local_max_users: int = Field(64, ge=0)
     scoring_actors: int = Field(1, ge=1)
+    scoring_cpus: float = Field(1.0, gt=0)  # CPUs per scoring actor (Ray sets its torch threads)
     score_batch_size: int = Field(16, ge=1)  # users per Ray Data batch
     beyond_k: int = Field(10, ge=1)  # list length for diversity, coverage and novelty
     bootstrap: int = Field(1000, ge=0)  # resamples for paired confidence intervals

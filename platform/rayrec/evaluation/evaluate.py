@@ -47,31 +47,10 @@ class EvalCase:
 # ---------------------------------------------------------------- data access
 
 
-def _store():
-    try:
-        from rayrec.data import store
-    except ImportError:  # TODO(integration): drop once rayrec.data.store lands
-        return _ParquetStore
-    return store
-
-
-class _ParquetStore:
-    @staticmethod
-    def load_items(data_dir: str) -> pd.DataFrame:
-        return pd.read_parquet(Path(data_dir) / "items.parquet").sort_values("item_idx").reset_index(drop=True)
-
-    @staticmethod
-    def load_users(data_dir: str) -> pd.DataFrame:
-        return pd.read_parquet(Path(data_dir) / "users.parquet")
-
-    @staticmethod
-    def read_pandas(data_dir: str, kind: str, split: str) -> pd.DataFrame:
-        return pd.read_parquet(Path(data_dir) / kind / split)
-
-
 def load_eval_frames(data_dir: str, split: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Items (sorted by item_idx), the split's examples, and the number of users."""
-    store = _store()
+    from rayrec.data import store
+
     items = store.load_items(data_dir)
     examples = store.read_pandas(data_dir, "examples", split)
     n_users = len(store.load_users(data_dir))
@@ -164,7 +143,7 @@ class RankerScorer:
 
 def score_cases_with_ranker(
     cases: list[EvalCase], item_texts: np.ndarray, model_cfg, checkpoint: str | None,
-    use_ray: bool, actors: int = 1, batch_size: int = 16,
+    use_ray: bool, actors: int = 1, batch_size: int = 16, cpus_per_actor: float = 1.0,
 ) -> None:
     """Fill ``case.scores['ranker']`` via Ray Data actors (use_ray) or one in-process ranker."""
     frame = pd.DataFrame({
@@ -180,7 +159,7 @@ def score_cases_with_ranker(
         out = ray.data.from_pandas(blocks).map_batches(
             RankerScorer,
             fn_constructor_kwargs={"model_cfg": model_cfg.model_dump(), "checkpoint": checkpoint},
-            batch_size=batch_size, batch_format="pandas",
+            batch_size=batch_size, batch_format="pandas", num_cpus=cpus_per_actor,
             compute=ray.data.ActorPoolStrategy(size=actors),
         ).to_pandas()
     else:
@@ -248,10 +227,8 @@ def _resolve_checkpoint(cfg) -> str | None:
         if not Path(cfg.evaluate.checkpoint).exists() and "://" not in cfg.evaluate.checkpoint:
             raise FileNotFoundError(f"evaluate.checkpoint {cfg.evaluate.checkpoint} does not exist")
         return cfg.evaluate.checkpoint
-    try:
-        from rayrec.train.checkpoint import latest_checkpoint
-    except ImportError:  # TODO(integration): drop once rayrec.train.checkpoint lands
-        latest_checkpoint = lambda d: None  # noqa: E731
+    from rayrec.train.checkpoint import latest_checkpoint
+
     ckpt = latest_checkpoint(cfg.checkpoint_dir)
     if ckpt is None and cfg.evaluate.require_checkpoint:
         raise FileNotFoundError(
@@ -324,7 +301,7 @@ def run_evaluation(cfg) -> dict[str, Any]:
         init_ray(cfg.ray)
     t_score = time.time()
     score_cases_with_ranker(cases, item_texts, cfg.model, checkpoint, use_ray,
-                            ec.scoring_actors, ec.score_batch_size)
+                            ec.scoring_actors, ec.score_batch_size, ec.scoring_cpus)
     score_seconds = time.time() - t_score
     for c in cases:
         c.scores["popularity"] = popularity_scores(c.candidates, popularity)
@@ -383,7 +360,8 @@ def run_evaluation(cfg) -> dict[str, Any]:
             "popularity": "positives per item in the train split (items.parquet popularity)",
             "candidate_order": "the order candidates arrive in (see candidates_description)",
         },
-        "ranker_scoring": (f"Ray Data map_batches, {ec.scoring_actors} actor(s)" if use_ray
+        "ranker_scoring": (f"Ray Data map_batches, {ec.scoring_actors} actor(s) x {ec.scoring_cpus} CPU"
+                           if use_ray
                            else "in-process"),
         "ks": ks,
         "beyond_accuracy": (f"top-{ec.beyond_k} of each model; diversity = mean pairwise cosine "

@@ -116,7 +116,7 @@ def fit_click_model(
     nu, ni = rng.integers(len(users), size=3 * len(u)), rng.integers(len(items), size=3 * len(u))
     keep = np.array([(a, b) not in rated for a, b in zip(nu.tolist(), ni.tolist(), strict=True)])
     nu, ni = nu[keep][: len(u)], ni[keep][: len(u)]
-    U, I = np.concatenate([u, nu]), np.concatenate([i, ni])
+    U, I_ = np.concatenate([u, nu]), np.concatenate([i, ni])
     Y = np.concatenate([y, np.zeros(len(nu))])
 
     params = {
@@ -127,15 +127,15 @@ def fit_click_model(
     n = len(Y)
     for step in range(1, steps + 1):
         P, Q = params["P"], params["Q"]
-        logit = params["b0"][0] + params["bu"][U] + params["bi"][I] + np.sum(P[U] * Q[I], axis=1)
+        logit = params["b0"][0] + params["bu"][U] + params["bi"][I_] + np.sum(P[U] * Q[I_], axis=1)
         g = (1.0 / (1.0 + np.exp(-logit)) - Y) / n  # d(mean log-loss)/d logit
         grads = {
             "bu": np.bincount(U, g, len(users)),
-            "bi": np.bincount(I, g, len(items)), "b0": np.array([g.sum()]),
+            "bi": np.bincount(I_, g, len(items)), "b0": np.array([g.sum()]),
         }
-        gq, gp = g[:, None] * Q[I], g[:, None] * P[U]
+        gq, gp = g[:, None] * Q[I_], g[:, None] * P[U]
         grads["P"] = np.stack([np.bincount(U, gq[:, d], len(users)) for d in range(dim)], axis=1)
-        grads["Q"] = np.stack([np.bincount(I, gp[:, d], len(items)) for d in range(dim)], axis=1)
+        grads["Q"] = np.stack([np.bincount(I_, gp[:, d], len(items)) for d in range(dim)], axis=1)
         grads["P"] += l2 * P
         grads["Q"] += l2 * Q
         for k, gk in grads.items():
@@ -143,7 +143,7 @@ def fit_click_model(
             m[:] = 0.9 * m + 0.1 * gk
             v[:] = 0.999 * v + 0.001 * gk**2
             params[k] -= lr * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
-    logit = params["b0"][0] + params["bu"][U] + params["bi"][I] + np.sum(params["P"][U] * params["Q"][I], axis=1)
+    logit = params["b0"][0] + params["bu"][U] + params["bi"][I_] + np.sum(params["P"][U] * params["Q"][I_], axis=1)
     p = 1.0 / (1.0 + np.exp(-logit))
     logloss = float(-np.mean(Y * np.log(p + 1e-12) + (1 - Y) * np.log(1 - p + 1e-12)))
 

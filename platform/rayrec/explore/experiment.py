@@ -19,7 +19,11 @@ import ray
 from rayrec.evaluation import metrics
 from rayrec.explore.config import ExploreConfig
 from rayrec.explore.environments import (
-    WorldEnv, fit_click_model, load_or_generate_world, replay, uniform_log,
+    WorldEnv,
+    fit_click_model,
+    load_or_generate_world,
+    replay,
+    uniform_log,
 )
 from rayrec.explore.policies import make_policy
 
@@ -153,9 +157,9 @@ def _markdown(result: dict) -> str:
     for name, s in result["policies"].items():
         reg = s.get("cum_regret")
         reg_txt = f"{reg[0][-1]:.1f} +- {reg[1][-1]:.1f}" if reg else "n/a (replay)"
-        cell = lambda k: f"{s[k]['mean']:.3f} +- {s[k]['ci95']:.3f}"  # noqa: E731
-        lines.append(f"| {name} | {cell('ctr')} | {reg_txt} | {cell('catalog_coverage')} | "
-                     f"{cell('intra_list_diversity')} | {cell('categories_per_slate')} | {cell('novelty')} |")
+        cells = [f"{s[k]['mean']:.3f} +- {s[k]['ci95']:.3f}" for k in
+                 ("ctr", "catalog_coverage", "intra_list_diversity", "categories_per_slate", "novelty")]
+        lines.append(f"| {name} | {cells[0]} | {reg_txt} | " + " | ".join(cells[1:]) + " |")
     lines += ["", "![curves](curves.png)", ""]
     return "\n".join(lines)
 

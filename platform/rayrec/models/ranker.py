@@ -81,6 +81,7 @@ def build_ranker(
         lora = LoraConfig(
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
             target_modules=cfg.lora.target_modules or default_lora_targets(family),
+            fan_in_fan_out=family == "gpt2",  # GPT-2 stores attention weights as Conv1D
         )
         backbone = get_peft_model(backbone, lora)
     answer_ids = collator.answer_ids if causal else []
@@ -184,12 +185,14 @@ def score_lists(
 
 def train_scores(
     model: nn.Module, collator: RankerCollator, history_texts, candidate_texts, rng, device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable (B, C) scores + mask for a training batch (same forward as scoring)."""
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Differentiable (B, C) scores, their mask and the number of real tokens for a training
+    batch (same collation and forward as scoring)."""
     seqs = collator.plan(history_texts, candidate_texts, rng=rng)
     batch = {k: v.to(device) for k, v in collator.encode(seqs).items()}
     n_cols = max(len(c) for c in candidate_texts)
-    return scatter_scores(model(**batch), seqs, len(candidate_texts), n_cols)
+    scores, mask = scatter_scores(model(**batch), seqs, len(candidate_texts), n_cols)
+    return scores, mask, int(batch["attention_mask"].sum())
 
 
 class Ranker:

@@ -27,8 +27,9 @@ _EOS = "<|endoftext|>"
 
 def _bpe_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on prompt words, so verbalizer/index tokens are single."""
-    from rayrec.models import prompts
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from rayrec.models import prompts
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -236,23 +236,14 @@ class ItemIndex:
         return [(int(self.item_idxs[rows[t]]), float(scores[t])) for t in top]
 
 
-def _load_items(data_dir: str) -> pd.DataFrame:
-    try:
-        from rayrec.data.store import load_items
-    except ImportError:  # TODO(integration): drop once rayrec.data.store lands
-        from rayrec.data.schema import ITEMS_FILE as CATALOG
-
-        return pd.read_parquet(Path(data_dir) / CATALOG).sort_values("item_idx").reset_index(drop=True)
-    return load_items(data_dir)
-
-
 def build_index(cfg) -> str:
     """Embed every catalog item with Ray Data, build the FAISS index, save it to ``cfg.index_dir``."""
+    from rayrec.data.store import load_items
     from rayrec.runtime import init_ray
 
     init_ray(cfg.ray)
     rc = cfg.retrieval
-    items = _load_items(cfg.data_dir)
+    items = load_items(cfg.data_dir)
     if len(items) == 0:
         raise ValueError(f"the catalog at {cfg.data_dir} has no items")
     encoder = rc.encoder or cfg.model.backbone

@@ -75,7 +75,7 @@ class FeedbackResponse(BaseModel):
     item_id: str
     reward: float
     policy: str
-    learned: bool
+    recorded: bool  # the shared policy state took the reward (learned when the request closes)
 
 
 def load_api_keys(env_var: str, path: str | None) -> list[str]:

@@ -12,8 +12,8 @@ event log. If ranking fails or is slow the slate falls back to retrieval order w
 ``degraded: true``.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the real request model types
+# on the methods Serve rewrites into routes.
 import asyncio
 import logging
 import os
@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import metrics
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from rayrec.config import RayrecConfig, load_config, validate_config
@@ -57,12 +58,20 @@ fastapi_app.add_middleware(BodySizeLimit)
 
 @fastapi_app.exception_handler(RequestValidationError)
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    _count(request, 422)
     problems = []
     for e in exc.errors():
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
         msg = "unknown field" if e.get("type") == "extra_forbidden" else e.get("msg", "invalid")
         problems.append(f"{where}: {msg}")
     return JSONResponse(status_code=422, content={"error": "invalid request", "detail": problems})
+
+
+def _count(request: Request, status: int) -> None:
+    """Count a request rejected before its route ran (validation, auth)."""
+    counter = getattr(request.app.state, "requests_counter", None)
+    if counter is not None:
+        counter.inc(tags={"route": request.url.path.rstrip("/").rsplit("/", 1)[-1], "status": str(status)})
 
 
 def _bad_request(msg: str, status: int = 422) -> HTTPException:
@@ -79,6 +88,7 @@ async def _require_key(request: Request) -> None:
     if presented is None and auth.lower().startswith("bearer "):
         presented = auth[7:].strip()
     if not key_is_valid(presented, state.api_keys):
+        _count(request, 401)
         raise HTTPException(status_code=401, detail="missing or invalid API key",
                             headers={"WWW-Authenticate": "Bearer"})
 
@@ -87,8 +97,15 @@ def _rank_scores_or_reason(result: Any) -> tuple[np.ndarray | None, str | None, 
     if isinstance(result, BaseException):
         if isinstance(result, TimeoutError):
             return None, None, "ranking_timeout"
-        return None, None, f"ranking_error: {type(result).__name__}"
+        if isinstance(result, BackPressureError):
+            return None, None, "ranking_overloaded"
+        cause = getattr(result, "cause", None) or result  # unwrap RayTaskError(...)
+        return None, None, f"ranking_error: {type(cause).__name__}"
     return np.asarray(result["scores"], dtype=np.float64), result["version"], None
+
+
+async def _resolve(response):
+    return await response
 
 
 @serve.deployment(name="Ingress")
@@ -111,18 +128,20 @@ class RecommenderIngress:
                 f"or serve.api_keys_file={sc.api_keys_file!r}"
             )
         try:
-            replica = serve.get_replica_context().replica_id.unique_id
-        except Exception:
-            replica = uuid.uuid4().hex[:8]
+            ctx = serve.get_replica_context()
+            replica, app_name = ctx.replica_id.unique_id, ctx.app_name
+        except Exception:  # constructed outside Serve
+            replica, app_name = uuid.uuid4().hex[:8], sc.app_name
         self.events = EventLogWriter(
             self.cfg.event_log_dir, sc.event_flush_rows, sc.event_flush_interval_s, writer_id=replica
         )
-        self.bandit = BanditClient(self.cfg)
+        self.bandit = BanditClient(self.cfg, app_name)
         self._slates: OrderedDict[str, dict[str, Any]] = OrderedDict()  # request_id -> served slate
         self._requests = metrics.Counter(
             "rayrec_requests_total", description="Requests by route and HTTP status.",
             tag_keys=("route", "status"),
         )
+        state.requests_counter = self._requests
         self._degraded = metrics.Counter(
             "rayrec_degraded_total", description="Responses served in retrieval order, by reason.",
             tag_keys=("reason",),
@@ -140,14 +159,23 @@ class RecommenderIngress:
         events = getattr(self, "events", None)
         if events is not None:
             events.close()
+        bandit = getattr(self, "bandit", None)
+        if bandit is not None:
+            bandit.close()
 
     # ---- routes ------------------------------------------------------------------------
     @fastapi_app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        """Liveness plus what is being served (catalog size, adapter version)."""
-        info = await self.retrieval.catalog_info.remote()
-        ranker = await self.ranking.info.remote()
-        return {"status": "ok", "catalog": info, "ranker": ranker}
+        """Liveness plus what is being served; ``status`` is "degraded" if a stage is unreachable."""
+        out: dict[str, Any] = {"status": "ok"}
+        for key, call in (("catalog", self.retrieval.catalog_info), ("ranker", self.ranking.info)):
+            response = call.remote()
+            try:
+                out[key] = await asyncio.wait_for(_resolve(response), timeout=5.0)
+            except Exception as e:
+                response.cancel()
+                out[key], out["status"] = {"error": type(e).__name__}, "degraded"
+        return out
 
     @fastapi_app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(_require_key)])
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
@@ -163,25 +191,31 @@ class RecommenderIngress:
     @fastapi_app.post("/feedback", response_model=FeedbackResponse, dependencies=[Depends(_require_key)])
     async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
         """Record a reward for an item of a served slate and update the policy's state."""
-        slate = self._slates.get(req.request_id)
-        if slate is None:
-            self._requests.inc(tags={"route": "feedback", "status": "404"})
-            raise _bad_request(f"unknown or expired request_id {req.request_id!r}", 404)
         item_id = str(req.item_id)
-        if item_id not in slate["pos_of"]:
-            self._requests.inc(tags={"route": "feedback", "status": "422"})
-            raise _bad_request(f"item_id {item_id!r} was not shown in request {req.request_id!r}")
-        pos = slate["pos_of"][item_id]
+        slate = self._slates.get(req.request_id)
+        if slate is not None:
+            if item_id not in slate["pos_of"]:
+                self._requests.inc(tags={"route": "feedback", "status": "422"})
+                raise _bad_request(f"item_id {item_id!r} was not shown in request {req.request_id!r}")
+            policy, item_idx = slate["policy"], slate["item_idx"][slate["pos_of"][item_id]]
+            recorded = await self.bandit.feedback(policy, req.request_id, item_idx, float(req.reward))
+        else:  # served by another ingress replica (or expired): the shared policy state knows
+            item_idx = await self.retrieval.lookup_item.remote(item_id)
+            policy = None
+            if item_idx is not None:
+                policy = await self.bandit.feedback_any(req.request_id, item_idx, float(req.reward))
+            if policy is None:
+                self._requests.inc(tags={"route": "feedback", "status": "404"})
+                raise _bad_request(
+                    f"unknown or expired request_id {req.request_id!r} (or item {item_id!r} not shown in it)", 404)
+            recorded = True
         self.events.log_feedback([{
-            "request_id": req.request_id, "timestamp": time.time(), "item_idx": slate["item_idx"][pos],
+            "request_id": req.request_id, "timestamp": time.time(), "item_idx": int(item_idx),
             "item_id": item_id, "reward": float(req.reward),
         }])
-        learned = await self.bandit.update(
-            slate["policy"], [slate["item_idx"][pos]], [float(req.reward)], slate["features"][pos : pos + 1]
-        )
         self._requests.inc(tags={"route": "feedback", "status": "200"})
         return FeedbackResponse(request_id=req.request_id, item_id=item_id, reward=float(req.reward),
-                                policy=slate["policy"], learned=learned)
+                                policy=policy, recorded=recorded)
 
     # ---- pipeline ----------------------------------------------------------------------
     async def _recommend(self, req: RecommendRequest) -> RecommendResponse:
@@ -223,7 +257,7 @@ class RecommenderIngress:
         features = np.asarray(cand["embeddings"], dtype=np.float64)
         if len(final):
             slate = await self.bandit.select(policy, final, req.k, features, np.asarray(cand["item_idx"]),
-                                             diversity=method, diversity_weight=weight, seed=request_id)
+                                             request_id, diversity=method, diversity_weight=weight)
             picks, props = slate.indices.tolist(), slate.propensities.tolist()
         else:
             picks, props = [], []
@@ -246,7 +280,7 @@ class RecommenderIngress:
             "propensity": it["propensity"], "n_candidates": len(final), "degraded": degraded,
         } for it, i in zip(items, picks, strict=True)])
         self._remember(request_id, policy, [cand["item_id"][i] for i in picks],
-                       [int(cand["item_idx"][i]) for i in picks], features[picks] if picks else features[:0])
+                       [int(cand["item_idx"][i]) for i in picks])
         lat["total"] = (time.perf_counter() - t_start) * 1000
         for stage, ms in lat.items():
             self._latency.observe(ms, tags={"stage": stage})
@@ -267,24 +301,20 @@ class RecommenderIngress:
         response = self.ranking.score.remote(render_history(texts), cand["text"])
         try:
             return await asyncio.wait_for(_resolve(response), timeout=self.cfg.serve.rank_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             response.cancel()
             return TimeoutError(f"ranking took longer than {self.cfg.serve.rank_timeout_s}s")
         except Exception as e:  # any ranking failure (replica error, overload) degrades the slate
+            log.warning("ranking failed: %s", str(e)[-2000:])
             return e
 
-    def _remember(self, request_id: str, policy: str, item_ids: list[str], item_idx: list[int],
-                  features: np.ndarray) -> None:
+    def _remember(self, request_id: str, policy: str, item_ids: list[str], item_idx: list[int]) -> None:
         self._slates[request_id] = {
-            "policy": policy, "item_idx": item_idx, "features": features,
+            "policy": policy, "item_idx": item_idx,
             "pos_of": {iid: p for p, iid in enumerate(item_ids)},
         }
         while len(self._slates) > self.cfg.serve.request_cache_size:
             self._slates.popitem(last=False)
-
-
-async def _resolve(response):
-    return await response
 
 
 def _absolute_dirs(cfg: RayrecConfig) -> RayrecConfig:
@@ -341,7 +371,7 @@ def build_app(args: dict[str, Any] | None = None):
     path = args.pop("config", None)
     fault = args.pop("fault_injection", None)
     overrides = dict(args.pop("overrides", None) or {})
-    unknown = [k for k in args if "." not in k]
+    unknown = [k for k in args if "." not in k and k not in RayrecConfig.model_fields]
     if unknown:
         raise ValueError(f"unknown build_app args {unknown}: expected config, overrides, "
                          "fault_injection or dotted overrides like serve.max_k")

@@ -33,19 +33,12 @@ class RetrievalRequest:
     num_candidates: int = 50
 
 
-class UnknownItemsError(ValueError):
-    """The request's history names item ids that are not in the catalog."""
-
-    def __init__(self, unknown: list[str]) -> None:
-        super().__init__(f"unknown item ids in history: {unknown[:10]}")
-        self.unknown = unknown
-
-
 class FeatureStore:
     """The preprocessing output as the serving feature store: items, users and histories."""
 
     def __init__(self, data_dir: str) -> None:
-        load_histories, load_items, load_users = _store_readers()
+        from rayrec.data.store import load_histories, load_items, load_users
+
         self.items = load_items(data_dir).reset_index(drop=True)
         users = load_users(data_dir)
         histories = load_histories(data_dir)
@@ -69,26 +62,6 @@ class FeatureStore:
 
     def item_rows(self, item_idxs: list[int]) -> pd.DataFrame:
         return self.items.iloc[[self._row_of[i] for i in item_idxs]]
-
-
-def _store_readers():
-    try:
-        from rayrec.data.store import load_histories, load_items, load_users
-    except ImportError:  # TODO(integration): drop once rayrec.data.store lands
-        import pyarrow.parquet as pq
-
-        from rayrec.data import schema
-
-        def load_items(d):
-            return pd.read_parquet(f"{d}/{schema.ITEMS_FILE}").sort_values("item_idx")
-
-        def load_users(d):
-            return pd.read_parquet(f"{d}/{schema.USERS_FILE}")
-
-        def load_histories(d):
-            return pq.read_table(f"{d}/{schema.HISTORIES_DIR}").to_pandas()
-
-    return load_histories, load_items, load_users
 
 
 def resolve_encoder(cfg: RayrecConfig, index_meta: dict[str, Any]) -> str:
@@ -124,16 +97,21 @@ class RetrievalDeployment:
     def catalog_info(self) -> dict[str, Any]:
         return {"n_items": len(self.index), "n_users": len(self.store.user_idx_of), "encoder": self.encoder_name}
 
+    def lookup_item(self, item_id: str) -> int | None:
+        """item_idx of a raw item id, or None when it is not in the catalog."""
+        return self.store.item_idx_of.get(str(item_id))
+
     def retrieve(self, req: RetrievalRequest) -> dict[str, Any]:
-        """Candidates best first with metadata, embeddings and how the query was formed."""
+        """Candidates best first with metadata, embeddings and how the query was formed
+        (or ``{"error": msg}`` for a request naming unknown items)."""
         from rayrec.retrieval.query import combined_query
 
         t0 = time.perf_counter()
         store = self.store
         user_idx = store.user_idx_of.get(str(req.user_id), -1) if req.user_id is not None else -1
         unknown = [i for i in req.history if i not in store.item_idx_of]
-        if unknown:
-            raise UnknownItemsError(unknown)
+        if unknown:  # a client error: reported back, not raised (no replica error logs)
+            return {"error": f"unknown item ids in history: {unknown[:10]}"}
         history = list(store.history_of.get(user_idx, [])) + [store.item_idx_of[i] for i in req.history]
         exclude = set(history)
         text = req.query.strip() if req.query and req.query.strip() else None

@@ -44,7 +44,7 @@ def build_ds_config(cfg: TrainConfig, total_steps: int, world_size: int) -> dict
         "scheduler": {
             "type": "WarmupDecayLR",
             "params": {
-                "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_num_steps": max(warmup, 0),
+                "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_num_steps": max(warmup, 1),
                 "total_num_steps": max(total_steps, warmup + 1), "warmup_type": "linear",
             },
         },

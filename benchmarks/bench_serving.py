@@ -1,0 +1,260 @@
+"""Serving load benchmark (loopback only, bounded in time).
+
+1. Latency p50/p95/p99 and throughput of ``POST /recommend`` at fixed concurrency levels,
+   against the same retrieval + ranking + policy pipeline called in-process (Serve overhead).
+2. Ranking deployment throughput with ``@serve.batch`` (max_batch_size N) vs without (1).
+3. Autoscaling: ranking replica count over time (``serve.status()``) under load and after.
+
+    python benchmarks/bench_serving.py --out bench_serving.json [--backbone minilm]
+
+Builds its own small synthetic world (preprocess + index) in a temp dir and starts its own
+local Ray instance, which it shuts down at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _summary(lat_s: list[float], wall_s: float, errors: int) -> dict:
+    ms = np.asarray(lat_s) * 1000
+    return {
+        "requests": len(lat_s), "errors": errors, "throughput_rps": round(len(lat_s) / wall_s, 2),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
+        "p95_ms": round(float(np.percentile(ms, 95)), 2) if len(ms) else None,
+        "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
+    }
+
+
+async def _http_load(url: str, users: list[str], concurrency: int, seconds: float, k: int) -> dict:
+    import httpx
+
+    lat, errors = [], 0
+    deadline = time.perf_counter() + seconds
+    rng = np.random.default_rng(concurrency)
+
+    async def worker(client):
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            body = {"user_id": users[int(rng.integers(len(users)))], "k": k}
+            t0 = time.perf_counter()
+            r = await client.post(url, json=body)
+            if r.status_code == 200 and not r.json()["degraded"]:
+                lat.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return _summary(lat, wall, errors)
+
+
+def _inprocess_load(pipeline, users: list[str], concurrency: int, seconds: float, k: int) -> dict:
+    lat, lock = [], threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def worker(seed: int):
+        rng = np.random.default_rng(seed)
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            pipeline(users[int(rng.integers(len(users)))], k)
+            with lock:
+                lat.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(worker, range(concurrency)))
+    return _summary(lat, time.perf_counter() - t0, 0)
+
+
+def make_inprocess_pipeline(cfg):
+    """The same stages the endpoint runs, as plain calls in this process."""
+    from rayrec.data.text import render_history
+    from rayrec.explore.policies import make_policy
+    from rayrec.models.ranker import load_ranker
+    from rayrec.serving.app import _absolute_dirs
+    from rayrec.serving.retrieval import RetrievalDeployment, RetrievalRequest
+
+    cfg = _absolute_dirs(cfg)
+    retrieval = RetrievalDeployment.func_or_class(cfg.model_dump(mode="json"))
+    ranker = load_ranker(cfg.model, None)
+    policy = make_policy(cfg.serve.default_policy, cfg.explore)
+    lock = threading.Lock()
+
+    def run(user_id: str, k: int):
+        cand = retrieval.retrieve(RetrievalRequest(user_id=user_id, num_candidates=max(cfg.serve.rank_candidates, k)))
+        texts = cand["history_texts"][-cfg.model.max_history_items:]
+        scores = ranker.score([render_history(texts)], [cand["text"]])[0]
+        with lock:  # the policy state is shared, as in the endpoint's state actor
+            return policy.select(scores, k, cand["embeddings"], np.asarray(cand["item_idx"]))
+
+    return run
+
+
+async def _rank_throughput(app: str, texts: list[str], n_requests: int, concurrency: int) -> dict:
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Ranking", app_name=app)
+    await handle.info.remote()
+    sem = asyncio.Semaphore(concurrency)
+    lat = []
+
+    async def one(i):
+        async with sem:
+            t0 = time.perf_counter()
+            await handle.score.remote(texts[i % len(texts)], texts[:20])
+            lat.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n_requests)))
+    return _summary(lat, time.perf_counter() - t0, 0)
+
+
+def _ranking_replicas(app: str) -> int:
+    from ray import serve
+
+    dep = serve.status().applications[app].deployments["Ranking"]
+    return int(dep.replica_states.get("RUNNING", 0))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--backbone", default="tiny", help="'tiny' (random tiny BERT) or 'minilm' / a path")
+    ap.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--num-cpus", type=int, default=4)
+    args = ap.parse_args()
+
+    import ray
+    from ray import serve
+    from rayrec.config import load_config
+    from rayrec.data.pipeline import run_preprocess
+    from rayrec.data.store import load_items, load_users
+    from rayrec.retrieval.index import build_index
+    from rayrec.serving.app import build_app
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_serving_"))
+    backbone = args.backbone
+    if backbone == "tiny":
+        from rayrec.models.tiny import make_tiny_backbone
+
+        backbone = str(make_tiny_backbone("bert", tmp / "tiny_bert"))
+    base = {
+        "run_dir": str(tmp / "run"), "model.backbone": backbone, "model.max_length": 128,
+        "data.synthetic.n_users": 300, "data.synthetic.n_items": 400, "data.synthetic.n_events": 9000,
+        "serve.rank_candidates": 20, "serve.ranking.num_cpus": 1, "serve.retrieval_num_cpus": 0.5,
+        "serve.ingress_num_cpus": 0.5, "serve.ranking.max_batch_size": 16,
+        "serve.ranking.autoscaling.min_replicas": 1, "serve.ranking.autoscaling.max_replicas": 1,
+        "serve.event_flush_interval_s": 5.0,
+    }
+    cfg = load_config(None, base)
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    results: dict = {"backbone": args.backbone, "k": args.k, "rank_candidates": 20,
+                     "num_cpus": args.num_cpus, "os_cpus": os.cpu_count(), "seconds_per_level": args.seconds}
+    try:
+        t0 = time.time()
+        run_preprocess(cfg)
+        build_index(cfg)
+        results["setup_s"] = round(time.time() - t0, 1)
+        users = load_users(cfg.data_dir)["user_id"].astype(str).tolist()
+        texts = load_items(cfg.data_dir)["text"].astype(str).tolist()
+
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        url = f"http://127.0.0.1:{port}/bench/recommend"
+        serve.run(build_app(base), name="bench", route_prefix="/bench")
+        asyncio.run(_http_load(url, users, 2, 2.0, args.k))  # warm-up
+
+        pipeline = make_inprocess_pipeline(cfg)
+        for _ in range(5):
+            pipeline(users[0], args.k)
+        levels = []
+        for c in args.concurrency:
+            served = asyncio.run(_http_load(url, users, c, args.seconds, args.k))
+            inproc = _inprocess_load(pipeline, users, c, args.seconds, args.k)
+            row = {"concurrency": c, "serve": served, "in_process": inproc,
+                   "p50_ratio": round(served["p50_ms"] / inproc["p50_ms"], 2),
+                   "throughput_ratio": round(served["throughput_rps"] / inproc["throughput_rps"], 2)}
+            levels.append(row)
+            print(f"c={c:>3}  serve p50/p95/p99 {served['p50_ms']}/{served['p95_ms']}/{served['p99_ms']} ms "
+                  f"{served['throughput_rps']} rps | in-process p50/p95/p99 {inproc['p50_ms']}/"
+                  f"{inproc['p95_ms']}/{inproc['p99_ms']} ms {inproc['throughput_rps']} rps | "
+                  f"p50 x{row['p50_ratio']} rps x{row['throughput_ratio']}", flush=True)
+        results["latency"] = levels
+        del pipeline
+
+        batching = {}
+        for mbs in (16, 1):
+            serve.run(build_app({**base, "serve.ranking.max_batch_size": mbs}), name="bench", route_prefix="/bench")
+            asyncio.run(_rank_throughput("bench", texts, 16, 4))  # warm-up
+            batching[f"max_batch_size={mbs}"] = asyncio.run(_rank_throughput("bench", texts, 192, 32))
+            print(f"ranking max_batch_size={mbs}: {batching[f'max_batch_size={mbs}']}", flush=True)
+        batching["speedup"] = round(batching["max_batch_size=16"]["throughput_rps"]
+                                    / batching["max_batch_size=1"]["throughput_rps"], 2)
+        results["ranking_batching"] = batching
+        serve.delete("bench")
+
+        # Autoscaling: 1..3 ranking replicas on ongoing requests, then back down when idle.
+        auto = {**base, "serve.ranking.num_cpus": 0.5, "serve.ranking.max_batch_size": 4,
+                "serve.ranking.autoscaling.min_replicas": 1, "serve.ranking.autoscaling.max_replicas": 3,
+                "serve.ranking.autoscaling.target_ongoing_requests": 2,
+                "serve.ranking.autoscaling.upscale_delay_s": 1, "serve.ranking.autoscaling.downscale_delay_s": 4}
+        serve.run(build_app(auto), name="bench_auto", route_prefix="/auto")
+        timeline, stop = [], threading.Event()
+        t_start = time.time()
+
+        def sample():
+            while not stop.is_set():
+                timeline.append((round(time.time() - t_start, 1), _ranking_replicas("bench_auto")))
+                time.sleep(1.0)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        load = asyncio.run(_http_load(f"http://127.0.0.1:{port}/auto/recommend", users, 24, 25.0, args.k))
+        load_end = round(time.time() - t_start, 1)
+        deadline = time.time() + 40
+        while time.time() < deadline and (not timeline or timeline[-1][1] > 1):
+            time.sleep(1.0)
+        time.sleep(2.0)
+        stop.set()
+        sampler.join()
+        peak = max(n for _, n in timeline)
+        results["autoscaling"] = {"load": load, "load_ends_at_s": load_end, "peak_replicas": peak,
+                                  "final_replicas": timeline[-1][1], "timeline": timeline}
+        print(f"autoscaling: peak {peak} ranking replicas under load (ended at {load_end}s), "
+              f"final {timeline[-1][1]}; timeline {timeline}", flush=True)
+        serve.delete("bench_auto")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

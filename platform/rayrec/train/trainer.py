@@ -1,0 +1,119 @@
+"""``run_training``: read the examples with Ray Data, run the worker loop with Ray Train."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from rayrec.config import RayrecConfig
+from rayrec.data.schema import EXAMPLES_DIR
+from rayrec.runtime import init_ray
+from rayrec.train.loop import TRAIN_COLUMNS, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """Where the final checkpoint is and the last reported metrics."""
+
+    checkpoint: str | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    run_dir: str = ""
+    best_checkpoint: str | None = None
+
+
+def _read_examples(data_dir: str, split: str):
+    import ray.data
+
+    path = os.path.join(data_dir, EXAMPLES_DIR, split)
+    if "://" not in path and not os.path.isdir(path):
+        return None
+    return ray.data.read_parquet(path, columns=TRAIN_COLUMNS)
+
+
+def plan_steps(n_train: int, cfg: RayrecConfig) -> int:
+    """Optimizer steps for the run: epochs over equal worker shards, capped by max_steps."""
+    tc = cfg.train
+    per_step = tc.batch_size * tc.grad_accum_steps * tc.num_workers
+    steps_per_epoch = (n_train // (tc.batch_size * tc.num_workers)) // tc.grad_accum_steps
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{n_train} training examples cannot fill one step of {per_step} "
+            f"(batch_size x grad_accum_steps x num_workers); lower them or add data"
+        )
+    total = steps_per_epoch * tc.epochs
+    return min(total, tc.max_steps) if tc.max_steps else total
+
+
+def run_training(cfg: RayrecConfig) -> TrainResult:
+    """Fine-tune the ranker on ``<data_dir>/examples`` with Ray Train + DeepSpeed.
+
+    Re-running with the same storage path and ``train.run_name`` resumes from the latest
+    checkpoint (step count, optimizer and scheduler continue).
+    """
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    init_ray(cfg.ray)
+    tc = cfg.train
+    train_ds = _read_examples(cfg.data_dir, "train")
+    if train_ds is None:
+        raise FileNotFoundError(
+            f"no training examples at {cfg.data_dir}/{EXAMPLES_DIR}/train: run preprocessing first"
+        )
+    if tc.max_train_examples:
+        train_ds = train_ds.limit(tc.max_train_examples)
+    train_ds = train_ds.randomize_block_order(seed=tc.seed)
+    total_steps = plan_steps(train_ds.count(), cfg)
+    datasets = {"train": train_ds}
+    valid_ds = _read_examples(cfg.data_dir, "valid")
+    if valid_ds is not None and tc.max_valid_examples:
+        valid_ds = valid_ds.limit(tc.max_valid_examples)
+    if valid_ds is not None:
+        datasets["valid"] = valid_ds.materialize()
+    log.warning("training %s for %d steps on %d worker(s)", cfg.model.backbone, total_steps,
+                tc.num_workers)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"), "total_steps": total_steps,
+            "has_valid": "valid" in datasets,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+            resources_per_worker=tc.resources_per_worker or None,
+            placement_strategy=tc.placement_strategy,
+        ),
+        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=tc.run_name, storage_path=cfg.checkpoint_dir,
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    ckpt = _uri(result.checkpoint, cfg.checkpoint_dir)
+    best = None
+    metric = f"valid_{tc.early_stopping_metric}"
+    scored = [(m[metric], c) for c, m in (result.best_checkpoints or []) if metric in m]
+    if scored:
+        best = _uri(max(scored, key=lambda t: t[0])[1], cfg.checkpoint_dir)
+    return TrainResult(
+        checkpoint=ckpt, metrics=dict(result.metrics or {}), run_dir=str(result.path),
+        best_checkpoint=best,
+    )
+
+
+def _uri(checkpoint, storage_path: str) -> str | None:
+    if checkpoint is None:
+        return None
+    if "://" in storage_path:
+        return storage_path.split("://", 1)[0] + "://" + checkpoint.path
+    return checkpoint.path

@@ -1,0 +1,398 @@
+"""The real Serve application (ingress + retrieval + ranking) on the session Ray cluster,
+exercised over HTTP with a tiny backbone, a tiny catalog and a tiny index."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pickle
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+pytestmark = pytest.mark.slow  # one app start-up (~50 s on 2 cores) shared by the module
+
+APP = "rayrec_serving_test"
+PREFIX = "/rst"
+AUTH_APP = "rayrec_serving_auth_test"
+AUTH_PREFIX = "/rst_auth"
+API_KEY = "test-key-0123456789"
+CATEGORIES = ["Comedy", "Drama", "Sci-Fi", "Horror"]
+N_ITEMS, N_USERS = 40, 8
+
+
+def _needs(*modules: str) -> None:
+    import importlib
+
+    for m in modules:
+        try:
+            importlib.import_module(m)
+        except ImportError as e:
+            pytest.skip(f"{m} has not landed yet ({e})")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_tiny_dataset(data_dir: Path) -> None:
+    """A catalog, users and histories in the layout of rayrec.data.schema."""
+    from rayrec.data import schema
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cats = [CATEGORIES[i % len(CATEGORIES)] for i in range(N_ITEMS)]
+    titles = [f"{c} Story {i}" for i, c in enumerate(cats)]
+    items = pd.DataFrame({
+        "item_idx": np.arange(N_ITEMS, dtype=np.int64),
+        "item_id": [str(1000 + i) for i in range(N_ITEMS)],
+        "title": titles,
+        "category": cats,
+        "text": [f"{t} | Genres: {c}" for t, c in zip(titles, cats, strict=True)],
+        "popularity": np.arange(N_ITEMS, 0, -1).astype(np.int64),  # item 0 most popular
+    })
+    items.to_parquet(data_dir / schema.ITEMS_FILE, index=False)
+    users = pd.DataFrame({
+        "user_idx": np.arange(N_USERS, dtype=np.int64),
+        "user_id": [f"u{i}" for i in range(N_USERS)],
+        "n_train": np.full(N_USERS, 5, dtype=np.int64),
+    })
+    users.to_parquet(data_dir / schema.USERS_FILE, index=False)
+    hist = pd.DataFrame({
+        "user_idx": np.arange(N_USERS, dtype=np.int64),
+        # user i likes category i % 4: five items of it
+        "history": [[int(j) for j in range(i % 4, N_ITEMS, 4)][:5] for i in range(N_USERS)],
+        "valid_item": np.full(N_USERS, -1, dtype=np.int64),
+        "test_item": np.full(N_USERS, -1, dtype=np.int64),
+    })
+    (data_dir / schema.HISTORIES_DIR).mkdir(exist_ok=True)
+    hist.to_parquet(data_dir / schema.HISTORIES_DIR / "part-0.parquet", index=False)
+    (data_dir / schema.MANIFEST_FILE).write_text(
+        json.dumps({"schema_version": schema.SCHEMA_VERSION, "counts": {"items": N_ITEMS, "users": N_USERS}})
+    )
+
+
+@pytest.fixture(scope="module")
+def serving_env(tmp_path_factory, ray_cluster):
+    """Tiny dataset + backbone + index + two adapter versions; returns build_app overrides."""
+    _needs("rayrec.models.ranker", "rayrec.models.tiny", "rayrec.retrieval.index", "rayrec.data.text")
+    from rayrec.config import load_config
+    from rayrec.models.ranker import build_ranker, save_ranker
+    from rayrec.models.tiny import make_tiny_backbone
+    from rayrec.retrieval.index import build_index
+
+    root = tmp_path_factory.mktemp("serving")
+    backbone = make_tiny_backbone("bert", root / "tiny_bert")
+    overrides = {
+        "run_dir": str(root / "run"),
+        "model.backbone": str(backbone),
+        "model.max_length": 64,
+        "serve.ranking.num_cpus": 0.5,
+        "serve.ranking.autoscaling.min_replicas": 1,
+        "serve.ranking.autoscaling.max_replicas": 1,
+        "serve.retrieval_num_cpus": 0.25,
+        "serve.ingress_num_cpus": 0.1,
+        "serve.rank_candidates": 12,
+        "serve.max_k": 20,
+        "serve.max_body_bytes": 4096,
+        "serve.rank_timeout_s": 1.5,
+        "serve.event_flush_rows": 1000,
+        "serve.event_flush_interval_s": 60.0,  # only shutdown flushes: the test checks that path
+        "serve.api_keys_file": str(root / "keys.txt"),
+    }
+    cfg = load_config(None, overrides)
+    write_tiny_dataset(Path(cfg.data_dir))
+    build_index(cfg)
+    adapters = {}
+    for seed in (1, 2):
+        model, collator = build_ranker(cfg.model, seed=seed)
+        adapters[seed] = save_ranker(root / f"adapter_v{seed}", cfg.model, model, collator)
+    (root / "keys.txt").write_text(f"# test keys\n{API_KEY}\n")
+    return {"overrides": overrides, "cfg": cfg, "adapters": adapters, "root": root}
+
+
+def _deploy(env: dict, user_config: dict) -> None:
+    """Declarative deploy (what `serve deploy`/RayService do): a user_config change is an
+    in-place reconfigure of the ranking replicas."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    client = _get_global_client()
+    client.deploy_apps(ServeDeploySchema(applications=[{
+        "name": APP, "route_prefix": PREFIX, "import_path": "rayrec.serving.app:build_app",
+        "args": dict(env["overrides"]),
+        "deployments": [{"name": "Ranking", "user_config": user_config}],
+    }]), _blocking=True)
+
+
+def _wait_ranker(url: str, pred, timeout: float = 90.0) -> dict:
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            r = httpx.get(f"{url}/healthz", timeout=10)
+            if r.status_code == 200:
+                last = r.json()
+                if pred(last["ranker"]):
+                    return last
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"ranker never reached the expected state; last healthz {last}")
+
+
+@pytest.fixture(scope="module")
+def app_url(serving_env):
+    from ray import serve
+    from rayrec.explore.policies import POLICIES
+    from rayrec.serving.bandit import kill_state_actors
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    from ray.serve.context import _get_global_client
+
+    port = _get_global_client().http_config.port  # an already running Serve keeps its port
+    _deploy(serving_env, {"checkpoint": serving_env["adapters"][1], "fault_injection": {}})
+    url = f"http://127.0.0.1:{port}{PREFIX}"
+    _wait_ranker(url, lambda r: r["version"] == serving_env["adapters"][1])
+    yield url
+    with contextlib.suppress(Exception):
+        serve.delete(APP)
+    kill_state_actors(APP, list(POLICIES))
+
+
+def post(url, path, body, **kw):
+    return httpx.post(f"{url}{path}", json=body, timeout=30, **kw)
+
+
+# ---- happy paths ---------------------------------------------------------------------------
+
+def test_known_user_gets_ranked_items_with_stage_scores(app_url, serving_env):
+    r = post(app_url, "/recommend", {"user_id": "u1", "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["degraded"] is False and body["degraded_reason"] is None
+    assert body["cold_start"] is False and body["retrieval_source"] == "history"
+    assert body["model_version"] == serving_env["adapters"][1]
+    assert body["policy"] == "greedy" and len(body["request_id"]) == 32
+    items = body["items"]
+    assert len(items) == 5 and [it["position"] for it in items] == list(range(5))
+    seen = {str(1000 + j) for j in range(1, N_ITEMS, 4)[:5]}
+    assert not seen & {it["item_id"] for it in items}, "already-seen items must be excluded"
+    for it in items:
+        s = it["scores"]
+        assert s["ranker"] is not None and s["final"] == pytest.approx(s["ranker"])
+        assert it["propensity"] == pytest.approx(1.0)  # greedy is deterministic
+        assert it["title"].startswith(it["category"])
+    finals = [it["scores"]["final"] for it in items]
+    assert finals == sorted(finals, reverse=True), "greedy slate is in ranker order"
+
+
+def test_history_and_category_filter(app_url):
+    r = post(app_url, "/recommend", {"history": ["1002", "1006"], "category": "Drama", "k": 4})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["retrieval_source"] == "history"
+    assert {it["category"] for it in body["items"]} == {"Drama"}
+    assert not {"1002", "1006"} & {it["item_id"] for it in body["items"]}
+
+
+def test_cold_start_unknown_user_gets_popular_items(app_url):
+    r = post(app_url, "/recommend", {"user_id": "never-seen", "k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["cold_start"] is True and body["retrieval_source"] == "popularity"
+    # popularity decreases with item_idx; ranking may reorder but the retrieval scores say why
+    assert {it["item_id"] for it in body["items"]} <= {str(1000 + i) for i in range(12)}
+
+
+def test_free_text_query_for_new_user(app_url):
+    r = post(app_url, "/recommend", {"query": "Horror Story", "k": 5, "user_id": 12345})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["retrieval_source"] == "text" and body["user_id"] == "12345"
+    assert all(it["scores"]["retrieval"] > -1.01 for it in body["items"])
+
+
+def test_exploration_policy_and_diversity(app_url):
+    r = post(app_url, "/recommend", {"user_id": "u2", "k": 4, "policy": "softmax", "diversity": 0.5,
+                                     "diversity_method": "dpp"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["policy"] == "softmax" and body["diversity"] == 0.5
+    props = [it["propensity"] for it in body["items"]]
+    assert all(0.0 < p <= 1.0 for p in props) and min(props) < 1.0
+
+
+def test_feedback_round_trip(app_url):
+    body = post(app_url, "/recommend", {"user_id": "u3", "k": 3, "policy": "ucb1"}).json()
+    item = body["items"][0]["item_id"]
+    r = post(app_url, "/feedback", {"request_id": body["request_id"], "item_id": item, "reward": 1.0})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"request_id": body["request_id"], "item_id": item, "reward": 1.0,
+                        "policy": "ucb1", "recorded": True}
+    r = post(app_url, "/feedback", {"request_id": body["request_id"], "item_id": "999999", "reward": 1})
+    assert r.status_code == 422 and "not shown" in r.json()["detail"]
+    r = post(app_url, "/feedback", {"request_id": "nope", "item_id": item, "reward": 1})
+    assert r.status_code == 404 and "unknown or expired request_id" in r.json()["detail"]
+
+
+def test_healthz_and_openapi_docs(app_url):
+    r = httpx.get(f"{app_url}/healthz", timeout=10)
+    assert r.status_code == 200 and r.json()["catalog"]["n_items"] == N_ITEMS
+    r = httpx.get(f"{app_url}/docs", timeout=10)
+    assert r.status_code == 200 and "swagger" in r.text.lower()
+    spec = httpx.get(f"{app_url}/openapi.json", timeout=10).json()
+    assert {"/recommend", "/feedback", "/healthz"} <= set(spec["paths"])
+
+
+# ---- bad input ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"user_id": "u1", "k": "many"}, 422, "k: Input should be a valid integer"),
+        ({"user_id": "u1", "k": 0}, 422, "k: Input should be greater than or equal to 1"),
+        ({"user_id": "u1", "k": 21}, 422, "k: must be <= 20"),
+        ({"user_id": "u1", "colour": "red"}, 422, "colour: unknown field"),
+        ({"history": "1001"}, 422, "history: Input should be a valid list"),
+        ({"history": ["1001", "nope"]}, 422, "unknown item ids in history: ['nope']"),
+        ({"query": "x" * 1001}, 422, "query: longer than 1000 characters"),
+        ({"policy": "oracle"}, 422, "policy: Input should be"),
+        ({"diversity": 2}, 422, "diversity: Input should be less than or equal to 1"),
+    ],
+)
+def test_bad_requests_get_clear_4xx(app_url, body, status, needle):
+    r = post(app_url, "/recommend", body)
+    assert r.status_code == status, r.text
+    assert needle in r.text
+
+
+def test_malformed_json_and_oversized_body(app_url):
+    r = httpx.post(f"{app_url}/recommend", content=b"{not json", timeout=10,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.text
+    big = {"user_id": "u1", "history": ["1001"] * 2000}
+    r = post(app_url, "/recommend", big)
+    assert r.status_code == 413 and "too large" in r.json()["error"]
+
+
+def test_auth_on_and_off(app_url, serving_env):
+    from ray import serve
+    from rayrec.serving.app import build_app
+
+    r = post(app_url, "/recommend", {"k": 1})  # the main app has auth off
+    assert r.status_code == 200
+    serve.run(build_app({**serving_env["overrides"], "serve.require_api_key": True}),
+              name=AUTH_APP, route_prefix=AUTH_PREFIX)
+    try:
+        url = app_url.replace(PREFIX, AUTH_PREFIX)
+        assert post(url, "/recommend", {"k": 1}).status_code == 401
+        r = post(url, "/recommend", {"k": 1}, headers={"x-api-key": "wrong"})
+        assert r.status_code == 401 and "wrong" not in r.text
+        assert post(url, "/recommend", {"k": 1}, headers={"x-api-key": API_KEY}).status_code == 200
+        r = post(url, "/recommend", {"k": 1}, headers={"authorization": f"Bearer {API_KEY}"})
+        assert r.status_code == 200
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # probes stay open
+    finally:
+        serve.delete(AUTH_APP)
+
+
+# ---- degradation and adapter switch --------------------------------------------------------
+
+def test_ranking_failure_and_timeout_fall_back_to_retrieval(app_url, serving_env):
+    v1 = serving_env["adapters"][1]
+    try:
+        _deploy(serving_env, {"checkpoint": v1, "fault_injection": {"raise": True}})
+        _wait_ranker(app_url, lambda r: r["fault_injection"].get("raise"))
+        body = post(app_url, "/recommend", {"user_id": "u1", "k": 5}).json()
+        assert body["degraded"] is True and body["degraded_reason"] == "ranking_error: RuntimeError"
+        assert all(it["scores"]["ranker"] is None for it in body["items"])
+        finals = [it["scores"]["final"] for it in body["items"]]
+        assert finals == sorted(finals, reverse=True)  # retrieval order
+        assert finals == [it["scores"]["retrieval"] for it in body["items"]]
+
+        _deploy(serving_env, {"checkpoint": v1, "fault_injection": {"sleep_s": 5.0}})
+        _wait_ranker(app_url, lambda r: r["fault_injection"].get("sleep_s") == 5.0)
+        t0 = time.time()
+        body = post(app_url, "/recommend", {"user_id": "u1", "k": 5}).json()
+        assert time.time() - t0 < 4.5, "the timeout must cut the slow ranker short"
+        assert body["degraded"] is True and body["degraded_reason"] == "ranking_timeout"
+        assert len(body["items"]) == 5
+    finally:
+        _deploy(serving_env, {"checkpoint": v1, "fault_injection": {}})
+        _wait_ranker(app_url, lambda r: not r["fault_injection"])
+    assert post(app_url, "/recommend", {"user_id": "u1", "k": 5}).json()["degraded"] is False
+
+
+def test_adapter_switch_without_failed_requests(app_url, serving_env):
+    v1, v2 = serving_env["adapters"][1], serving_env["adapters"][2]
+    results: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def load():
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set():
+                r = c.post(f"{app_url}/recommend", json={"user_id": "u5", "k": 3})
+                results.append((r.status_code, r.json().get("model_version") if r.status_code == 200 else r.text))
+
+    before = _wait_ranker(app_url, lambda r: r["version"] == v1)["ranker"]["replica"]
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        _deploy(serving_env, {"checkpoint": v2, "fault_injection": {}})
+        after = _wait_ranker(app_url, lambda r: r["version"] == v2)["ranker"]["replica"]
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    statuses = [s for s, _ in results]
+    assert statuses and set(statuses) == {200}, [r for r in results if r[0] != 200][:3]
+    assert before == after, "the adapter must be swapped in place (reconfigure), not by a new replica"
+    versions = [v for _, v in results]
+    assert versions[0] == v1 and versions[-1] == v2
+    degraded = post(app_url, "/recommend", {"user_id": "u5", "k": 3}).json()
+    assert degraded["degraded"] is False and degraded["model_version"] == v2
+
+
+# ---- event log (last: deletes the app) -----------------------------------------------------
+
+def test_event_log_written_on_shutdown(app_url, serving_env):
+    from ray import serve
+    from rayrec.data.schema import FEEDBACK_COLUMNS, IMPRESSION_COLUMNS
+    from rayrec.serving.bandit import state_path
+    from rayrec.serving.eventlog import read_events
+
+    body = post(app_url, "/recommend", {"user_id": "u6", "k": 4, "policy": "epsilon_greedy"}).json()
+    shown = body["items"][1]["item_id"]
+    assert post(app_url, "/feedback", {"request_id": body["request_id"], "item_id": shown,
+                                       "reward": 1}).status_code == 200
+    serve.delete(APP)  # graceful shutdown flushes the buffered events (interval is 60 s)
+    imps, fb = read_events(serving_env["cfg"].event_log_dir)
+    assert tuple(imps.columns) == IMPRESSION_COLUMNS and tuple(fb.columns) == FEEDBACK_COLUMNS
+    mine = imps[imps.request_id == body["request_id"]].sort_values("position")
+    assert mine["item_id"].tolist() == [it["item_id"] for it in body["items"]]
+    assert mine["propensity"].tolist() == pytest.approx([it["propensity"] for it in body["items"]])
+    assert set(mine["policy"]) == {"epsilon_greedy"} and set(mine["user_id"]) == {"u6"}
+    assert (mine["user_idx"] == 6).all() and (~mine["degraded"]).all()
+    row = fb[fb.request_id == body["request_id"]]
+    assert row["item_id"].tolist() == [shown] and row["reward"].tolist() == [1.0]
+    assert int(row["item_idx"].iloc[0]) == int(shown) - 1000
+    assert imps["degraded"].any(), "the fault-injection requests were logged as degraded"
+    assert len(imps) > 20
+    # Shutdown also closed the shared policy state: the reward was learned and persisted.
+    state = pickle.loads(Path(state_path(serving_env["cfg"], "epsilon_greedy")).read_bytes())
+    item_idx = int(shown) - 1000
+    assert state["policy"]["s"][item_idx] == 1.0 and state["policy"]["n"][item_idx] >= 1

@@ -1,0 +1,143 @@
+"""Serving pieces that need no Ray: the event log writer/reader, API keys, body limit, build_app args."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from rayrec.data.schema import FEEDBACK_COLUMNS, IMPRESSION_COLUMNS
+from rayrec.serving.api import BodySizeLimit, key_is_valid, load_api_keys
+from rayrec.serving.eventlog import EventLogWriter, read_events
+
+
+def _imp(rid: str, pos: int) -> dict:
+    return {"request_id": rid, "timestamp": time.time(), "user_id": "u1", "user_idx": 1,
+            "policy": "greedy", "position": pos, "item_idx": 10 + pos, "item_id": str(10 + pos),
+            "score": 0.5, "propensity": 1.0, "n_candidates": 20, "degraded": False}
+
+
+def test_event_log_flushes_by_rows_and_on_close(tmp_path):
+    w = EventLogWriter(str(tmp_path), flush_rows=3, flush_interval_s=60.0)
+    w.log_impressions([_imp("a", 0), _imp("a", 1)])
+    time.sleep(0.2)
+    assert read_events(str(tmp_path))[0].empty, "below flush_rows nothing is written yet"
+    w.log_impressions([_imp("a", 2)])
+    deadline = time.time() + 5
+    while time.time() < deadline and len(read_events(str(tmp_path))[0]) < 3:
+        time.sleep(0.05)
+    assert len(read_events(str(tmp_path))[0]) == 3, "reaching flush_rows wakes the writer"
+    w.log_feedback([{"request_id": "a", "timestamp": time.time(), "item_idx": 11, "item_id": "11",
+                     "reward": 1.0}])
+    w.close()
+    imps, fb = read_events(str(tmp_path))
+    assert tuple(imps.columns) == IMPRESSION_COLUMNS and tuple(fb.columns) == FEEDBACK_COLUMNS
+    assert imps["position"].tolist() == [0, 1, 2] and fb["reward"].tolist() == [1.0]
+    assert str(imps["user_idx"].dtype) == "int64" and str(imps["degraded"].dtype) == "bool"
+    assert not list((tmp_path / "impressions").glob(".tmp-*")), "no temp files left behind"
+    with pytest.raises(RuntimeError, match="closed"):
+        w.log_impressions([_imp("b", 0)])
+
+
+def test_event_log_interval_flush_and_bad_rows(tmp_path):
+    w = EventLogWriter(str(tmp_path), flush_rows=1000, flush_interval_s=0.2)
+    w.log_impressions([_imp("x", 0)])
+    deadline = time.time() + 5
+    while time.time() < deadline and read_events(str(tmp_path))[0].empty:
+        time.sleep(0.05)
+    assert len(read_events(str(tmp_path))[0]) == 1, "the interval flush writes small batches"
+    bad = _imp("y", 0)
+    del bad["propensity"]
+    with pytest.raises(ValueError, match="missing columns \\['propensity'\\]"):
+        w.log_impressions([bad])
+    w.close()
+
+
+def test_read_events_on_empty_dir_has_schema_columns(tmp_path):
+    imps, fb = read_events(str(tmp_path / "nothing"))
+    assert imps.empty and tuple(imps.columns) == IMPRESSION_COLUMNS
+    assert fb.empty and tuple(fb.columns) == FEEDBACK_COLUMNS
+
+
+def test_api_keys_from_env_and_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("RR_KEYS", "k1, k2 ,")
+    f = tmp_path / "keys"
+    f.write_text("# comment\nk3\n\n")
+    keys = load_api_keys("RR_KEYS", str(f))
+    assert keys == ["k1", "k2", "k3"]
+    assert key_is_valid("k3", keys) and not key_is_valid("k4", keys)
+    assert not key_is_valid(None, keys) and not key_is_valid("", keys)
+
+
+async def _echo(scope, receive, send):
+    msg = await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": msg["body"]})
+
+
+def _call(mw: BodySizeLimit, body: bytes, declared: bool, chunk: int = 1000) -> tuple[int, bytes]:
+    """Send ``body`` in chunks through the middleware; returns (status, echoed body)."""
+    chunks = [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
+    queue = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+             for i, c in enumerate(chunks)]
+    sent = []
+
+    async def receive():
+        return queue.pop(0)
+
+    async def send(msg):
+        sent.append(msg)
+
+    headers = [(b"content-length", str(len(body)).encode())] if declared else []
+    asyncio.run(mw({"type": "http", "headers": headers}, receive, send))
+    return sent[0]["status"], sent[1]["body"]
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_body_size_limit_declared_and_streamed(declared):
+    mw = BodySizeLimit(_echo, max_bytes=2500)
+    status, payload = _call(mw, b"x" * 3000, declared)
+    assert status == 413 and json.loads(payload)["error"] == "request body too large"
+    assert _call(mw, b"y" * 2400, declared) == (200, b"y" * 2400)
+
+
+def test_build_app_rejects_unknown_args():
+    from rayrec.serving.app import build_app
+
+    with pytest.raises(ValueError, match="unknown build_app args \\['colour'\\]"):
+        build_app({"colour": "red"})
+    from rayrec.config import ConfigError
+
+    with pytest.raises(ConfigError, match="serve.max_k"):
+        build_app({"serve.max_k": 0})
+
+
+SERVE_CONFIGS = Path(__file__).resolve().parents[1] / "serve_configs"
+
+
+def _serve_configs() -> list[tuple[str, dict]]:
+    out = [(p.name, yaml.safe_load(p.read_text())) for p in sorted(SERVE_CONFIGS.glob("*.yaml"))
+           if p.name != "kuberay-rayservice.yaml"]
+    ray_service = SERVE_CONFIGS / "kuberay-rayservice.yaml"
+    if ray_service.is_file():
+        spec = yaml.safe_load(ray_service.read_text())["spec"]
+        out.append((ray_service.name, yaml.safe_load(spec["serveConfigV2"])))
+    return out
+
+
+@pytest.mark.parametrize(("name", "raw"), _serve_configs(), ids=lambda v: v if isinstance(v, str) else "")
+def test_serve_configs_validate_and_build(name, raw):
+    """Every shipped serve config passes Serve's schema and builds the rayrec application."""
+    from ray.serve.schema import ServeDeploySchema
+    from rayrec.serving.app import build_app
+
+    schema = ServeDeploySchema.model_validate(raw)
+    for app in schema.applications:
+        assert app.import_path == "rayrec.serving.app:build_app"
+        built = build_app(dict(app.args))
+        names = {d.name for d in (app.deployments or [])}
+        assert names <= {"Ingress", "Retrieval", "Ranking"}, name
+        assert type(built).__name__ == "Application"
