@@ -22,9 +22,28 @@ from rayrec.data.world import SyntheticWorld
 from rayrec.explore.config import ExploreConfig
 from rayrec.explore.environments import WorldEnv
 from rayrec.explore.experiment import run_grid
+from rayrec.explore.policies import make_policy
 from rayrec.runtime import init_ray
 
 POLICIES = ["greedy", "epsilon_greedy", "softmax", "ucb1", "thompson_beta"]
+ALL_POLICIES = POLICIES + ["thompson_gaussian", "linucb", "lin_thompson", "uniform"]
+
+
+def select_latency_us(env: WorldEnv, k: int, n: int = 300) -> dict[str, float]:
+    """Median in-process ``select`` latency per policy (what the endpoint pays per request)."""
+    rng = np.random.default_rng(0)
+    reqs = [env.request(rng) for _ in range(n)]
+    out = {}
+    for name in ALL_POLICIES:
+        pol = make_policy(name, ExploreConfig(), 0)
+        times = []
+        for r in reqs:
+            t0 = time.perf_counter()
+            s = pol.select(r.scores, k, r.features, r.arms, r.embeddings)
+            times.append(time.perf_counter() - t0)
+            pol.update(r.arms[s.indices], np.zeros(len(s.indices)), r.features[s.indices])
+        out[name] = float(np.median(times) * 1e6)
+    return out
 
 
 def main() -> None:
@@ -55,6 +74,7 @@ def main() -> None:
     finally:
         if started_here:
             ray.shutdown()
+    latency = select_latency_us(env, cfg.slate_size)
     same = all(np.array_equal(a["clicks"], b["clicks"]) for a, b in zip(par, ser, strict=True))
     result = {
         "grid": f"{len(POLICIES)} policies x {args.seeds} seeds x {args.horizon} rounds",
@@ -63,11 +83,15 @@ def main() -> None:
         "one_process": {"wall_s": t_ser, "rounds_per_s": rounds / t_ser},
         "ray_tasks": {"wall_s": t_par, "rounds_per_s": rounds / t_par},
         "speedup": t_ser / t_par, "identical_results": same,
+        "select_latency_us_median": latency,
+        "latency_setup": f"{cfg.num_candidates} candidates, slate {cfg.slate_size}, in process",
     }
     print(f"{'mode':<12} {'wall s':>8} {'rounds/s':>10}")
     print(f"{'one process':<12} {t_ser:8.2f} {rounds / t_ser:10.0f}")
     print(f"{'Ray tasks':<12} {t_par:8.2f} {rounds / t_par:10.0f}")
     print(f"speed-up {t_ser / t_par:.2f}x on {cpus:.0f} Ray CPUs; identical results: {same}")
+    print("select latency (median us, 50 candidates, k=5):",
+          ", ".join(f"{k} {v:.0f}" for k, v in latency.items()))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
 

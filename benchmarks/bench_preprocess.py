@@ -36,14 +36,28 @@ def world_sizes(n_events: int) -> dict:
 # ----------------------------------------------------------------------------- workers
 
 
+def start_ray(cpus: int, **kwargs) -> None:
+    """A private local Ray instance; retried because a loaded shared machine can time out."""
+    import ray
+
+    for attempt in range(3):
+        try:
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False,
+                     logging_level="ERROR", log_to_driver=False, **kwargs)
+            return
+        except Exception:
+            if attempt == 2:
+                raise
+            time.sleep(10)
+
+
 def _ray_worker(raw: str, out: str, cpus: int) -> dict:
     import ray
     from rayrec.config import load_config
     from rayrec.data.pipeline import run_preprocess
     from rayrec.data.synthetic import synthetic_data_config
 
-    ray.init(address="local", num_cpus=cpus, object_store_memory=1024**3, include_dashboard=False,
-             logging_level="ERROR", log_to_driver=False)
+    start_ray(cpus, object_store_memory=1024**3)
     ray.data.DataContext.get_current().enable_progress_bars = False
     cfg = load_config(None, {"run_dir": out})
     data = synthetic_data_config(cfg.data, raw).model_dump()
@@ -207,8 +221,7 @@ def main() -> None:
             from rayrec.data.config import SyntheticWorldConfig
             from rayrec.data.synthetic import generate_event_log
 
-            ray.init(address="local", num_cpus=args.cpus, include_dashboard=False,
-                     logging_level="ERROR", log_to_driver=False)
+            start_ray(args.cpus)
             t = time.perf_counter()
             info = generate_event_log(SyntheticWorldConfig(**world_sizes(args.events[0])), args.raw)
             res = {"seconds": time.perf_counter() - t, "rows": info["rows"]}

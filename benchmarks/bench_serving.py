@@ -102,13 +102,14 @@ def make_inprocess_pipeline(cfg):
     retrieval = RetrievalDeployment.func_or_class(cfg.model_dump(mode="json"))
     ranker = load_ranker(cfg.model, None)
     policy = make_policy(cfg.serve.default_policy, cfg.explore)
-    lock = threading.Lock()
+    model_lock, policy_lock = threading.Lock(), threading.Lock()
 
     def run(user_id: str, k: int):
         cand = retrieval.retrieve(RetrievalRequest(user_id=user_id, num_candidates=max(cfg.serve.rank_candidates, k)))
         texts = cand["history_texts"][-cfg.model.max_history_items:]
-        scores = ranker.score([render_history(texts)], [cand["text"]])[0]
-        with lock:  # the policy state is shared, as in the endpoint's state actor
+        with model_lock:  # one model instance (like one ranking replica); tokenizers are not thread-safe
+            scores = ranker.score([render_history(texts)], [cand["text"]])[0]
+        with policy_lock:  # the policy state is shared, as in the endpoint's state actor
             return policy.select(scores, k, cand["embeddings"], np.asarray(cand["item_idx"]))
 
     return run
@@ -133,11 +134,31 @@ async def _rank_throughput(app: str, texts: list[str], n_requests: int, concurre
     return _summary(lat, time.perf_counter() - t0, 0)
 
 
-def _ranking_replicas(app: str) -> int:
+async def _burst(url: str, users: list[str], n: int, k: int) -> dict:
+    """n simultaneous requests: status counts and latency per status."""
+    import httpx
+
+    async def one(client, i):
+        t0 = time.perf_counter()
+        r = await client.post(url, json={"user_id": users[i % len(users)], "k": k})
+        return r.status_code, time.perf_counter() - t0
+
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=n + 4)) as client:
+        out = await asyncio.gather(*(one(client, i) for i in range(n)))
+    by_status: dict = {}
+    for status, lat in out:
+        by_status.setdefault(str(status), []).append(lat * 1000)
+    return {s: {"count": len(v), "p50_ms": round(float(np.median(v)), 1), "max_ms": round(max(v), 1)}
+            for s, v in sorted(by_status.items())}
+
+
+def _ranking_replicas(app: str) -> tuple[int, int]:
+    """(running, running + starting) replicas of the ranking deployment."""
     from ray import serve
 
-    dep = serve.status().applications[app].deployments["Ranking"]
-    return int(dep.replica_states.get("RUNNING", 0))
+    states = serve.status().applications[app].deployments["Ranking"].replica_states
+    running = int(states.get("RUNNING", 0))
+    return running, running + int(states.get("STARTING", 0))
 
 
 def main() -> None:
@@ -230,25 +251,38 @@ def main() -> None:
 
         def sample():
             while not stop.is_set():
-                timeline.append((round(time.time() - t_start, 1), _ranking_replicas("bench_auto")))
+                timeline.append((round(time.time() - t_start, 1), *_ranking_replicas("bench_auto")))
                 time.sleep(1.0)
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        load = asyncio.run(_http_load(f"http://127.0.0.1:{port}/auto/recommend", users, 24, 25.0, args.k))
+        load = asyncio.run(_http_load(f"http://127.0.0.1:{port}/auto/recommend", users, 24, 35.0, args.k))
         load_end = round(time.time() - t_start, 1)
-        deadline = time.time() + 40
-        while time.time() < deadline and (not timeline or timeline[-1][1] > 1):
-            time.sleep(1.0)
+        # Idle: wait (bounded) until the replicas that were added are gone again.
+        deadline = time.time() + 60
         time.sleep(2.0)
+        while time.time() < deadline and timeline[-1][2] > 1:
+            time.sleep(1.0)
         stop.set()
         sampler.join()
-        peak = max(n for _, n in timeline)
-        results["autoscaling"] = {"load": load, "load_ends_at_s": load_end, "peak_replicas": peak,
-                                  "final_replicas": timeline[-1][1], "timeline": timeline}
-        print(f"autoscaling: peak {peak} ranking replicas under load (ended at {load_end}s), "
-              f"final {timeline[-1][1]}; timeline {timeline}", flush=True)
+        peak = max(n for _, _, n in timeline)
+        peak_running = max(n for _, n, _ in timeline)
+        results["autoscaling"] = {
+            "load": load, "load_ends_at_s": load_end, "peak_replicas_incl_starting": peak,
+            "peak_running_replicas": peak_running, "final_replicas": timeline[-1][2],
+            "timeline_t_running_total": timeline,
+        }
+        print(f"autoscaling: peak {peak_running} running / {peak} incl. starting ranking replicas under "
+              f"load (load ended at {load_end}s), final {timeline[-1][2]}; "
+              f"timeline (t, running, running+starting) {timeline}", flush=True)
         serve.delete("bench_auto")
+
+        # Overload: a capped ingress answers the excess with quick 503s instead of queueing.
+        capped = {**base, "serve.ingress_max_ongoing_requests": 2, "serve.ingress_max_queued_requests": 2}
+        serve.run(build_app(capped), name="bench_cap", route_prefix="/cap")
+        results["overload"] = asyncio.run(_burst(f"http://127.0.0.1:{port}/cap/recommend", users, 64, args.k))
+        print(f"overload burst of 64 against max_ongoing=2/max_queued=2: {results['overload']}", flush=True)
+        serve.delete("bench_cap")
     finally:
         serve.shutdown()
         ray.shutdown()

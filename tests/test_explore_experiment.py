@@ -54,6 +54,7 @@ def test_semi_synthetic_movielens_experiment(ray_cluster, ml_latest_small, tmp_p
     result = run_experiment(cfg)
     _check_report(result, policies)
     assert result["click_model"]["n_items"] == 200 and result["click_model"]["train_logloss"] < 0.69
+    assert result["policies"]["greedy"]["intra_list_diversity"]["mean"] > 0.05  # factors, not bias
     assert "Click model" in (tmp_path / "explore" / "report.md").read_text()
 
 

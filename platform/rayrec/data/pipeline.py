@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
@@ -288,12 +289,16 @@ def _write_rejects(ctx: _Ctx) -> dict[str, int]:
     if fs.get_file_info(src).type != pafs.FileType.Directory:
         pq.write_table(REJECT_SCHEMA.empty_table(), f"{dst}/part-00000.parquet", filesystem=fs)
         return {}
-    table = pq.read_table(src, filesystem=fs, columns=list(REJECT_COLUMNS))
-    table = table.cast(REJECT_SCHEMA)
-    pq.write_table(table, f"{dst}/part-00000.parquet", filesystem=fs)
-    counts = table.group_by("reason").aggregate([("reason", "count")])
-    return dict(sorted(zip(counts["reason"].to_pylist(), counts["reason_count"].to_pylist(),
-                           strict=True)))
+    counts: dict[str, int] = {}
+    # streamed batch by batch: a mostly-malformed input must not land in driver memory at once
+    with pq.ParquetWriter(f"{dst}/part-00000.parquet", REJECT_SCHEMA, filesystem=fs) as writer:
+        for batch in pads.dataset(src, filesystem=fs, format="parquet").to_batches(
+                columns=list(REJECT_COLUMNS), batch_size=100_000):
+            table = pa.Table.from_batches([batch]).cast(REJECT_SCHEMA)
+            writer.write_table(table)
+            for reason, n in zip(*pc.value_counts(table["reason"]).flatten(), strict=True):
+                counts[reason.as_py()] = counts.get(reason.as_py(), 0) + n.as_py()
+    return dict(sorted(counts.items()))
 
 
 # ----------------------------------------------------------------------------- stage 2: dedup, k-core

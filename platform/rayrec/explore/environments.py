@@ -83,6 +83,8 @@ def load_or_generate_world(cfg) -> SyntheticWorld:
 
 # ---- semi-synthetic: a click model fit on a real rating log ----------------------------------
 
+_BIAS_COORD = 0.01
+
 def fit_click_model(
     ratings_path: str | Path, n_items: int = 600, dim: int = 16, like_threshold: float = 4.0,
     steps: int = 300, l2: float = 1e-3, lr: float = 0.05, seed: int = 0,
@@ -93,8 +95,8 @@ def fit_click_model(
     Adam on: rated and rating >= like_threshold -> 1, rated below it -> 0, and as many
     sampled unrated (user, item) pairs -> 0 (not watched = not clicked). Kept: the
     ``n_items`` most-rated items and the users who rated any of them. Returned as a
-    SyntheticWorld (user = [P_u, b_u], item = [Q_i, 1], item_bias = b_i, offset = b0,
-    scale = 1) so the same environment code runs on it.
+    SyntheticWorld (user = [P_u, b_u / c], item = [Q_i, c], item_bias = b_i, offset = b0,
+    scale = 1, c = 0.01) so the same environment code runs on it.
     """
     path = Path(ratings_path)
     if not path.is_file():
@@ -149,9 +151,10 @@ def fit_click_model(
 
     cats, titles = _movie_meta(path.parent / "movies.csv", items)
     names = sorted(set(cats))
+    c = _BIAS_COORD  # small, so item-item cosine (diversity) is driven by Q, not the constant
     world = SyntheticWorld(
-        user_factors=np.hstack([params["P"], params["bu"][:, None]]).astype(np.float32),
-        item_factors=np.hstack([params["Q"], np.ones((len(items), 1))]).astype(np.float32),
+        user_factors=np.hstack([params["P"], params["bu"][:, None] / c]).astype(np.float32),
+        item_factors=np.hstack([params["Q"], np.full((len(items), 1), c)]).astype(np.float32),
         item_bias=params["bi"].astype(np.float32),
         item_category=np.array([names.index(c) for c in cats], dtype=np.int64),
         category_names=names, titles=titles, scale=1.0, offset=float(params["b0"][0]),

@@ -28,8 +28,8 @@ class ModelConfig(Section):
     backbone: str = "minilm"
     kind: RankerKind = "cross_encoder"
     loss: LossKind = "bce"
-    max_length: int = Field(128, ge=8)  # tokens per scored sequence; history is cut oldest-first
-    max_candidate_tokens: int = Field(32, ge=4)  # per candidate text
+    max_length: int = Field(96, ge=8)  # tokens per scored sequence; history is cut oldest-first
+    max_candidate_tokens: int = Field(24, ge=4)  # per candidate text
     max_history_items: int = Field(10, ge=1)
     pooling: Literal["mean", "cls"] = "mean"  # cross_encoder: how the head reads the encoder
     listwise_window: int = Field(20, ge=2, le=26)  # causal_listwise: candidates per prompt

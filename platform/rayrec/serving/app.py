@@ -377,3 +377,40 @@ def build_app(args: dict[str, Any] | None = None):
                          "fault_injection or dotted overrides like serve.max_k")
     overrides.update(args)
     return compose(load_config(path, overrides), fault_injection=fault)
+
+
+def start_app(cfg: RayrecConfig, fault_injection: dict[str, Any] | None = None) -> str:
+    """Deploy the endpoint on the connected Ray cluster (HTTP on serve.host:serve.port);
+    returns its base URL. An already running Serve instance keeps its HTTP settings."""
+    sc = cfg.serve
+    serve.start(http_options={"host": sc.host, "port": sc.port})
+    serve.run(compose(cfg, fault_injection), name=sc.app_name, route_prefix=sc.route_prefix)
+    from ray.serve.context import _get_global_client
+
+    port = _get_global_client().http_config.port
+    host = "127.0.0.1" if sc.host in ("0.0.0.0", "::") else sc.host
+    return f"http://{host}:{port}{sc.route_prefix.rstrip('/')}"
+
+
+def stop_app(cfg: RayrecConfig) -> None:
+    """Delete the app (replicas shut down gracefully, flushing the event log), then persist
+    and stop its shared policy-state actors."""
+    from rayrec.explore.policies import POLICIES
+    from rayrec.serving.bandit import kill_state_actors
+
+    serve.delete(cfg.serve.app_name)
+    kill_state_actors(cfg.serve.app_name, list(POLICIES))
+
+
+def run_blocking(cfg: RayrecConfig) -> dict[str, Any]:
+    """`rayrec serve`: deploy, print where, serve until Ctrl-C, then shut down cleanly."""
+    url = start_app(cfg)
+    print(f"rayrec endpoint: {url}/recommend  (docs: {url}/docs, health: {url}/healthz)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping the rayrec endpoint...", flush=True)
+    finally:
+        stop_app(cfg)
+    return {"url": url, "event_log": cfg.event_log_dir}

@@ -58,6 +58,7 @@ class FeatureStore:
         max_pop = max(float(pop.max()), 1.0) if len(pop) else 1.0
         # Popularity share is the retrieval score of the cold-start path.
         self.pop_score = {int(i): float(p) / max_pop for i, p in zip(self.items["item_idx"], pop, strict=True)}
+        self.categories = set(self.items["category"].astype(str))
         self.category_of = {int(i): str(c) for i, c in zip(self.items["item_idx"], self.items["category"], strict=True)}
 
     def item_rows(self, item_idxs: list[int]) -> pd.DataFrame:
@@ -112,6 +113,8 @@ class RetrievalDeployment:
         unknown = [i for i in req.history if i not in store.item_idx_of]
         if unknown:  # a client error: reported back, not raised (no replica error logs)
             return {"error": f"unknown item ids in history: {unknown[:10]}"}
+        if req.category is not None and req.category not in store.categories:
+            return {"error": f"unknown category {req.category!r}; known: {sorted(store.categories)[:50]}"}
         history = list(store.history_of.get(user_idx, [])) + [store.item_idx_of[i] for i in req.history]
         exclude = set(history)
         text = req.query.strip() if req.query and req.query.strip() else None

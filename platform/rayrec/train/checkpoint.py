@@ -69,14 +69,14 @@ def _fs_and_path(uri: str):
 
 
 def latest_checkpoint(checkpoint_dir: str) -> str | None:
-    """The newest complete checkpoint (highest step) under ``checkpoint_dir`` (local or s3://),
-    searching ``<dir>``, ``<dir>/<run>`` ; None when there is none."""
+    """The most recently written complete checkpoint under ``checkpoint_dir`` (local or s3://),
+    looking in ``<dir>/step_*`` and ``<dir>/<run_name>/step_*``; None when there is none."""
     import pyarrow.fs as pafs
 
     fs, root = _fs_and_path(checkpoint_dir)
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         return None
-    best: tuple[int, str] | None = None
+    best: tuple[float, int, str] | None = None
     for info in fs.get_file_info(pafs.FileSelector(root, recursive=False)):
         dirs = [info]
         if info.type == pafs.FileType.Directory and not _STEP_RE.match(info.base_name):
@@ -86,12 +86,14 @@ def latest_checkpoint(checkpoint_dir: str) -> str | None:
             if d.type != pafs.FileType.Directory or not m:
                 continue
             marker = fs.get_file_info(f"{d.path}/{MODEL_DIR}/{ARTIFACT_FILE}")
-            if marker.type == pafs.FileType.File and (best is None or int(m.group(1)) > best[0]):
-                best = (int(m.group(1)), d.path)
+            if marker.type != pafs.FileType.File:
+                continue  # incomplete (still uploading or interrupted)
+            key = (marker.mtime.timestamp() if marker.mtime else 0.0, int(m.group(1)), d.path)
+            best = key if best is None or key > best else best
     if best is None:
         return None
     scheme = checkpoint_dir.split("://", 1)[0] + "://" if "://" in checkpoint_dir else ""
-    return scheme + best[1]
+    return scheme + best[2]
 
 
 def export_serving_artifact(checkpoint: str, out_dir: str, merge: bool = False) -> str:

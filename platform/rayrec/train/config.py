@@ -26,20 +26,21 @@ class TrainConfig(Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    batch_size: int = Field(16, ge=1)  # per worker, per step
+    batch_size: int = Field(16, ge=1)  # examples (each 1 positive + negatives) per worker, per step
     grad_accum_steps: int = Field(1, ge=1)
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(1e-3, gt=0)  # LoRA + a fresh head tolerate (and need) a high rate
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0)
     epochs: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(200, ge=1)  # ~8 min for MiniLM on 2 CPU cores
     max_train_examples: int | None = Field(None, ge=1)
-    eval_every_steps: int = Field(100, ge=1)
-    early_stopping_metric: str = "ndcg@10"
+    eval_every_steps: int = Field(50, ge=1)
+    early_stopping_metric: str = Field("ndcg@10", pattern=r"^((ndcg|hr)@[1-9]\d*|mrr)$")
     early_stopping_patience: int = Field(3, ge=1)
-    checkpoint_every_steps: int = Field(100, ge=1)
-    max_valid_examples: int | None = Field(500, ge=1)  # validation users per evaluation
+    checkpoint_every_steps: int = Field(50, ge=1)
+    max_valid_examples: int | None = Field(100, ge=1)  # validation users per evaluation
+    valid_candidates: int | None = Field(20, ge=2)  # candidates per validation list (positive first)
     log_every_steps: int = Field(10, ge=1)
     shuffle_buffer: int = Field(2000, ge=0)  # local shuffle buffer (rows) per worker
     storage_path: str | None = None  # default: <run_dir>/checkpoints

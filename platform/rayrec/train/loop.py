@@ -6,6 +6,7 @@ import hashlib
 import logging
 import math
 import random
+import resource
 import tempfile
 import time
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ def validate(engine, collator, rows: list[dict], cfg: RayrecConfig, rank: int, w
              device) -> dict[str, float]:
     """Score this rank's slice of the validation rows and all-reduce the means."""
     n_cand = min(len(r["candidate_texts"]) for r in rows)  # equal work per rank (ZeRO-3)
+    n_cand = min(n_cand, cfg.train.valid_candidates or n_cand)
     per_rank = math.ceil(len(rows) / world)
     mine = rows[rank * per_rank : (rank + 1) * per_rank]
     n_real = len(mine)
@@ -70,6 +72,13 @@ def failure_marker(cfg: RayrecConfig) -> Path:
     """The file that records an injected failure already happened (one per run)."""
     key = hashlib.sha1(f"{cfg.checkpoint_dir}/{cfg.train.run_name}".encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"rayrec_injected_failure_{key}"
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated on GPU, else this process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _maybe_inject_failure(cfg: RayrecConfig, step: int, rank: int) -> None:
@@ -145,7 +154,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             metrics = {
                 "step": step, "start_step": start_step, "epoch": state["epoch"], "loss": float(np.mean(losses)),
                 "lr": float(engine.get_lr()[0]), "samples_per_s": seen * world / dt,
-                "tokens_per_s": toks * world / dt,
+                "tokens_per_s": toks * world / dt, "peak_rss_mb": _peak_memory_mb(device),
             }
             if do_eval:
                 metrics |= validate(engine, collator, valid_rows, cfg, rank, world, device)
