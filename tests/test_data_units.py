@@ -196,6 +196,12 @@ def test_negatives_are_never_interacted_and_distinct():
     assert all(np.array_equal(a, b) for a, b in zip(negs, again, strict=True))
 
 
+def test_negatives_when_few_items_are_left():
+    keys = np.arange(45, dtype=np.int64)  # user 0 has seen items 0..44 of 50
+    negs = build.sample_negatives(np.array([0, 0]), 8, 50, keys, np.random.default_rng(0))
+    assert all(sorted(r.tolist()) == [45, 46, 47, 48, 49] for r in negs)
+
+
 def test_hard_negatives_come_first_and_skip_positives():
     keys = np.array([0 * 20 + 3])
     negs = build.sample_negatives(np.array([0]), 4, 20, keys, np.random.default_rng(0),

@@ -87,7 +87,7 @@ _BIAS_COORD = 0.01
 
 def fit_click_model(
     ratings_path: str | Path, n_items: int = 600, dim: int = 16, like_threshold: float = 4.0,
-    steps: int = 300, l2: float = 1e-3, lr: float = 0.05, seed: int = 0,
+    steps: int = 300, l2: float = 1e-5, lr: float = 0.05, seed: int = 0,
 ) -> tuple[SyntheticWorld, dict]:
     """Fit a logistic matrix factorisation click model on a MovieLens-style ratings.csv.
 
@@ -120,6 +120,9 @@ def fit_click_model(
     nu, ni = nu[keep][: len(u)], ni[keep][: len(u)]
     U, I_ = np.concatenate([u, nu]), np.concatenate([i, ni])
     Y = np.concatenate([y, np.zeros(len(nu))])
+    held = rng.random(len(Y)) < 0.1  # held-out 10%: reported, not trained on
+    Uv, Iv, Yv = U[held], I_[held], Y[held]
+    U, I_, Y = U[~held], I_[~held], Y[~held]
 
     params = {
         "P": 0.1 * rng.standard_normal((len(users), dim)), "Q": 0.1 * rng.standard_normal((len(items), dim)),
@@ -145,9 +148,10 @@ def fit_click_model(
             m[:] = 0.9 * m + 0.1 * gk
             v[:] = 0.999 * v + 0.001 * gk**2
             params[k] -= lr * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
-    logit = params["b0"][0] + params["bu"][U] + params["bi"][I_] + np.sum(params["P"][U] * params["Q"][I_], axis=1)
-    p = 1.0 / (1.0 + np.exp(-logit))
-    logloss = float(-np.mean(Y * np.log(p + 1e-12) + (1 - Y) * np.log(1 - p + 1e-12)))
+    def logloss(u_, i_, y_) -> float:
+        z = params["b0"][0] + params["bu"][u_] + params["bi"][i_] + np.sum(params["P"][u_] * params["Q"][i_], axis=1)
+        p = 1.0 / (1.0 + np.exp(-z))
+        return float(-np.mean(y_ * np.log(p + 1e-12) + (1 - y_) * np.log(1 - p + 1e-12)))
 
     cats, titles = _movie_meta(path.parent / "movies.csv", items)
     names = sorted(set(cats))
@@ -163,7 +167,8 @@ def fit_click_model(
         "click_model": "p = sigmoid(b0 + b_u + b_i + <P_u, Q_i>), logistic MF (numpy, Adam)",
         "labels": f"rating >= {like_threshold} -> 1, rated below -> 0, sampled unrated -> 0",
         "n_users": len(users), "n_items": len(items), "dim": dim, "n_train": n,
-        "train_logloss": logloss, "positive_rate": float(Y.mean()),
+        "train_logloss": logloss(U, I_, Y), "heldout_logloss": logloss(Uv, Iv, Yv),
+        "positive_rate": float(Y.mean()), "l2": l2, "steps": steps,
     }
     return world, info
 

@@ -141,17 +141,24 @@ def _plot(summary: dict, path: Path, title: str) -> None:
 
 def _markdown(result: dict) -> str:
     c = result["config"]
+    replayed = result["environment"] == "replay"
+    n_cand = c["replay_candidates"] if replayed else c["num_candidates"]
     lines = [
         f"# Exploration experiment: {result['environment']}", "",
         f"{len(c['policies'])} policies x {c['seeds']} seeds, horizon {c['horizon']}, slate "
-        f"{c['slate_size']} of {c['num_candidates']} candidates, diversity {c['diversity']} "
+        f"{c['slate_size']} of {n_cand} candidates, diversity {c['diversity']} "
         f"(weight {c['diversity_weight']}). Mean +- 1.96 se over seeds. Wall time "
         f"{result['wall_s']:.1f} s ({'Ray tasks' if c['parallel'] else 'one process'}).", "",
     ]
+    if replayed:
+        lines += ["Unbiased offline replay (Li et al. 2011) on uniformly logged synthetic data "
+                  f"(horizon x {n_cand} logged events per run); CTR = mean reward over matched "
+                  "events; no regret (no counterfactual truth is used).", ""]
     if result.get("click_model"):
         lines += [f"Click model: `{result['click_model']['click_model']}`; labels: "
                   f"{result['click_model']['labels']}; train log-loss "
-                  f"{result['click_model']['train_logloss']:.3f}.", ""]
+                  f"{result['click_model']['train_logloss']:.3f}, held-out (10%) "
+                  f"{result['click_model']['heldout_logloss']:.3f}.", ""]
     lines += ["| policy | CTR | cum. regret | catalog cov. | intra-list div. | categories/slate | novelty |",
               "|---|---|---|---|---|---|---|"]
     for name, s in result["policies"].items():

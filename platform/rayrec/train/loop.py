@@ -85,8 +85,8 @@ def _maybe_inject_failure(cfg: RayrecConfig, step: int, rank: int) -> None:
     # Chaos testing: fail once (marker file) so the run must recover from its last checkpoint.
     if cfg.train.fail_at_step != step or rank != 0:
         return
-    if not failure_marker(cfg).exists():
-        marker = failure_marker(cfg)
+    marker = failure_marker(cfg)
+    if not marker.exists():
         marker.write_text(str(step))
         raise RuntimeError(f"injected failure at step {step} (train.fail_at_step)")
 

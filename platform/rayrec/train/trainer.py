@@ -26,12 +26,11 @@ class TrainResult:
 
 
 def _read_examples(data_dir: str, split: str):
-    import ray.data
+    from rayrec.data import store
 
-    path = os.path.join(data_dir, EXAMPLES_DIR, split)
-    if "://" not in path and not os.path.isdir(path):
+    if "://" not in data_dir and not os.path.isdir(os.path.join(data_dir, EXAMPLES_DIR, split)):
         return None
-    return ray.data.read_parquet(path, columns=TRAIN_COLUMNS)
+    return store.read_dataset(data_dir, "examples", split).select_columns(TRAIN_COLUMNS)
 
 
 def plan_steps(n_train: int, cfg: RayrecConfig) -> int:
