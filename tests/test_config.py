@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from rayrec.config import ConfigError, load_config, parse_override
 
 

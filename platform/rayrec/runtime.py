@@ -31,6 +31,7 @@ def init_ray(cfg: RayConfig | None = None) -> None:
         ray.init(address=address, runtime_env=runtime_env, **kwargs)
     else:
         ray.init(
+            address="local",  # a new local cluster, never another process's cluster on this host
             num_cpus=cfg.num_cpus,
             object_store_memory=cfg.object_store_memory,
             include_dashboard=False,

@@ -87,7 +87,7 @@ _BIAS_COORD = 0.01
 
 def fit_click_model(
     ratings_path: str | Path, n_items: int = 600, dim: int = 16, like_threshold: float = 4.0,
-    steps: int = 300, l2: float = 1e-5, lr: float = 0.05, seed: int = 0,
+    steps: int = 300, l2: float = 5e-5, lr: float = 0.05, seed: int = 0,
 ) -> tuple[SyntheticWorld, dict]:
     """Fit a logistic matrix factorisation click model on a MovieLens-style ratings.csv.
 

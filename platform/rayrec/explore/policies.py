@@ -16,7 +16,9 @@ the picks at slots < j, the context). Their product is the probability of the wh
 slate, which is what ``ope.py`` uses as the slate importance weight. For Thompson sampling
 it is a Monte-Carlo estimate over ``propensity_draws`` posterior draws plus the realised one
 (so it is never 0): the fraction of draws that reproduce slots < j and put the item at j,
-among those that reproduce slots < j.
+among those that reproduce slots < j. Cost: one vectorised top-k over the draws; with a
+diversity re-ranker it is ``propensity_draws`` x k sequential gain steps per request, so keep
+``propensity_draws`` small (20-50) when serving Thompson sampling + MMR/DPP.
 
 **Values**: arms are item ids (``arms``; candidate positions when omitted). Each arm keeps
 (pulls n, reward sum s). The value of a candidate blends its score with the observed rewards,
