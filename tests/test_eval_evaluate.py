@@ -14,6 +14,7 @@ from rayrec.evaluation.baselines import candidate_order_scores, popularity_score
 from rayrec.evaluation.evaluate import (
     paired_bootstrap,
     per_user_metrics,
+    popularity_cases,
     rank_list,
     run_evaluation,
     sampled_cases,
@@ -109,6 +110,19 @@ def test_sampled_candidates_shuffled_deterministically(tmp_path):
     short = sampled_cases(rows, 4, seed=0)
     assert all(len(c.candidates) == 4 and c.positive in c.candidates for c in short)
     assert len(select_users(ex, max_users=5, seed=1)) == 5
+
+
+def test_popularity_candidates_insert_the_missed_positive(tmp_path):
+    ex = write_tiny_dataset(tmp_path)
+    pop = pd.read_parquet(tmp_path / "items.parquet")["popularity"].to_numpy()
+    for c in popularity_cases(select_users(ex, None, 0), pop, 5):
+        assert len(c.candidates) == 5 and c.positive in c.candidates
+        assert not set(c.candidates.tolist()) & (set(c.history) - {c.positive})
+        expected = popularity_top(pop, 5, exclude=set(c.history) - {c.positive}).tolist()
+        if c.retrieved:
+            assert c.candidates.tolist() == expected
+        else:  # the generator missed it: it replaces the last candidate
+            assert c.candidates.tolist() == expected[:4] + [c.positive]
 
 
 def test_paired_bootstrap():

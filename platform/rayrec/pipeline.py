@@ -134,16 +134,22 @@ def _click_model(cfg: RayrecConfig):
 
 
 def _simulate_traffic(cfg: RayrecConfig, http, users, n_requests: int) -> dict[str, Any]:
-    """Logged traffic for off-policy evaluation: a stochastic policy, rewards from the click model."""
-    rng = np.random.default_rng(cfg.explore.seed if hasattr(cfg.explore, "seed") else 0)
+    """Logged traffic for off-policy evaluation.
+
+    Each simulated user gets a slate from the stochastic logging policy (logged with its
+    propensities; clicks drawn from the click model are posted as feedback) and, for the
+    counterfactual, the greedy slate the same endpoint would have shown. The greedy slates and
+    their expected clicks under the click model are saved for :func:`estimate_from_event_log`.
+    """
+    rng = np.random.default_rng(0)
     click_p = _click_model(cfg)
-    policy = cfg.serve.simulate_policy
+    policy, k = cfg.serve.simulate_policy, cfg.explore.slate_size
     shown = clicks = degraded = 0
-    latencies = []
+    latencies, counterfactual = [], {}
     for _ in range(n_requests):
         uid = str(users["user_id"].iloc[rng.integers(len(users))])
         t0 = time.perf_counter()
-        r = http.post("/recommend", json={"user_id": uid, "k": cfg.explore.slate_size, "policy": policy})
+        r = http.post("/recommend", json={"user_id": uid, "k": k, "policy": policy})
         latencies.append(time.perf_counter() - t0)
         if r.status_code != 200:
             continue
@@ -155,6 +161,17 @@ def _simulate_traffic(cfg: RayrecConfig, http, users, n_requests: int) -> dict[s
                 clicks += 1
                 http.post("/feedback", json={"request_id": body["request_id"],
                                              "item_id": item["item_id"], "reward": 1.0})
+        g = http.post("/recommend", json={"user_id": uid, "k": k, "policy": "greedy"})
+        if g.status_code == 200:
+            greedy_items = [i["item_id"] for i in g.json()["items"]]
+            counterfactual[body["request_id"]] = {
+                "greedy": greedy_items,
+                "greedy_expected_clicks": float(sum(click_p(uid, i) for i in greedy_items)),
+                "logged_expected_clicks": float(sum(click_p(uid, i["item_id"]) for i in body["items"])),
+            }
+    out = Path(cfg.run_dir).expanduser().resolve() / "serve"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "counterfactual.json").write_text(json.dumps({"policy": policy, "requests": counterfactual}))
     lat = np.asarray(latencies) * 1000
     return {"requests": n_requests, "policy": policy, "impressions": shown, "clicks": clicks,
             "ctr": clicks / max(shown, 1), "degraded": degraded,
@@ -165,10 +182,43 @@ def _simulate_traffic(cfg: RayrecConfig, http, users, n_requests: int) -> dict[s
 # --- off-policy estimate from the endpoint's own log ---------------------------------------
 
 def estimate_from_event_log(cfg: RayrecConfig) -> dict[str, Any]:
-    """Estimate, from the served impressions and feedback, the value of each candidate policy."""
-    from rayrec.explore.ope import evaluate_event_log
+    """IPS / SNIPS estimates, from the endpoint's impression + feedback log, of the value
+    (clicks per slate) of the logging policy, the greedy policy and the uniform policy.
 
-    return evaluate_event_log(cfg)
+    Target propensities follow the log's sequential convention (probability of the item at its
+    slot given the earlier slots): greedy's is 1 when the logged slot holds the item greedy put
+    there (its slate for the same request, saved by the traffic simulation), else 0; uniform's
+    is 1 / (candidates left). Ground truth from the click model is reported beside each.
+    """
+    from rayrec.explore.ope import evaluate, join_events
+    from rayrec.serving.eventlog import read_events
+
+    cf_path = Path(cfg.run_dir).expanduser().resolve() / "serve" / "counterfactual.json"
+    if not cf_path.is_file():
+        raise FileNotFoundError(f"{cf_path} is missing: run the serve stage first")
+    cf = json.loads(cf_path.read_text())
+    impressions, feedback = read_events(cfg.event_log_dir)
+    shown = join_events(impressions, feedback)
+    shown = shown[(shown["policy"] == cf["policy"]) & shown["request_id"].isin(cf["requests"])].copy()
+    if shown.empty:
+        raise RuntimeError(f"the event log at {cfg.event_log_dir} holds no {cf['policy']} impressions")
+    shown = shown.sort_values(["request_id", "position"])
+    greedy_at = {(rid, pos): item for rid, c in cf["requests"].items() for pos, item in enumerate(c["greedy"])}
+    targets = {
+        "logging": shown["propensity"].to_numpy(),
+        "greedy": np.array([float(greedy_at.get((r, p)) == str(i)) for r, p, i in
+                            zip(shown["request_id"], shown["position"], shown["item_id"], strict=True)]),
+        "uniform": 1.0 / np.maximum(shown["n_candidates"].to_numpy() - shown["position"].to_numpy(), 1),
+    }
+    truth = {
+        "logging": float(np.mean([c["logged_expected_clicks"] for c in cf["requests"].values()])),
+        "greedy": float(np.mean([c["greedy_expected_clicks"] for c in cf["requests"].values()])),
+    }
+    results: dict[str, Any] = {"logging_policy": cf["policy"], "decisions": int(shown["request_id"].nunique())}
+    for name, target in targets.items():
+        est = evaluate(shown.assign(target_propensity=target), n_boot=200, seed=0)
+        results[name] = {"estimates": est, "true_value": truth.get(name)}
+    return results
 
 
 # --- report --------------------------------------------------------------------------------

@@ -59,3 +59,6 @@ class ServeConfig(Section):
     event_flush_rows: int = Field(64, ge=1)
     event_flush_interval_s: float = Field(2.0, gt=0)
     default_policy: str = "greedy"
+    # The main job's simulated traffic (logged with a stochastic policy for off-policy evaluation).
+    simulate_requests: int = Field(150, ge=0)
+    simulate_policy: str = "epsilon_greedy"
