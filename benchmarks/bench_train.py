@@ -89,6 +89,8 @@ def ray_loop(cfg, stage: int, workers: int, name: str) -> dict:
     tc = cfg.train.model_copy(update={
         "num_workers": workers, "deepspeed": {"zero_stage": stage}, "run_name": name,
         "placement_strategy": "SPREAD",
+        # Leave a CPU for Ray Data's reads on a 2-core laptop (workers would starve it).
+        "resources_per_worker": {"CPU": 1.0 / max(workers, 2)},
     })
     res = run_training(cfg.model_copy(update={"train": tc}))
     m = res.metrics

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -53,22 +54,21 @@ def job_cluster():
     gcs_port, dash_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     common = ["--disable-usage-stats", f"--temp-dir={temp_dir}"]
-    subprocess.run(
+    head = subprocess.run(
         [RAY, "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
          "--include-dashboard=true", "--num-cpus=2", *common],
-        check=True, env=env, capture_output=True, timeout=180,
+        env=env, capture_output=True, text=True, timeout=180,
     )
     try:
-        head = f"{socket.gethostbyname(socket.gethostname())}:{gcs_port}"
-        out = subprocess.run(
-            [RAY, "start", f"--address={head}", "--num-cpus=1", *common],
+        assert head.returncode == 0, f"ray start --head failed:\n{head.stdout}\n{head.stderr}"
+        # The head prints the address other nodes join with (the node's IP, not loopback).
+        found = re.search(r"--address='([^']+)'", head.stdout + head.stderr)
+        address = found.group(1) if found else f"127.0.0.1:{gcs_port}"
+        node = subprocess.run(
+            [RAY, "start", f"--address={address}", "--num-cpus=1", *common],
             env=env, capture_output=True, text=True, timeout=180,
         )
-        if out.returncode != 0:  # the head may have bound to loopback
-            subprocess.run(
-                [RAY, "start", f"--address=127.0.0.1:{gcs_port}", "--num-cpus=1", *common],
-                check=True, env=env, capture_output=True, timeout=180,
-            )
+        assert node.returncode == 0, f"second node failed to join {address}:\n{node.stderr[-3000:]}"
         from ray.job_submission import JobSubmissionClient
 
         client = JobSubmissionClient(f"http://127.0.0.1:{dash_port}")
@@ -81,10 +81,18 @@ def job_cluster():
 def _submit_and_wait(client, entrypoint: str, timeout_s: float = 420) -> tuple[str, str]:
     from ray.job_submission import JobStatus
 
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": str(REPO), "env_vars": {"HF_HUB_OFFLINE": "1"}},
-    )
+    deadline = time.time() + 120
+    while True:  # the dashboard's job agent comes up a little after `ray start` returns
+        try:
+            job_id = client.submit_job(
+                entrypoint=entrypoint,
+                runtime_env={"working_dir": str(REPO), "env_vars": {"HF_HUB_OFFLINE": "1"}},
+            )
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.time() > deadline:
+                raise
+            time.sleep(3)
     deadline = time.time() + timeout_s
     status = client.get_job_status(job_id)
     while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
