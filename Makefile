@@ -23,7 +23,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/rayrec main $(ARGS)
+	$(BIN)/rayrec main --config configs/demo.yaml $(ARGS)
 
 lint: install
 	$(BIN)/ruff check platform jobs tests benchmarks
