@@ -183,12 +183,11 @@ def _simulate_traffic(cfg: RayrecConfig, http, users, n_requests: int) -> dict[s
 
 def estimate_from_event_log(cfg: RayrecConfig) -> dict[str, Any]:
     """IPS / SNIPS estimates, from the endpoint's impression + feedback log, of the value
-    (clicks per slate) of the logging policy, the greedy policy and the uniform policy.
+    (clicks per slate) of the logging policy and of the greedy policy.
 
     Target propensities follow the log's sequential convention (probability of the item at its
     slot given the earlier slots): greedy's is 1 when the logged slot holds the item greedy put
-    there (its slate for the same request, saved by the traffic simulation), else 0; uniform's
-    is 1 / (candidates left). Ground truth from the click model is reported beside each.
+    there (its slate for the same request, saved by the traffic simulation), else 0. Ground truth from the click model is reported beside each.
     """
     from rayrec.explore.ope import evaluate, join_events
     from rayrec.serving.eventlog import read_events
@@ -208,7 +207,6 @@ def estimate_from_event_log(cfg: RayrecConfig) -> dict[str, Any]:
         "logging": shown["propensity"].to_numpy(),
         "greedy": np.array([float(greedy_at.get((r, p)) == str(i)) for r, p, i in
                             zip(shown["request_id"], shown["position"], shown["item_id"], strict=True)]),
-        "uniform": 1.0 / np.maximum(shown["n_candidates"].to_numpy() - shown["position"].to_numpy(), 1),
     }
     truth = {
         "logging": float(np.mean([c["logged_expected_clicks"] for c in cf["requests"].values()])),
@@ -240,7 +238,7 @@ def write_report(cfg: RayrecConfig, stages: StageRunner, manifest, trained, eval
         lines += ["", "## Training", "", "```json", json.dumps(trained, indent=1, default=str)[:2000], "```"]
     if evaluation:
         lines += ["", "## Offline evaluation", ""]
-        md = Path(cfg.eval_dir) / "report.md"
+        md = Path(cfg.eval_dir) / "eval.md"
         lines.append(md.read_text() if md.is_file() else json.dumps(evaluation, indent=1, default=str)[:4000])
     if serving:
         lines += ["", "## Serving", "", f"Endpoint was at {serving['url']}.", "",
