@@ -221,6 +221,14 @@ def estimate_from_event_log(cfg: RayrecConfig) -> dict[str, Any]:
 
 # --- report --------------------------------------------------------------------------------
 
+def _embed(md: Path, run_dir: Path) -> str:
+    """A stage's markdown report, with its relative image links rebased onto ``run_dir``."""
+    import re
+
+    rel = md.parent.relative_to(run_dir) if md.parent.is_relative_to(run_dir) else md.parent
+    return re.sub(r"\]\((?!/|https?:)([^)]+\.png)\)", lambda m: f"]({rel}/{m.group(1)})", md.read_text())
+
+
 def write_report(cfg: RayrecConfig, stages: StageRunner, manifest, trained, evaluation, serving,
                  bandit, ope, total_s: float) -> Path:
     """Markdown report of the run, linking the stage reports and plots."""
@@ -239,7 +247,7 @@ def write_report(cfg: RayrecConfig, stages: StageRunner, manifest, trained, eval
     if evaluation:
         lines += ["", "## Offline evaluation", ""]
         md = Path(cfg.eval_dir) / "eval.md"
-        lines.append(md.read_text() if md.is_file() else json.dumps(evaluation, indent=1, default=str)[:4000])
+        lines.append(_embed(md, run_dir) if md.is_file() else json.dumps(evaluation, indent=1, default=str)[:4000])
     if serving:
         lines += ["", "## Serving", "", f"Endpoint was at {serving['url']}.", "",
                   "Simulated traffic: " + json.dumps(serving["traffic"], default=str), ""]
@@ -250,7 +258,7 @@ def write_report(cfg: RayrecConfig, stages: StageRunner, manifest, trained, eval
     if bandit:
         md = Path(cfg.explore_dir) / "report.md"
         lines += ["", "## Exploration experiment", "",
-                  md.read_text() if md.is_file() else json.dumps(bandit, default=str)[:4000]]
+                  _embed(md, run_dir) if md.is_file() else json.dumps(bandit, default=str)[:4000]]
     if ope:
         lines += ["", "## Off-policy estimates from the endpoint's log", "", "```json",
                   json.dumps(ope, indent=1, default=str)[:4000], "```"]
