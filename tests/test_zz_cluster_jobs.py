@@ -53,6 +53,9 @@ def job_cluster():
     temp_dir = tempfile.mkdtemp(prefix="rrjob")  # short: Ray's socket paths have a length limit
     gcs_port, dash_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Ray 2.60 turns token auth on for a node that finds ~/.ray/auth_token (which any local
+    # ray.init() writes) but not for one joining with --address: pin one mode for every node.
+    env["RAY_AUTH_MODE"] = "disabled"
     common = ["--disable-usage-stats", f"--temp-dir={temp_dir}"]
     head = subprocess.run(
         [RAY, "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
