@@ -124,6 +124,21 @@ def save_ranker(
     return str(out)
 
 
+def warm_start(model: RankerModel, checkpoint: str | Path) -> None:
+    """Load a saved ranker's LoRA adapter and head into a freshly built ``model`` (same backbone
+    and LoRA shape): fine-tuning continues from that adapter instead of a new one."""
+    from peft import load_peft_weights, set_peft_model_state_dict
+
+    art = _artifact_dir(checkpoint)
+    if (art / "adapter").is_dir():
+        result = set_peft_model_state_dict(model.backbone, load_peft_weights(str(art / "adapter")))
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"adapter at {art} does not fit this ranker: {unexpected[:5]}")
+    if (art / "head.safetensors").is_file():
+        model.head.load_state_dict(load_file(str(art / "head.safetensors")))
+
+
 def _artifact_dir(checkpoint: str | Path) -> Path:
     p = Path(checkpoint)
     for cand in (p, p / "model"):

@@ -48,4 +48,5 @@ class TrainConfig(Section):
     keep_checkpoints: int | None = Field(3, ge=1)  # most recent kept; None keeps all
     max_failures: int = Field(2, ge=0)
     fail_at_step: int | None = Field(None, ge=1)  # chaos testing: rank 0 fails once at this step
+    init_from: str | None = None  # a saved ranker to continue fine-tuning from (feedback loop)
     seed: int = 0

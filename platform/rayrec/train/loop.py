@@ -20,7 +20,7 @@ import torch.distributed as dist
 from rayrec.config import RayrecConfig
 from rayrec.evaluation.metrics import hit_rate_at_k, ndcg_at_k, reciprocal_rank
 from rayrec.models.losses import ranking_loss
-from rayrec.models.ranker import build_ranker, score_lists, train_scores
+from rayrec.models.ranker import build_ranker, score_lists, train_scores, warm_start
 from rayrec.train.checkpoint import checkpoint_dir_name, restore_checkpoint, write_checkpoint
 from rayrec.train.deepspeed import build_ds_config
 
@@ -102,6 +102,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(tc.seed)
     model, collator = build_ranker(cfg.model, seed=tc.seed)
+    if tc.init_from:
+        warm_start(model, tc.init_from)
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=build_ds_config(tc, total_steps, world), dist_init_required=False,

@@ -1,0 +1,131 @@
+"""The feedback loop: served impressions and feedback → training examples → a new adapter,
+fine-tuned from the current one → evaluated against it → promoted (hot-switched in the running
+endpoint) only when it is better.
+
+Examples follow ``rayrec.data.schema.EXAMPLE_COLUMNS``: for every clicked item of a served
+slate, the clicked item is the positive and the slate's unclicked items are the negatives
+(shown-and-skipped: the hardest negatives there are). The user's history is the feature
+store's history, rendered by the one history renderer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rayrec.config import RayrecConfig
+from rayrec.data.schema import EXAMPLE_COLUMNS, EXAMPLES_DIR
+
+log = logging.getLogger("rayrec")
+
+
+def feedback_examples(cfg: RayrecConfig) -> pd.DataFrame:
+    """Training examples from the endpoint's event log (known users, slates with a click)."""
+    from rayrec.data import store
+    from rayrec.data.text import render_history
+    from rayrec.explore.ope import join_events
+    from rayrec.serving.eventlog import read_events
+
+    impressions, feedback = read_events(cfg.event_log_dir)
+    shown = join_events(impressions, feedback)
+    shown = shown[(shown["user_idx"] >= 0) & ~shown["degraded"].astype(bool)]
+    texts = store.load_items(cfg.data_dir).set_index("item_idx")["text"]
+    histories = store.load_histories(cfg.data_dir).set_index("user_idx")["history"]
+    rows = []
+    for _, slate in shown.groupby("request_id", sort=False):
+        clicked = slate[slate["reward"] > 0]
+        skipped = slate[slate["reward"] <= 0]["item_idx"].astype(np.int64).tolist()
+        if clicked.empty or not skipped:
+            continue
+        user = int(slate["user_idx"].iloc[0])
+        history = [int(i) for i in histories.get(user, [])]
+        for item in clicked["item_idx"].astype(np.int64):
+            candidates = [int(item), *skipped]
+            rows.append({
+                "user_idx": user, "history": history,
+                "history_text": render_history([texts[i] for i in history]),
+                "candidates": candidates, "labels": [1.0] + [0.0] * len(skipped),
+                "candidate_texts": [texts[i] for i in candidates],
+                "timestamp": int(slate["timestamp"].max()),
+            })
+    return pd.DataFrame(rows, columns=list(EXAMPLE_COLUMNS))
+
+
+def _ndcg10(result: dict[str, Any]) -> float:
+    return float(result["models"]["ranker"]["ndcg@10"])
+
+
+def run_feedback_loop(cfg: RayrecConfig, steps: int | None = None) -> dict[str, Any]:
+    """One round: build examples from the log, fine-tune from the current adapter, evaluate
+    both on the validation split, and promote the new adapter when its NDCG@10 is higher."""
+    from rayrec.evaluation.evaluate import run_evaluation
+    from rayrec.runtime import UserFacingError, init_ray
+    from rayrec.train.checkpoint import latest_checkpoint
+    from rayrec.train.trainer import run_training
+
+    init_ray(cfg.ray)
+    current = cfg.serve.checkpoint or latest_checkpoint(cfg.checkpoint_dir)
+    if current is None:
+        raise UserFacingError(f"no current ranker under {cfg.checkpoint_dir}: run `rayrec train` first")
+    examples = feedback_examples(cfg)
+    if examples.empty:
+        raise UserFacingError(
+            f"the event log at {cfg.event_log_dir} holds no clicked slates of known users yet")
+    round_dir = Path(cfg.run_dir).expanduser().resolve() / "feedback" / time.strftime("%Y%m%d-%H%M%S")
+    data_dir = round_dir / "data"
+    for split, frame in (("train", examples), ("valid", None)):
+        out = data_dir / EXAMPLES_DIR / split
+        out.mkdir(parents=True, exist_ok=True)
+        if frame is None:  # validate on the preprocessed validation examples
+            from rayrec.data import store
+
+            frame = store.read_pandas(cfg.data_dir, "examples", split)
+        frame.to_parquet(out / "part-0.parquet", index=False)
+    batch = min(cfg.train.batch_size, len(examples))
+    tuned_cfg = cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"out": str(data_dir)}),
+        "train": cfg.train.model_copy(update={
+            "init_from": current, "storage_path": str(round_dir / "checkpoints"), "batch_size": batch,
+            "max_steps": steps or cfg.train.max_steps, "num_workers": 1,
+        }),
+    })
+    log.info("feedback: %d examples from the event log; fine-tuning from %s", len(examples), current)
+    trained = run_training(tuned_cfg)
+    candidate = trained.best_checkpoint or trained.checkpoint
+
+    def evaluate(checkpoint: str, name: str) -> float:
+        ev = cfg.evaluate.model_copy(update={"split": "valid", "checkpoint": checkpoint,
+                                             "out": str(round_dir / f"eval_{name}")})
+        return _ndcg10(run_evaluation(cfg.model_copy(update={"evaluate": ev})))
+
+    before, after = evaluate(current, "current"), evaluate(candidate, "candidate")
+    promoted = after > before
+    switched = promoted and switch_adapter(cfg, candidate)
+    result = {"examples": len(examples), "current": current, "candidate": candidate,
+              "valid_ndcg@10": {"current": before, "candidate": after}, "promoted": promoted,
+              "switched_running_endpoint": switched, "round_dir": str(round_dir)}
+    log.info("feedback: %s", result)
+    return result
+
+
+def switch_adapter(cfg: RayrecConfig, checkpoint: str) -> bool:
+    """Point the running endpoint's ranking deployment at ``checkpoint`` (a rolling in-place
+    update: requests keep being served). False when no endpoint is running."""
+    from ray import serve
+
+    from rayrec.serving.app import compose
+
+    try:
+        status = serve.status()
+    except Exception:
+        return False
+    if cfg.serve.app_name not in status.applications:
+        return False
+    new_cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"checkpoint": checkpoint})})
+    serve.run(compose(new_cfg), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
+    return True
