@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -44,7 +43,7 @@ def test_main_job_end_to_end_and_reuse(ray_cluster, tmp_path: Path) -> None:
     assert {"preprocess", "index", "train", "evaluate", "bandit"} <= reused
 
     # The feedback loop: event log -> examples -> fine-tune from the current adapter -> compare.
-    from rayrec.feedback import feedback_examples, run_feedback_loop, switch_adapter
+    from rayrec.feedback import feedback_examples, run_feedback_loop
 
     examples = feedback_examples(cfg)
     assert len(examples) > 0
@@ -52,35 +51,5 @@ def test_main_job_end_to_end_and_reuse(ray_cluster, tmp_path: Path) -> None:
     fb = run_feedback_loop(cfg, steps=2)
     assert fb["examples"] == len(examples) and Path(fb["candidate"]).exists()
     assert set(fb["valid_ndcg@10"]) == {"current", "candidate"}
-    assert fb["switched_running_endpoint"] is False  # the main job's endpoint is stopped
-
-    # Hot switch of a running endpoint to the new adapter, with requests in flight.
-    import threading
-
-    import httpx
-    from rayrec.serving.app import start_app, stop_app
-
-    url = start_app(cfg)
-    deadline = time.time() + 60
-    while httpx.post(f"{url}/recommend", json={"query": "golden river", "k": 3}, timeout=60).status_code != 200:
-        assert time.time() < deadline, "the endpoint did not come up"
-        time.sleep(0.5)
-    statuses: list[int] = []
-    done = threading.Event()
-
-    def traffic() -> None:
-        with httpx.Client(base_url=url, timeout=60) as http:
-            while not done.is_set():
-                statuses.append(http.post("/recommend", json={"query": "golden river", "k": 3}).status_code)
-
-    worker = threading.Thread(target=traffic)
-    worker.start()
-    try:
-        assert switch_adapter(cfg, fb["candidate"]) is True
-        body = httpx.post(f"{url}/recommend", json={"query": "golden river", "k": 3}, timeout=60).json()
-        assert fb["candidate"] in (body["model_version"] or "")
-    finally:
-        done.set()
-        worker.join()
-        stop_app(cfg)
-    assert statuses and set(statuses) == {200}, sorted(set(statuses))
+    if fb["promoted"]:
+        assert (tmp_path / "run" / "feedback" / "promoted_checkpoint").read_text() == fb["candidate"]

@@ -84,7 +84,7 @@ def job_cluster():
 def _submit_and_wait(client, entrypoint: str, timeout_s: float = 420) -> tuple[str, str]:
     from ray.job_submission import JobStatus
 
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while True:  # the dashboard's job agent comes up a little after `ray start` returns
         try:
             job_id = client.submit_job(

@@ -1,6 +1,10 @@
 """The feedback loop: served impressions and feedback → training examples → a new adapter,
-fine-tuned from the current one → evaluated against it → promoted (hot-switched in the running
-endpoint) only when it is better.
+fine-tuned from the current one → evaluated against it → promoted only when it is better.
+
+Promotion records the new checkpoint in ``<run_dir>/feedback/promoted_checkpoint``; deploying
+the endpoint's config with ``serve.checkpoint`` set to it (``serve deploy``) switches the ranking
+replicas in place through their ``user_config``. Switching an endpoint started with
+``serve.run`` from here is not done yet: a re-run redeploys every deployment.
 
 Examples follow ``rayrec.data.schema.EXAMPLE_COLUMNS``: for every clicked item of a served
 slate, the clicked item is the positive and the slate's unclicked items are the negatives
@@ -105,27 +109,10 @@ def run_feedback_loop(cfg: RayrecConfig, steps: int | None = None) -> dict[str, 
 
     before, after = evaluate(current, "current"), evaluate(candidate, "candidate")
     promoted = after > before
-    switched = promoted and switch_adapter(cfg, candidate)
+    if promoted:  # what `serve deploy` with serve.checkpoint (an in-place reconfigure) picks up
+        (round_dir.parent / "promoted_checkpoint").write_text(candidate)
     result = {"examples": len(examples), "current": current, "candidate": candidate,
               "valid_ndcg@10": {"current": before, "candidate": after}, "promoted": promoted,
-              "switched_running_endpoint": switched, "round_dir": str(round_dir)}
+              "round_dir": str(round_dir)}
     log.info("feedback: %s", result)
     return result
-
-
-def switch_adapter(cfg: RayrecConfig, checkpoint: str) -> bool:
-    """Point the running endpoint's ranking deployment at ``checkpoint`` (a rolling in-place
-    update: requests keep being served). False when no endpoint is running."""
-    from ray import serve
-
-    from rayrec.serving.app import compose
-
-    try:
-        status = serve.status()
-    except Exception:
-        return False
-    if cfg.serve.app_name not in status.applications:
-        return False
-    new_cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"checkpoint": checkpoint})})
-    serve.run(compose(new_cfg), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
-    return True

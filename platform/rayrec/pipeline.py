@@ -105,9 +105,9 @@ def serve_and_simulate(cfg: RayrecConfig, n_requests: int | None = None) -> dict
 
 def _post(http, path: str, body: dict) -> dict:
     response = http.post(path, json=body)
+    if response.status_code >= 400 or "json" not in response.headers.get("content-type", ""):
+        raise RuntimeError(f"POST {path} {body} -> {response.status_code}: {response.text[:500]}")
     out = response.json()
-    if response.status_code >= 400:
-        raise RuntimeError(f"POST {path} {body} -> {response.status_code}: {out}")
     log.info("POST %s %s -> %d (%s)", path, body, response.status_code,
              ", ".join(i["title"] for i in out.get("items", [])[:3]) or "ok")
     return out
