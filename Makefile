@@ -29,7 +29,10 @@ lint: install
 	$(BIN)/ruff check platform jobs tests benchmarks
 
 test: install lint
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra --durations=15 tests $(ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra --durations=15 tests --ignore=tests/test_zz_cluster_jobs.py $(ARGS)
+	# In a pytest process of its own: its `ray start` cluster's job agent does not come up beside
+	# the session's Cluster (seen on this 2-core machine).
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra tests/test_zz_cluster_jobs.py
 
 clean:
 	rm -rf $(VENV) rayrec_output .pytest_cache
