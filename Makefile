@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-cluster lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,10 @@ lint: install
 
 test: install lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra --durations=15 tests --ignore=tests/test_zz_cluster_jobs.py $(ARGS)
-	# In a pytest process of its own: its `ray start` cluster's job agent does not come up beside
-	# the session's Cluster (seen on this 2-core machine).
+
+# Job submission to a `ray start` cluster (head + second node); run on its own: on the 2-core
+# CI machine its job agent did not always come up in time (open issue #6).
+test-cluster: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra tests/test_zz_cluster_jobs.py
 
 clean:
