@@ -84,11 +84,14 @@ def plain_loop(cfg, data_dir: Path, steps: int) -> dict:
 
 
 def ray_loop(cfg, stage: int, workers: int, name: str) -> dict:
+    import torch
     from rayrec.train.trainer import run_training
 
     tc = cfg.train.model_copy(update={
         "num_workers": workers, "deepspeed": {"zero_stage": stage}, "run_name": name,
         "placement_strategy": "SPREAD",
+        # Same intra-op threads as the plain loop: a fractional-CPU worker would get 1.
+        "torch_threads": torch.get_num_threads() // workers or 1,
         # Leave a CPU for Ray Data's reads on a 2-core laptop (workers would starve it).
         "resources_per_worker": {"CPU": 1.0 / max(workers, 2)},
     })
@@ -109,6 +112,7 @@ def main() -> None:
     ap.add_argument("--memory-workers", type=int, default=2)
     args = ap.parse_args()
 
+    import torch
     from rayrec.config import RayrecConfig
     from rayrec.runtime import init_ray
 
@@ -117,7 +121,9 @@ def main() -> None:
                    hist_len=10)
     cfg = RayrecConfig.model_validate({
         "run_dir": str(tmp), "data": {"out": str(tmp / "data")},
-        "model": {"backbone": args.backbone, "max_length": args.max_length},
+        # No catalog here, so no popularity prior (its cost is one multiply-add per score).
+        "model": {"backbone": args.backbone, "max_length": args.max_length,
+                  "popularity_prior": False},
         "train": {"batch_size": args.batch_size, "max_steps": args.steps, "shuffle_buffer": 0,
                   "log_every_steps": args.steps // 2, "checkpoint_every_steps": args.steps,
                   "warmup_ratio": 0.0, "max_failures": 0},
@@ -138,6 +144,7 @@ def main() -> None:
         "backbone": args.backbone, "steps": args.steps, "batch_size": args.batch_size,
         "max_length": args.max_length, "candidates_per_example": args.negatives + 1,
         "overhead_ratio_plain_over_ray_1worker": overhead, "runs": rows,
+        "torch_threads": torch.get_num_threads(),
         "note": "samples/s over the second half of the steps; peak_rss_mb = rank-0 process max RSS",
     }
     print(f"{'run':<22}{'workers':>8}{'zero':>6}{'samples/s':>11}{'tokens/s':>10}{'peak MB':>9}")

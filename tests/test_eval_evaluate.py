@@ -20,6 +20,7 @@ from rayrec.evaluation.evaluate import (
     sampled_cases,
     select_users,
 )
+from rayrec.models.prior import candidate_priors, popularity_prior
 from rayrec.models.tiny import make_tiny_backbone
 
 N_ITEMS, N_USERS, N_NEG = 40, 12, 7
@@ -226,7 +227,14 @@ def test_run_evaluation_uses_latest_checkpoint(tmp_path, tiny_bert):
     ranker = load_ranker(cfg.model, str(Path(cfg.checkpoint_dir) / "step_00000007"))
     ex = pd.read_parquet(tmp_path / "data" / "examples" / "test").sort_values("user_idx")
     items = pd.read_parquet(tmp_path / "data" / "items.parquet")
-    scores = ranker.score(ex.history_text.tolist(), [items.text[list(c)].tolist() for c in ex.candidates])
+    prior = popularity_prior(items.sort_values("item_idx").popularity.to_numpy())
+    scores = ranker.score(ex.history_text.tolist(), [items.text[list(c)].tolist() for c in ex.candidates],
+                          candidate_priors(prior, ex.candidates))
     ranks = [int((s > s[0]).sum() + (s == s[0]).sum() - 1) for s in scores]
     got = pd.read_parquet(res["files"]["per_user"]).query("model == 'ranker'").sort_values("user_idx")
+    assert got["rank"].astype(int).tolist() == ranks
+    # The ablation is the same scores without the prior term.
+    text_only = ranker.score(ex.history_text.tolist(), [items.text[list(c)].tolist() for c in ex.candidates])
+    ranks = [int((s > s[0]).sum() + (s == s[0]).sum() - 1) for s in text_only]
+    got = pd.read_parquet(res["files"]["per_user"]).query("model == 'ranker_text_only'").sort_values("user_idx")
     assert got["rank"].astype(int).tolist() == ranks

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from rayrec.config import load_config
 from rayrec.models.tiny import make_tiny_backbone
@@ -42,14 +45,42 @@ def test_main_job_end_to_end_and_reuse(ray_cluster, tmp_path: Path) -> None:
     reused = {s["name"] for s in again["stages"] if s["reused"]}
     assert {"preprocess", "index", "train", "evaluate", "bandit"} <= reused
 
-    # The feedback loop: event log -> examples -> fine-tune from the current adapter -> compare.
+    # The feedback loop: event log -> examples -> fine-tune from the current adapter -> compare
+    # -> promote -> switch the running endpoint, while requests keep flowing.
+    from rayrec.data.store import load_users
     from rayrec.feedback import feedback_examples, run_feedback_loop
+    from rayrec.serving.app import start_app, stop_app
 
     examples = feedback_examples(cfg)
     assert len(examples) > 0
     assert all(labels[0] == 1.0 and sum(labels) == 1.0 for labels in examples["labels"])
-    fb = run_feedback_loop(cfg, steps=2)
+    fb_cfg = cfg.model_copy(update={"feedback": cfg.feedback.model_copy(
+        update={"max_steps": 2, "min_improvement": -1.0})})  # promote whatever the comparison says
+    url = start_app(fb_cfg)
+    user = str(load_users(cfg.data_dir)["user_id"].iloc[0])
+    stop, responses = threading.Event(), []
+
+    def traffic() -> None:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            while not stop.is_set():
+                r = http.post("/recommend", json={"user_id": user, "k": 3})
+                responses.append((r.status_code, r.json().get("model_version")))
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        fb = run_feedback_loop(fb_cfg)
+        time.sleep(2.0)  # a few requests after the switch
+    finally:
+        stop.set()
+        sender.join()
+        health = httpx.get(f"{url}/healthz", timeout=60).json()
+        stop_app(fb_cfg)
     assert fb["examples"] == len(examples) and Path(fb["candidate"]).exists()
     assert set(fb["valid_ndcg@10"]) == {"current", "candidate"}
-    if fb["promoted"]:
-        assert (tmp_path / "run" / "feedback" / "promoted_checkpoint").read_text() == fb["candidate"]
+    assert fb["promoted"], fb
+    assert (tmp_path / "run" / "feedback" / "promoted_checkpoint").read_text() == fb["candidate"]
+    assert fb["endpoint"]["switched"], fb["endpoint"]
+    assert health["ranker"]["version"] == fb["candidate"]
+    assert responses and {code for code, _ in responses} == {200}, responses  # none dropped
+    assert responses[-1][1] == fb["candidate"]

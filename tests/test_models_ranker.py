@@ -11,11 +11,13 @@ from rayrec.models.backbone import backbone_family, default_lora_targets, resolv
 from rayrec.models.collate import RankerCollator
 from rayrec.models.config import ModelConfig
 from rayrec.models.losses import ranking_loss
+from rayrec.models.prior import candidate_priors, popularity_prior
 from rayrec.models.ranker import build_ranker, load_ranker, save_ranker, train_scores
 from rayrec.models.tiny import make_tiny_backbone
 
 HIST = ["red car | red boat | red lamp", "blue cup"]
 CANDS = [["red apple", "blue car", "green cup", "black shoe"], ["blue tree", "white lamp", "red cup"]]
+PRIORS = [[1.5, -0.5, 0.0, -1.0], [0.3, 2.0, -0.7]]
 CASES = [
     ("bert", "cross_encoder", "bce"),
     ("gpt2", "causal_yesno", "bce"),
@@ -49,9 +51,10 @@ def test_family_scores_trains_and_round_trips(tiny_dir, family, kind, loss):
 
     model, collator = build_ranker(cfg)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    assert "prior_weight" in trainable
+    assert all("lora_" in n or n.startswith("head.") or n == "prior_weight" for n in trainable)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    scores, mask, n_tok = train_scores(model, collator, HIST, CANDS, random.Random(0), "cpu")
+    scores, mask, n_tok = train_scores(model, collator, HIST, CANDS, random.Random(0), "cpu", PRIORS)
     assert scores.shape == (2, 4) and mask.sum().item() == 7 and n_tok > 0
     labels = torch.zeros_like(scores)
     labels[:, 0] = 1.0
@@ -61,13 +64,46 @@ def test_family_scores_trains_and_round_trips(tiny_dir, family, kind, loss):
     model.eval()
     out = tiny_dir / f"saved_{family}"
     save_ranker(out, cfg, model, collator)
-    reloaded = load_ranker(cfg, str(out)).score(HIST, CANDS)
+    reloaded_ranker = load_ranker(cfg, str(out))
+    reloaded = reloaded_ranker.score(HIST, CANDS, PRIORS)
     direct = load_ranker(cfg, None)
     direct.model = model
-    expected = direct.score(HIST, CANDS)
+    expected = direct.score(HIST, CANDS, PRIORS)
+    assert reloaded_ranker.prior_weight == pytest.approx(direct.prior_weight)
+    assert reloaded_ranker.prior_weight != pytest.approx(1.0)  # the step moved the prior weight
     for a, b, c in zip(reloaded, expected, before, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
         assert not np.allclose(a, c, atol=1e-6)  # the step changed the scorer
+
+
+@pytest.mark.parametrize("family,kind", [("bert", "cross_encoder"), ("llama", "causal_listwise")])
+def test_popularity_prior_adds_weight_times_prior(tiny_dir, family, kind):
+    cfg = ModelConfig(backbone=make_tiny_backbone(family, tiny_dir / f"{family}_p"), kind=kind,
+                      max_length=40, listwise_window=3)
+    ranker = load_ranker(cfg, None)
+    assert ranker.prior_weight == pytest.approx(1.0)
+    text_only = ranker.score(HIST, CANDS)
+    with_prior = ranker.score(HIST, CANDS, PRIORS)
+    for t, w, p in zip(text_only, with_prior, PRIORS, strict=True):
+        np.testing.assert_allclose(w, t + np.asarray(p, dtype=np.float32), atol=1e-5)
+    with pytest.raises(ValueError, match="one value per candidate"):
+        ranker.score(HIST, CANDS, [PRIORS[0], PRIORS[1][:2]])
+    off = load_ranker(cfg.model_copy(update={"popularity_prior": False}), None)
+    assert off.prior_weight is None
+    np.testing.assert_allclose(off.score(HIST, CANDS, PRIORS)[0], off.score(HIST, CANDS)[0])
+
+
+def test_popularity_prior_values():
+    prior = popularity_prior(np.array([0, 1, 10, 100, 0]))
+    assert prior.dtype == np.float32
+    assert abs(prior.mean()) < 1e-6 and abs(prior.std() - 1) < 1e-5
+    assert prior[3] > prior[2] > prior[1] > prior[0] == prior[4]
+    np.testing.assert_array_equal(popularity_prior(np.array([3, 3])), [0, 0])
+    got = candidate_priors(prior, [[3, 0], [7, -1, 2]])  # unknown items get the catalog minimum
+    np.testing.assert_array_equal(got[0], prior[[3, 0]])
+    np.testing.assert_array_equal(got[1], [prior.min(), prior.min(), prior[2]])
+    with pytest.raises(ValueError):
+        popularity_prior(np.array([1, -2]))
 
 
 def test_listwise_windows_cover_every_candidate(tiny_dir):

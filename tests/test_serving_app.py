@@ -120,18 +120,22 @@ def serving_env(tmp_path_factory, ray_cluster):
     return {"overrides": overrides, "cfg": cfg, "adapters": adapters, "root": root}
 
 
-def _deploy(env: dict, user_config: dict) -> None:
-    """Declarative deploy (what `serve deploy`/RayService do): a user_config change is an
-    in-place reconfigure of the ranking replicas."""
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
+def _app_cfg(env: dict, checkpoint: str | None = None):
+    """The test app's config: the serving overrides, this module's app name and prefix."""
+    from rayrec.config import load_config
 
-    client = _get_global_client()
-    client.deploy_apps(ServeDeploySchema(applications=[{
-        "name": APP, "route_prefix": PREFIX, "import_path": "rayrec.serving.app:build_app",
-        "args": dict(env["overrides"]),
-        "deployments": [{"name": "Ranking", "user_config": user_config}],
-    }]), _blocking=True)
+    return load_config(None, env["overrides"] | {
+        "serve.app_name": APP, "serve.route_prefix": PREFIX,
+        "serve.checkpoint": checkpoint or env["adapters"][1],
+    })
+
+
+def _deploy(env: dict, fault_injection: dict) -> None:
+    """Redeploy the test app with test-only fault injection (a ranking user_config change:
+    the replicas reconfigure in place)."""
+    from rayrec.serving.app import app_config, deploy_app
+
+    deploy_app(app_config(_app_cfg(env), fault_injection), timeout_s=300)
 
 
 def _wait_ranker(url: str, pred, timeout: float = 90.0) -> dict:
@@ -161,7 +165,9 @@ def app_url(serving_env):
     from ray.serve.context import _get_global_client
 
     port = _get_global_client().http_config.port  # an already running Serve keeps its port
-    _deploy(serving_env, {"checkpoint": serving_env["adapters"][1], "fault_injection": {}})
+    from rayrec.serving.app import start_app
+
+    start_app(_app_cfg(serving_env))
     url = f"http://127.0.0.1:{port}{PREFIX}"
     _wait_ranker(url, lambda r: r["version"] == serving_env["adapters"][1])
     yield url
@@ -295,7 +301,7 @@ def test_auth_on_and_off(app_url, serving_env):
     assert r.status_code == 200
     cfg = load_config(None, {**serving_env["overrides"], "serve.require_api_key": True,
                              "serve.app_name": AUTH_APP, "serve.route_prefix": AUTH_PREFIX})
-    url = start_app(cfg)  # what `rayrec serve` runs (imperative serve.run)
+    url = start_app(cfg)  # what `rayrec serve` runs
     try:
         assert url.endswith(AUTH_PREFIX)
         assert post(url, "/recommend", {"k": 1}).status_code == 401
@@ -312,9 +318,8 @@ def test_auth_on_and_off(app_url, serving_env):
 # ---- degradation and adapter switch --------------------------------------------------------
 
 def test_ranking_failure_and_timeout_fall_back_to_retrieval(app_url, serving_env):
-    v1 = serving_env["adapters"][1]
     try:
-        _deploy(serving_env, {"checkpoint": v1, "fault_injection": {"raise": True}})
+        _deploy(serving_env, {"raise": True})
         _wait_ranker(app_url, lambda r: r["fault_injection"].get("raise"))
         body = post(app_url, "/recommend", {"user_id": "u1", "k": 5}).json()
         assert body["degraded"] is True and body["degraded_reason"] == "ranking_error: RuntimeError"
@@ -323,7 +328,7 @@ def test_ranking_failure_and_timeout_fall_back_to_retrieval(app_url, serving_env
         assert finals == sorted(finals, reverse=True)  # retrieval order
         assert finals == [it["scores"]["retrieval"] for it in body["items"]]
 
-        _deploy(serving_env, {"checkpoint": v1, "fault_injection": {"sleep_s": 30.0}})
+        _deploy(serving_env, {"sleep_s": 30.0})
         _wait_ranker(app_url, lambda r: r["fault_injection"].get("sleep_s") == 30.0)
         t0 = time.time()
         body = post(app_url, "/recommend", {"user_id": "u1", "k": 5}).json()
@@ -331,12 +336,14 @@ def test_ranking_failure_and_timeout_fall_back_to_retrieval(app_url, serving_env
         assert body["degraded"] is True and body["degraded_reason"] == "ranking_timeout"
         assert len(body["items"]) == 5
     finally:
-        _deploy(serving_env, {"checkpoint": v1, "fault_injection": {}})
+        _deploy(serving_env, {})
         _wait_ranker(app_url, lambda r: not r["fault_injection"])
     assert post(app_url, "/recommend", {"user_id": "u1", "k": 5}).json()["degraded"] is False
 
 
 def test_adapter_switch_without_failed_requests(app_url, serving_env):
+    from rayrec.serving.app import switch_adapter
+
     v1, v2 = serving_env["adapters"][1], serving_env["adapters"][2]
     results: list[tuple[int, str | None]] = []
     stop = threading.Event()
@@ -353,13 +360,14 @@ def test_adapter_switch_without_failed_requests(app_url, serving_env):
         t.start()
     try:
         time.sleep(1.0)
-        _deploy(serving_env, {"checkpoint": v2, "fault_injection": {}})
+        switch = switch_adapter(_app_cfg(serving_env), v2, timeout_s=300)  # what `rayrec feedback` calls
         after = _wait_ranker(app_url, lambda r: r["version"] == v2)["ranker"]["replica"]
         time.sleep(1.0)
     finally:
         stop.set()
         for t in threads:
             t.join()
+    assert switch["switched"] and switch["from"] == v1 and switch["to"] == v2, switch
     statuses = [s for s, _ in results]
     assert statuses and set(statuses) == {200}, [r for r in results if r[0] != 200][:3]
     assert before == after, "the adapter must be swapped in place (reconfigure), not by a new replica"
@@ -367,6 +375,18 @@ def test_adapter_switch_without_failed_requests(app_url, serving_env):
     assert versions[0] == v1 and versions[-1] == v2
     degraded = post(app_url, "/recommend", {"user_id": "u5", "k": 3}).json()
     assert degraded["degraded"] is False and degraded["model_version"] == v2
+
+    # A broken adapter is refused: the replicas keep serving v2 and say why.
+    bad = switch_adapter(_app_cfg(serving_env), str(serving_env["root"] / "no_such_adapter"), timeout_s=300)
+    assert bad["switched"] is False and "no_such_adapter" in bad["reason"], bad
+    body = post(app_url, "/recommend", {"user_id": "u5", "k": 3}).json()
+    assert body["degraded"] is False and body["model_version"] == v2
+    # Back to a good adapter clears the error; an app that is not running is reported, not raised.
+    assert switch_adapter(_app_cfg(serving_env), v1, timeout_s=300)["switched"]
+    missing = _app_cfg(serving_env).model_copy(deep=True)
+    missing.serve.app_name = "rayrec_not_running"
+    assert switch_adapter(missing, v1) == {
+        "switched": False, "reason": "no Serve app 'rayrec_not_running' is running on this cluster"}
 
 
 # ---- event log (last: deletes the app) -----------------------------------------------------

@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from rayrec.config import RayrecConfig
-from rayrec.data.schema import EXAMPLE_COLUMNS, EXAMPLES_DIR
+from rayrec.data.schema import EXAMPLE_COLUMNS, EXAMPLES_DIR, ITEMS_FILE
 from rayrec.models.tiny import make_tiny_backbone
 
 COLORS = ["red", "blue", "green", "black", "white", "yellow"]
 LIKED = ["apple", "tree"]  # what every user picks: learnable from the candidate text alone
 THINGS = ["car", "house", "boat", "lamp", "shoe", "cup"]
+N_ITEMS = 50
 
 
 def write_toy_examples(data_dir: Path, n_train: int, n_valid: int, n_neg: int, seed: int = 0) -> None:
@@ -31,12 +32,19 @@ def write_toy_examples(data_dir: Path, n_train: int, n_valid: int, n_neg: int, s
             ]
             rows.append({
                 "user_idx": u, "history": [0, 1, 2], "history_text": " | ".join(hist),
-                "candidates": list(range(len(cands))), "labels": [1.0] + [0.0] * n_neg,
+                # random item ids: their popularity prior says nothing about the label
+                "candidates": rng.sample(range(N_ITEMS), len(cands)), "labels": [1.0] + [0.0] * n_neg,
                 "candidate_texts": cands, "timestamp": u,
             })
         out = data_dir / EXAMPLES_DIR / split
         out.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows, columns=list(EXAMPLE_COLUMNS)).to_parquet(out / "part-0.parquet")
+    pd.DataFrame({  # the catalog: popularity for the ranker's prior term
+        "item_idx": range(N_ITEMS), "item_id": [str(i) for i in range(N_ITEMS)],
+        "title": [f"item {i}" for i in range(N_ITEMS)], "category": [""] * N_ITEMS,
+        "text": [f"item {i}" for i in range(N_ITEMS)],
+        "popularity": [rng.randint(0, 100) for _ in range(N_ITEMS)],
+    }).to_parquet(data_dir / ITEMS_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +75,7 @@ def test_zero_training_learns_and_checkpoint_reloads(ray_cluster, toy_run, stage
     """2 workers STRICT_SPREAD over the 2 nodes. ZeRO-3: a worker fails at step 24 and the run
     recovers from the step-16 checkpoint. ZeRO-2: a restarted job (same storage path + run
     name) continues from the finished run's last checkpoint."""
+    from rayrec.models.prior import candidate_priors, load_item_prior
     from rayrec.models.ranker import load_ranker
     from rayrec.train.checkpoint import latest_checkpoint
     from rayrec.train.loop import failure_marker, ranking_metrics
@@ -90,8 +99,9 @@ def test_zero_training_learns_and_checkpoint_reloads(ray_cluster, toy_run, stage
 
     valid = pd.read_parquet(root / "data" / EXAMPLES_DIR / "valid")
     hist, cands = list(valid.history_text), [list(c) for c in valid.candidate_texts]
-    tuned = load_ranker(cfg.model, result.checkpoint).score(hist, cands)
-    fresh = load_ranker(cfg.model, None).score(hist, cands)
+    priors = candidate_priors(load_item_prior(cfg.data_dir), valid.candidates)
+    tuned = load_ranker(cfg.model, result.checkpoint).score(hist, cands, priors)
+    fresh = load_ranker(cfg.model, None).score(hist, cands, priors)
     # The reloaded scorer reproduces the validation metric the workers computed at that step.
     ndcg = float(np.mean(ranking_metrics(tuned)["ndcg@10"]))
     assert ndcg == pytest.approx(result.metrics["valid_ndcg@10"], abs=1e-6)

@@ -1,6 +1,7 @@
 """Jobs on a real Ray cluster: `ray start --head` + a second node, submitted through the Jobs SDK.
 
-Named test_zz_* so it runs last: it starts its own two-node cluster beside the session one.
+Named test_zz_* so it runs last: it starts its own two-node cluster beside the session one
+(on ports of its own).
 """
 
 from __future__ import annotations
@@ -57,9 +58,20 @@ def job_cluster():
     # ray.init() writes) but not for one joining with --address: pin one mode for every node.
     env["RAY_AUTH_MODE"] = "disabled"
     common = ["--disable-usage-stats", f"--temp-dir={temp_dir}"]
+
+    def own_ports() -> list[str]:
+        # Every node gets its own agent/metrics ports: the defaults (e.g. the job agent's
+        # 52365) are already taken by the test session's cluster, and a job agent that
+        # cannot bind leaves the Jobs API with "No available agent to submit job".
+        return [f"--dashboard-agent-listen-port={_free_port()}",
+                f"--dashboard-agent-grpc-port={_free_port()}",
+                f"--metrics-export-port={_free_port()}",
+                f"--runtime-env-agent-port={_free_port()}"]
+
     head = subprocess.run(
         [RAY, "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
-         "--include-dashboard=true", "--num-cpus=2", *common],
+         f"--ray-client-server-port={_free_port()}", "--include-dashboard=true", "--num-cpus=2",
+         *own_ports(), *common],
         env=env, capture_output=True, text=True, timeout=180,
     )
     try:
@@ -68,7 +80,7 @@ def job_cluster():
         found = re.search(r"--address='([^']+)'", head.stdout + head.stderr)
         address = found.group(1) if found else f"127.0.0.1:{gcs_port}"
         node = subprocess.run(
-            [RAY, "start", f"--address={address}", "--num-cpus=1", *common],
+            [RAY, "start", f"--address={address}", "--num-cpus=1", *own_ports(), *common],
             env=env, capture_output=True, text=True, timeout=180,
         )
         assert node.returncode == 0, f"second node failed to join {address}:\n{node.stderr[-3000:]}"

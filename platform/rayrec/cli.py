@@ -152,7 +152,9 @@ COMMANDS: dict[str, Command] = {
     "feedback": Command(
         "retrain from the endpoint's feedback log and promote if better",
         "Turn impressions and feedback into training examples, fine-tune a new adapter from the "
-        "current one, evaluate both, and switch the running ranking deployment when better.",
+        "current one, evaluate both, and when the new one is better switch the running endpoint "
+        "(serve.app_name on the same Ray cluster, e.g. --address auto after `ray start --head`) "
+        "to it in place, without dropping requests.",
         _feedback,
     ),
 }

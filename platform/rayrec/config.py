@@ -38,6 +38,16 @@ class RayConfig(Section):
     object_store_memory: int | None = Field(None, ge=78_643_200)
 
 
+class FeedbackConfig(Section):
+    """The feedback loop (`rayrec feedback`): fine-tune from the event log, compare, promote."""
+
+    max_steps: int | None = Field(None, ge=1)  # fine-tuning steps; None = train.max_steps
+    # Promote when candidate - current valid NDCG@10 exceeds this (negative: promote unless
+    # worse by more than that).
+    min_improvement: float = 0.0
+    switch_endpoint: bool = True  # switch a running serve.app_name to the promoted adapter
+
+
 class RayrecConfig(Section):
     """Top-level config. All artifacts of a run live under ``run_dir`` unless a section overrides."""
 
@@ -51,6 +61,7 @@ class RayrecConfig(Section):
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     explore: ExploreConfig = Field(default_factory=ExploreConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
 
     # Resolved artifact locations: one place decides where each stage reads and writes.
     def _under_run_dir(self, override: str | None, name: str) -> str:

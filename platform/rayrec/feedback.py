@@ -1,10 +1,10 @@
 """The feedback loop: served impressions and feedback → training examples → a new adapter,
 fine-tuned from the current one → evaluated against it → promoted only when it is better.
 
-Promotion records the new checkpoint in ``<run_dir>/feedback/promoted_checkpoint``; deploying
-the endpoint's config with ``serve.checkpoint`` set to it (``serve deploy``) switches the ranking
-replicas in place through their ``user_config``. Switching an endpoint started with
-``serve.run`` from here is not done yet: a re-run redeploys every deployment.
+Promotion records the new checkpoint in ``<run_dir>/feedback/promoted_checkpoint`` and, when
+the endpoint ``serve.app_name`` runs on the same Ray cluster, switches its ranking replicas to
+it in place (``rayrec.serving.app.switch_adapter``: a ranking user_config change, no dropped
+requests).
 
 Examples follow ``rayrec.data.schema.EXAMPLE_COLUMNS``: for every clicked item of a served
 slate, the clicked item is the positive and the slate's unclicked items are the negatives
@@ -23,14 +23,14 @@ import numpy as np
 import pandas as pd
 
 from rayrec.config import RayrecConfig
-from rayrec.data.schema import EXAMPLE_COLUMNS, EXAMPLES_DIR
+from rayrec.data import store
+from rayrec.data.schema import EXAMPLE_COLUMNS, EXAMPLES_DIR, ITEMS_FILE
 
 log = logging.getLogger("rayrec")
 
 
 def feedback_examples(cfg: RayrecConfig) -> pd.DataFrame:
     """Training examples from the endpoint's event log (known users, slates with a click)."""
-    from rayrec.data import store
     from rayrec.data.text import render_history
     from rayrec.explore.ope import join_events
     from rayrec.serving.eventlog import read_events
@@ -64,30 +64,35 @@ def _ndcg10(result: dict[str, Any]) -> float:
     return float(result["models"]["ranker"]["ndcg@10"])
 
 
-def run_feedback_loop(cfg: RayrecConfig, steps: int | None = None) -> dict[str, Any]:
+def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
     """One round: build examples from the log, fine-tune from the current adapter, evaluate
-    both on the validation split, and promote the new adapter when its NDCG@10 is higher."""
+    both on the validation split, promote the new adapter when its NDCG@10 is higher by more
+    than ``feedback.min_improvement``, and switch the running endpoint to it."""
     from rayrec.evaluation.evaluate import run_evaluation
     from rayrec.runtime import UserFacingError, init_ray
     from rayrec.train.checkpoint import latest_checkpoint
     from rayrec.train.trainer import run_training
 
     init_ray(cfg.ray)
-    current = cfg.serve.checkpoint or latest_checkpoint(cfg.checkpoint_dir)
+    promoted_file = Path(cfg.run_dir).expanduser().resolve() / "feedback" / "promoted_checkpoint"
+    current = (cfg.serve.checkpoint
+               or (promoted_file.read_text().strip() if promoted_file.is_file() else None)
+               or latest_checkpoint(cfg.checkpoint_dir))
     if current is None:
         raise UserFacingError(f"no current ranker under {cfg.checkpoint_dir}: run `rayrec train` first")
     examples = feedback_examples(cfg)
     if examples.empty:
         raise UserFacingError(
             f"the event log at {cfg.event_log_dir} holds no clicked slates of known users yet")
-    round_dir = Path(cfg.run_dir).expanduser().resolve() / "feedback" / time.strftime("%Y%m%d-%H%M%S")
+    round_dir = promoted_file.parent / time.strftime("%Y%m%d-%H%M%S")
     data_dir = round_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # The round's dataset is self-contained: the catalog (popularity priors) comes along.
+    store.load_items(cfg.data_dir).to_parquet(data_dir / ITEMS_FILE, index=False)
     for split, frame in (("train", examples), ("valid", None)):
         out = data_dir / EXAMPLES_DIR / split
         out.mkdir(parents=True, exist_ok=True)
         if frame is None:  # validate on the preprocessed validation examples
-            from rayrec.data import store
-
             frame = store.read_pandas(cfg.data_dir, "examples", split)
         frame.to_parquet(out / "part-0.parquet", index=False)
     batch = min(cfg.train.batch_size, len(examples))
@@ -95,7 +100,7 @@ def run_feedback_loop(cfg: RayrecConfig, steps: int | None = None) -> dict[str, 
         "data": cfg.data.model_copy(update={"out": str(data_dir)}),
         "train": cfg.train.model_copy(update={
             "init_from": current, "storage_path": str(round_dir / "checkpoints"), "batch_size": batch,
-            "max_steps": steps or cfg.train.max_steps, "num_workers": 1,
+            "max_steps": cfg.feedback.max_steps or cfg.train.max_steps, "num_workers": 1,
         }),
     })
     log.info("feedback: %d examples from the event log; fine-tuning from %s", len(examples), current)
@@ -108,11 +113,17 @@ def run_feedback_loop(cfg: RayrecConfig, steps: int | None = None) -> dict[str, 
         return _ndcg10(run_evaluation(cfg.model_copy(update={"evaluate": ev})))
 
     before, after = evaluate(current, "current"), evaluate(candidate, "candidate")
-    promoted = after > before
-    if promoted:  # what `serve deploy` with serve.checkpoint (an in-place reconfigure) picks up
-        (round_dir.parent / "promoted_checkpoint").write_text(candidate)
+    promoted = after - before > cfg.feedback.min_improvement
+    switch: dict[str, Any] = {"switched": False, "reason": "not promoted"}
+    if promoted:
+        promoted_file.write_text(candidate)
+        switch = {"switched": False, "reason": "feedback.switch_endpoint is false"}
+        if cfg.feedback.switch_endpoint:
+            from rayrec.serving.app import switch_adapter
+
+            switch = switch_adapter(cfg, candidate)
     result = {"examples": len(examples), "current": current, "candidate": candidate,
               "valid_ndcg@10": {"current": before, "candidate": after}, "promoted": promoted,
-              "round_dir": str(round_dir)}
+              "endpoint": switch, "round_dir": str(round_dir)}
     log.info("feedback: %s", result)
     return result

@@ -204,35 +204,34 @@ def _first_line(uri: str, encoding: str) -> str:
         raise DataError(f"{uri}: header line is not valid {encoding}: {exc}") from None
 
 
-def _plan_ml100k(cfg: DataConfig, root: str) -> SourcePlan:
-    data = join(root, "u.data")
-    names = ("user", "item", "rating", "ts")
-    chunks = _text_chunks(cfg, data, "tsv", names, False, "latin-1",
+def _plan_movielens_text(
+    cfg: DataConfig, root: str, name: str, data_file: str, fmt: str, names: tuple[str, ...],
+    sep: str, catalog_file: str, read_catalog, bytes_per_row: int,
+) -> SourcePlan:
+    """ml-100k / ml-1m: headerless latin-1 ratings (user, item, rating, ts) + optional catalog."""
+    data = join(root, data_file)
+    chunks = _text_chunks(cfg, data, fmt, names, False, "latin-1",
                           {"user_id": "user", "item_id": "item", "rating": "rating",
-                           "timestamp": "ts"}, "\t")
+                           "timestamp": "ts"}, sep)
     catalog = None
-    item_file = join(root, "u.item")
+    item_file = join(root, catalog_file)
     fs, p = resolve_fs(item_file)
     if fs.get_file_info(p).type == pafs.FileType.File:
-        catalog = _catalog_ml100k(item_file)
-    return SourcePlan("ml-100k", root, [data], chunks, catalog, "int", True, False,
-                      _size(fs, resolve_fs(data)[1]) // 12)
+        catalog = read_catalog(item_file)
+    return SourcePlan(name, root, [data], chunks, catalog, "int", True, False,
+                      _size(fs, resolve_fs(data)[1]) // bytes_per_row)
+
+
+def _plan_ml100k(cfg: DataConfig, root: str) -> SourcePlan:
+    return _plan_movielens_text(cfg, root, "ml-100k", "u.data", "tsv", ("user", "item", "rating", "ts"),
+                                "\t", "u.item", _catalog_ml100k, 12)
 
 
 def _plan_ml1m(cfg: DataConfig, root: str) -> SourcePlan:
-    data = join(root, "ratings.dat")
     # '::' is split as ':' so every row has 7 fields, the even ones empty.
     names = ("user", "_s1", "item", "_s2", "rating", "_s3", "ts")
-    chunks = _text_chunks(cfg, data, "dat", names, False, "latin-1",
-                          {"user_id": "user", "item_id": "item", "rating": "rating",
-                           "timestamp": "ts"}, ":")
-    catalog = None
-    movies = join(root, "movies.dat")
-    fs, p = resolve_fs(movies)
-    if fs.get_file_info(p).type == pafs.FileType.File:
-        catalog = _catalog_ml1m(movies)
-    return SourcePlan("ml-1m", root, [data], chunks, catalog, "int", True, False,
-                      _size(fs, resolve_fs(data)[1]) // 20)
+    return _plan_movielens_text(cfg, root, "ml-1m", "ratings.dat", "dat", names, ":", "movies.dat",
+                                _catalog_ml1m, 20)
 
 
 def _plan_mllatest(cfg: DataConfig, root: str) -> SourcePlan:

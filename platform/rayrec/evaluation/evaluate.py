@@ -25,10 +25,12 @@ import pandas as pd
 
 from rayrec.evaluation import metrics as M
 from rayrec.evaluation.baselines import candidate_order_scores, popularity_scores, popularity_top
+from rayrec.models.prior import candidate_priors, popularity_prior
 
 log = logging.getLogger(__name__)
 
 MODELS = ("ranker", "popularity", "candidate_order")
+TEXT_ONLY = "ranker_text_only"  # ablation: the same ranker's scores without its popularity prior
 
 
 @dataclass
@@ -135,22 +137,33 @@ class RankerScorer:
         self.ranker = load_ranker(ModelConfig.model_validate(model_cfg), checkpoint, "cpu")
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        priors = ([np.asarray(p, dtype=np.float32) for p in batch["candidate_priors"]]
+                  if "candidate_priors" in batch else None)
         scores = self.ranker.score(
-            [str(h) for h in batch["history_text"]], [[str(t) for t in c] for c in batch["candidate_texts"]]
+            [str(h) for h in batch["history_text"]], [[str(t) for t in c] for c in batch["candidate_texts"]],
+            priors,
         )
-        return pd.DataFrame({"case": batch["case"].to_numpy(), "scores": [np.asarray(s).tolist() for s in scores]})
+        out = pd.DataFrame({"case": batch["case"].to_numpy(), "scores": [np.asarray(s).tolist() for s in scores]})
+        weight = self.ranker.prior_weight
+        if priors is not None and weight is not None:
+            out["text_scores"] = [(np.asarray(s) - weight * p).tolist() for s, p in zip(scores, priors, strict=True)]
+        return out
 
 
 def score_cases_with_ranker(
     cases: list[EvalCase], item_texts: np.ndarray, model_cfg, checkpoint: str | None,
     use_ray: bool, actors: int = 1, batch_size: int = 16, cpus_per_actor: float = 1.0,
+    item_prior: np.ndarray | None = None,
 ) -> None:
-    """Fill ``case.scores['ranker']`` via Ray Data actors (use_ray) or one in-process ranker."""
+    """Fill ``case.scores['ranker']`` (and, with ``item_prior``, the text-only ablation
+    ``case.scores[TEXT_ONLY]``) via Ray Data actors (use_ray) or one in-process ranker."""
     frame = pd.DataFrame({
         "case": np.arange(len(cases)),
         "history_text": [c.history_text for c in cases],
         "candidate_texts": [item_texts[c.candidates].tolist() for c in cases],
     })
+    if item_prior is not None:
+        frame["candidate_priors"] = [p.tolist() for p in candidate_priors(item_prior, [c.candidates for c in cases])]
     if use_ray:
         import ray
 
@@ -165,12 +178,14 @@ def score_cases_with_ranker(
     else:
         scorer = RankerScorer(model_cfg.model_dump(), checkpoint)
         out = pd.concat([scorer(frame.iloc[s : s + batch_size]) for s in range(0, len(frame), batch_size)])
-    by_case = dict(zip(out["case"].tolist(), out["scores"], strict=True))
-    for i, c in enumerate(cases):
-        s = np.asarray(by_case[i], dtype=np.float64)
-        if s.shape != (len(c.candidates),) or not np.isfinite(s).all():
-            raise RuntimeError(f"ranker returned bad scores for user {c.user_idx}: shape {s.shape}")
-        c.scores["ranker"] = s
+    columns = {"ranker": "scores"} | ({TEXT_ONLY: "text_scores"} if "text_scores" in out else {})
+    for model, column in columns.items():
+        by_case = dict(zip(out["case"].tolist(), out[column], strict=True))
+        for i, c in enumerate(cases):
+            s = np.asarray(by_case[i], dtype=np.float64)
+            if s.shape != (len(c.candidates),) or not np.isfinite(s).all():
+                raise RuntimeError(f"ranker returned bad scores for user {c.user_idx}: shape {s.shape}")
+            c.scores[model] = s
 
 
 # ---------------------------------------------------------------- metrics
@@ -300,27 +315,29 @@ def run_evaluation(cfg) -> dict[str, Any]:
     if use_ray:
         init_ray(cfg.ray)
     t_score = time.time()
+    item_prior = popularity_prior(popularity) if cfg.model.popularity_prior else None
     score_cases_with_ranker(cases, item_texts, cfg.model, checkpoint, use_ray,
-                            ec.scoring_actors, ec.score_batch_size, ec.scoring_cpus)
+                            ec.scoring_actors, ec.score_batch_size, ec.scoring_cpus, item_prior)
     score_seconds = time.time() - t_score
+    models = MODELS + ((TEXT_ONLY,) if TEXT_ONLY in cases[0].scores else ())
     for c in cases:
         c.scores["popularity"] = popularity_scores(c.candidates, popularity)
         c.scores["candidate_order"] = candidate_order_scores(c.candidates)
 
     per_user = []
-    top_lists: dict[str, list[np.ndarray]] = {m: [] for m in MODELS}
+    top_lists: dict[str, list[np.ndarray]] = {m: [] for m in models}
     for c in cases:
-        for m in MODELS:
+        for m in models:
             row = per_user_metrics(c.candidates, c.scores[m], c.positive, ks)
             per_user.append({"user_idx": c.user_idx, "model": m, "n_candidates": len(c.candidates),
                              "retrieved": c.retrieved, **row})
             top_lists[m].append(rank_list(c.candidates, c.scores[m], c.positive)[: ec.beyond_k])
     per_user_df = pd.DataFrame(per_user)
 
-    needed = np.unique(np.concatenate([t for m in MODELS for t in top_lists[m]]))
+    needed = np.unique(np.concatenate([t for m in models for t in top_lists[m]]))
     embeddings_of, emb_source = _embedding_lookup(cfg, items, needed)
     summary: dict[str, dict[str, float]] = {}
-    for m in MODELS:
+    for m in models:
         sub = per_user_df[per_user_df["model"] == m]
         metrics = {k: float(sub[k].mean()) for k in [f"{p}@{k}" for k in ks for p in ("hr", "ndcg")]}
         metrics["mrr"] = float(sub["mrr"].mean())
@@ -356,7 +373,10 @@ def run_evaluation(cfg) -> dict[str, Any]:
         "ties": "broken against the held-out item (pessimistic)",
         "models": {
             "ranker": f"{cfg.model.kind} on {cfg.model.backbone}, checkpoint "
-                      f"{checkpoint or 'NONE (untuned backbone + fresh LoRA)'}",
+                      f"{checkpoint or 'NONE (untuned backbone + fresh LoRA)'}"
+                      + (", text score + learned weight x popularity prior (rayrec.models.prior)"
+                         if item_prior is not None else ""),
+            TEXT_ONLY: "ablation: the ranker's text score alone (its popularity prior term removed)",
             "popularity": "positives per item in the train split (items.parquet popularity)",
             "candidate_order": "the order candidates arrive in (see candidates_description)",
         },

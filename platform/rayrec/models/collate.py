@@ -26,6 +26,7 @@ class SeqPlan:
     history: str
     positions: tuple[int, ...]  # candidate positions in the example's list, in prompt order
     texts: tuple[str, ...]
+    priors: tuple[float, ...] | None = None  # the candidates' popularity priors, same order
 
 
 class RankerCollator:
@@ -65,16 +66,28 @@ class RankerCollator:
         history_texts: Sequence[str],
         candidate_texts: Sequence[Sequence[str]],
         rng: random.Random | None = None,
+        candidate_priors: Sequence[Sequence[float]] | None = None,
     ) -> list[SeqPlan]:
-        """Sequences to run; ``rng`` shuffles listwise candidate order (training)."""
+        """Sequences to run; ``rng`` shuffles listwise candidate order (training).
+
+        ``candidate_priors`` (one value per candidate, see :mod:`rayrec.models.prior`) travel
+        with their candidates into :meth:`encode`.
+        """
         if len(history_texts) != len(candidate_texts):
             raise ValueError(
                 f"{len(history_texts)} histories but {len(candidate_texts)} candidate lists"
             )
+        if candidate_priors is not None and (
+            len(candidate_priors) != len(candidate_texts)
+            or any(len(p) != len(c) for p, c in zip(candidate_priors, candidate_texts, strict=True))
+        ):
+            raise ValueError("candidate_priors must hold one value per candidate")
         seqs = []
         for ex, (hist, cands) in enumerate(zip(history_texts, candidate_texts, strict=True)):
+            priors = None if candidate_priors is None else [float(v) for v in candidate_priors[ex]]
             if self.cfg.kind != "causal_listwise":
-                seqs += [SeqPlan(ex, hist, (j,), (c,)) for j, c in enumerate(cands)]
+                seqs += [SeqPlan(ex, hist, (j,), (c,), None if priors is None else (priors[j],))
+                         for j, c in enumerate(cands)]
                 continue
             order = list(range(len(cands)))
             if rng is not None:
@@ -82,8 +95,20 @@ class RankerCollator:
             w = self.cfg.listwise_window
             for s in range(0, len(order), w):
                 pos = tuple(order[s : s + w])
-                seqs.append(SeqPlan(ex, hist, pos, tuple(cands[p] for p in pos)))
+                seqs.append(SeqPlan(ex, hist, pos, tuple(cands[p] for p in pos),
+                                    None if priors is None else tuple(priors[p] for p in pos)))
         return seqs
+
+    def _priors(self, seqs: Sequence[SeqPlan]) -> dict[str, torch.Tensor]:
+        """``{"prior": (S, W)}`` aligned with the model's outputs (zero-padded), or {}."""
+        if all(s.priors is None for s in seqs):
+            return {}
+        width = self.cfg.listwise_window if self.cfg.kind == "causal_listwise" else 1
+        prior = torch.zeros((len(seqs), width), dtype=torch.float32)
+        for i, s in enumerate(seqs):
+            if s.priors is not None:
+                prior[i, : len(s.priors)] = torch.tensor(s.priors, dtype=torch.float32)
+        return {"prior": prior}
 
     def _cand_ids(self, texts: Sequence[str]) -> list[list[int]]:
         ids = self.tok(list(texts), add_special_tokens=False)["input_ids"]
@@ -98,7 +123,7 @@ class RankerCollator:
                 cands, [s.history for s in seqs], truncation="only_second",
                 max_length=self.cfg.max_length, padding=True, return_tensors="pt",
             )
-            return dict(enc)
+            return dict(enc) | self._priors(seqs)
         hist_cache: dict[str, list[int]] = {}
         for s in seqs:
             if s.history not in hist_cache:
@@ -124,7 +149,7 @@ class RankerCollator:
         for i, r in enumerate(rows):
             ids[i, width - len(r) :] = torch.tensor(r)
             mask[i, width - len(r) :] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+        return {"input_ids": ids, "attention_mask": mask} | self._priors(seqs)
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]

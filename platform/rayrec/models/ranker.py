@@ -12,7 +12,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from rayrec.models.backbone import (
     backbone_family,
@@ -26,6 +26,11 @@ from rayrec.models.config import ModelConfig
 log = logging.getLogger(__name__)
 
 ARTIFACT_FILE = "ranker.json"  # marks a saved ranker directory
+HEAD_FILE = "head.safetensors"  # the scoring head and prior weight (not part of the backbone)
+# Adam moves a parameter by about lr per step whatever its gradient, so the prior weight is
+# stored divided by PRIOR_GAIN: it then learns PRIOR_GAIN times faster than LoRA and head, a
+# per-parameter learning rate that survives DeepSpeed's one schedule for all parameters.
+PRIOR_GAIN = 10.0
 
 
 class RankerModel(nn.Module):
@@ -33,16 +38,29 @@ class RankerModel(nn.Module):
 
     cross_encoder: W=1, linear head on the pooled encoder output. causal_yesno: W=1,
     logit(' Yes') - logit(' No') at the last position. causal_listwise: W=window, the
-    logits of the index tokens at the last position.
+    logits of the index tokens at the last position. With ``popularity_prior``, a learned
+    weight (initially 1) times each candidate's prior (``prior``, (S, W)) is added.
     """
 
     def __init__(self, backbone: nn.Module, cfg: ModelConfig, answer_ids: list[int], hidden: int):
         super().__init__()
         self.backbone, self.kind, self.pooling = backbone, cfg.kind, cfg.pooling
         self.head = nn.Linear(hidden, 1) if cfg.kind == "cross_encoder" else None
+        self.prior_weight = (
+            nn.Parameter(torch.full((1,), 1.0 / PRIOR_GAIN)) if cfg.popularity_prior else None
+        )
         self.register_buffer("answer_ids", torch.tensor(answer_ids, dtype=torch.long), persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        prior: torch.Tensor | None = None, **kw,
+    ) -> torch.Tensor:
+        scores = self._text_scores(input_ids, attention_mask, **kw)
+        if self.prior_weight is not None and prior is not None:
+            scores = scores + (PRIOR_GAIN * self.prior_weight).to(scores.dtype) * prior.to(scores.dtype)
+        return scores
+
+    def _text_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw) -> torch.Tensor:
         if self.kind == "cross_encoder":
             h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
             if self.pooling == "cls":
@@ -74,7 +92,10 @@ def build_ranker(
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or path)
     collator = RankerCollator(tokenizer, cfg, causal)
     loader = AutoModelForCausalLM if causal else AutoModel
-    backbone = loader.from_pretrained(path, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(path)
+    if not cfg.backbone_dropout:
+        _disable_dropout(config)
+    backbone = loader.from_pretrained(path, config=config, dtype=torch.float32)
     hidden = backbone.config.hidden_size
     torch.manual_seed(seed)
     if cfg.lora.enabled:
@@ -86,6 +107,13 @@ def build_ranker(
         backbone = get_peft_model(backbone, lora)
     answer_ids = collator.answer_ids if causal else []
     return RankerModel(backbone, cfg, answer_ids, hidden), collator
+
+
+def _disable_dropout(config) -> None:
+    """Zero every dropout probability of a transformers config (any family's naming)."""
+    for key, value in config.to_dict().items():
+        if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
+            setattr(config, key, 0.0)
 
 
 def trainable_state(model: RankerModel) -> dict[str, torch.Tensor]:
@@ -115,9 +143,9 @@ def save_ranker(
     else:
         model.backbone.save_pretrained(out / "backbone", state_dict=bb or None)
         fmt = "full"
-    head = {k.removeprefix("head."): v.contiguous() for k, v in state.items() if k.startswith("head.")}
+    head = {k: v.contiguous() for k, v in state.items() if not k.startswith("backbone.")}
     if head:
-        save_file(head, str(out / "head.safetensors"))
+        save_file(head, str(out / HEAD_FILE))
     collator.tok.save_pretrained(out / "tokenizer")
     meta = {"format": fmt, "model_config": cfg.model_dump(mode="json")}
     (out / ARTIFACT_FILE).write_text(json.dumps(meta, indent=2))
@@ -135,8 +163,24 @@ def warm_start(model: RankerModel, checkpoint: str | Path) -> None:
         unexpected = getattr(result, "unexpected_keys", None)
         if unexpected:
             raise ValueError(f"adapter at {art} does not fit this ranker: {unexpected[:5]}")
-    if (art / "head.safetensors").is_file():
-        model.head.load_state_dict(load_file(str(art / "head.safetensors")))
+    _load_head(model, art)
+
+
+def _load_head(model: RankerModel, art: Path) -> None:
+    """Load the saved head and prior weight (names as in ``model``) into ``model``."""
+    if not (art / HEAD_FILE).is_file():
+        return
+    saved = {k if k.startswith(("head.", "prior_weight")) else f"head.{k}": v  # older: no prefix
+             for k, v in load_file(str(art / HEAD_FILE)).items()}
+    own = {n: p for n, p in model.named_parameters() if not n.startswith("backbone.")}
+    if set(saved) != set(own):
+        raise ValueError(
+            f"head at {art} holds {sorted(saved)} but this ranker has {sorted(own)} "
+            "(model.popularity_prior and model.kind must match the saved ranker)"
+        )
+    with torch.no_grad():
+        for name, value in saved.items():
+            own[name].copy_(value)
 
 
 def _artifact_dir(checkpoint: str | Path) -> Path:
@@ -172,8 +216,7 @@ def load_ranker(
         no_lora = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": False})})
         model, collator = build_ranker(no_lora, tokenizer_dir=str(art / "tokenizer"))
         model.backbone = PeftModel.from_pretrained(model.backbone, str(art / "adapter"))
-    if (art / "head.safetensors").is_file():
-        model.head.load_state_dict(load_file(str(art / "head.safetensors")))
+    _load_head(model, art)
     return Ranker(model, collator, cfg, device)
 
 
@@ -185,9 +228,10 @@ def score_lists(
     candidate_texts: Sequence[Sequence[str]],
     batch_size: int,
     device: torch.device | str = "cpu",
+    candidate_priors: Sequence[Sequence[float]] | None = None,
 ) -> list[np.ndarray]:
     """Score every candidate list (no grad, batched by sequences). The one scoring path."""
-    seqs: list[SeqPlan] = collator.plan(history_texts, candidate_texts)
+    seqs: list[SeqPlan] = collator.plan(history_texts, candidate_texts, candidate_priors=candidate_priors)
     out = [np.full(len(c), np.nan, dtype=np.float32) for c in candidate_texts]
     for s in range(0, len(seqs), batch_size):
         chunk = seqs[s : s + batch_size]
@@ -199,11 +243,12 @@ def score_lists(
 
 
 def train_scores(
-    model: nn.Module, collator: RankerCollator, history_texts, candidate_texts, rng, device
+    model: nn.Module, collator: RankerCollator, history_texts, candidate_texts, rng, device,
+    candidate_priors: Sequence[Sequence[float]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Differentiable (B, C) scores, their mask and the number of real tokens for a training
     batch (same collation and forward as scoring)."""
-    seqs = collator.plan(history_texts, candidate_texts, rng=rng)
+    seqs = collator.plan(history_texts, candidate_texts, rng=rng, candidate_priors=candidate_priors)
     batch = {k: v.to(device) for k, v in collator.encode(seqs).items()}
     n_cols = max(len(c) for c in candidate_texts)
     scores, mask = scatter_scores(model(**batch), seqs, len(candidate_texts), n_cols)
@@ -223,11 +268,22 @@ class Ranker:
     def tokenizer(self):
         return self.collator.tok
 
+    @property
+    def prior_weight(self) -> float | None:
+        """The learned weight of the popularity prior in every score (None: no prior term)."""
+        w = self.model.prior_weight
+        return None if w is None else float(PRIOR_GAIN * w.detach().float().item())
+
     def score(
-        self, history_texts: list[str], candidate_texts: list[list[str]]
+        self, history_texts: list[str], candidate_texts: list[list[str]],
+        candidate_priors: Sequence[Sequence[float]] | None = None,
     ) -> list[np.ndarray]:
-        """One float32 score array per history, aligned with its candidate list."""
+        """One float32 score array per history, aligned with its candidate list.
+
+        ``candidate_priors``: each candidate's popularity prior (:mod:`rayrec.models.prior`);
+        without them the prior term is left out (text-only scores).
+        """
         return score_lists(
             self.model, self.collator, history_texts, candidate_texts,
-            self.cfg.score_batch_size, self.device,
+            self.cfg.score_batch_size, self.device, candidate_priors,
         )

@@ -15,6 +15,7 @@ event log. If ranking fails or is slow the slate falls back to retrieval order w
 # No `from __future__ import annotations`: FastAPI must see the real request model types
 # on the methods Serve rewrites into routes.
 import asyncio
+import json
 import logging
 import os
 import time
@@ -298,7 +299,7 @@ class RecommenderIngress:
         texts = cand["history_texts"][-self.cfg.model.max_history_items :]
         if query and query.strip():
             texts = [*texts, query.strip()]  # the query reads as the most recent thing the user wants
-        response = self.ranking.score.remote(render_history(texts), cand["text"])
+        response = self.ranking.score.remote(render_history(texts), cand["text"], cand.get("prior"))
         try:
             return await asyncio.wait_for(_resolve(response), timeout=self.cfg.serve.rank_timeout_s)
         except TimeoutError:
@@ -379,17 +380,137 @@ def build_app(args: dict[str, Any] | None = None):
     return compose(load_config(path, overrides), fault_injection=fault)
 
 
+APP_IMPORT_PATH = "rayrec.serving.app:build_app"
+RANKING = "Ranking"  # the ranking deployment's name (its user_config holds the adapter)
+
+
+def app_config(
+    cfg: RayrecConfig, fault_injection: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The declarative Serve application for ``cfg`` (what a `serve deploy` file lists).
+
+    The adapter (``serve.checkpoint``) lives only in the ranking user_config: changing it
+    later reconfigures the ranking replicas in place (:func:`switch_adapter`).
+    """
+    overrides = _absolute_dirs(cfg).model_dump(mode="json")
+    overrides["serve"]["checkpoint"] = None
+    app: dict[str, Any] = {
+        "name": cfg.serve.app_name, "route_prefix": cfg.serve.route_prefix,
+        "import_path": APP_IMPORT_PATH, "args": {"overrides": overrides},
+        "deployments": [{"name": RANKING, "user_config": {
+            "checkpoint": cfg.serve.checkpoint, "fault_injection": fault_injection or {}}}],
+    }
+    runtime_env = _shipped_code()
+    if runtime_env:
+        app["runtime_env"] = runtime_env
+    return app
+
+
+def _shipped_code() -> dict[str, Any]:
+    # Declarative apps do not inherit the driver's job runtime env: pass on the code that
+    # init_ray / `ray job submit --working-dir` uploaded (already gcs:// URIs by now).
+    import ray
+
+    env = dict(ray.get_runtime_context().runtime_env or {})
+    return {k: env[k] for k in ("working_dir", "py_modules") if env.get(k)}
+
+
+def deploy_app(app: dict[str, Any], timeout_s: float = 600.0) -> None:
+    """Apply one application declaratively, keeping the cluster's other declarative apps, and
+    wait until it is RUNNING (raising with Serve's message when it fails to deploy)."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    client = _get_global_client()
+    apps = client.get_serve_details()["applications"]
+    others = [a["deployed_app_config"] for name, a in apps.items()
+              if name != app["name"] and a.get("deployed_app_config")]
+    before = apps.get(app["name"], {}).get("last_deployed_time_s", -1.0)
+    client.deploy_apps(ServeDeploySchema(applications=[*others, app]))
+    deadline = time.time() + timeout_s
+    while True:
+        now = client.get_serve_details()["applications"].get(app["name"])
+        if now is not None and now["last_deployed_time_s"] != before:  # our config is applied
+            if now["status"] == "RUNNING" and all(
+                d["status"] == "HEALTHY" for d in now["deployments"].values()
+            ):
+                return
+            if now["status"] == "DEPLOY_FAILED":
+                raise RuntimeError(f"Serve app {app['name']!r} failed to deploy: {now['message']}")
+        if time.time() > deadline:
+            raise TimeoutError(f"Serve app {app['name']!r} not running after {timeout_s:.0f}s: "
+                               f"{now['message'] if now else 'not found'}")
+        time.sleep(0.5)
+
+
 def start_app(cfg: RayrecConfig, fault_injection: dict[str, Any] | None = None) -> str:
     """Deploy the endpoint on the connected Ray cluster (HTTP on serve.host:serve.port);
-    returns its base URL. An already running Serve instance keeps its HTTP settings."""
+    returns its base URL. An already running Serve instance keeps its HTTP settings.
+
+    The app is deployed declaratively (as `serve deploy` would), so its adapter can be
+    switched later without a redeploy (:func:`switch_adapter`)."""
     sc = cfg.serve
     serve.start(http_options={"host": sc.host, "port": sc.port})
-    serve.run(compose(cfg, fault_injection), name=sc.app_name, route_prefix=sc.route_prefix)
+    deploy_app(app_config(cfg, fault_injection))
     from ray.serve.context import _get_global_client
 
     port = _get_global_client().http_config.port
     host = "127.0.0.1" if sc.host in ("0.0.0.0", "::") else sc.host
     return f"http://{host}:{port}{sc.route_prefix.rstrip('/')}"
+
+
+def switch_adapter(cfg: RayrecConfig, checkpoint: str, timeout_s: float = 600.0) -> dict[str, Any]:
+    """Switch the running app ``serve.app_name`` to ``checkpoint`` without dropping requests.
+
+    Only the ranking deployment's user_config changes: each replica loads the new adapter
+    beside the current one and swaps when it is ready, while requests keep flowing. Returns
+    ``{"switched": bool, ...}``: False with the reason when there is no declaratively deployed
+    app to switch (none running, or one deployed with ``serve.run``), or
+    when the replicas could not load the adapter (they keep serving the current one).
+    """
+    from ray.serve.context import _get_global_client
+
+    name = cfg.serve.app_name
+    try:
+        apps = _get_global_client().get_serve_details()["applications"]
+    except Exception as e:  # no Serve instance on this cluster
+        return {"switched": False, "reason": f"no Serve instance on this Ray cluster ({e})"}
+    if name not in apps:
+        return {"switched": False, "reason": f"no Serve app {name!r} is running on this cluster"}
+    app = apps[name].get("deployed_app_config")
+    if not app:
+        return {"switched": False, "reason": (
+            f"Serve app {name!r} was deployed imperatively (serve.run, or `serve run` of an import "
+            "path); deploy it from a config (`rayrec serve`, `serve deploy`/`serve run` of a YAML) "
+            "to switch adapters in place")}
+    app = json.loads(json.dumps(app))
+    deployments = app.setdefault("deployments", [])
+    ranking = next((d for d in deployments if d.get("name") == RANKING), None)
+    if ranking is None:
+        ranking = {"name": RANKING}
+        deployments.append(ranking)
+    previous = dict(ranking.get("user_config") or {})
+    ranking["user_config"] = previous | {"checkpoint": checkpoint}
+    t0 = time.time()
+    deploy_app(app, timeout_s)
+    result = {"app": name, "from": previous.get("checkpoint"), "to": checkpoint}
+    # Confirm through the replicas themselves (a handle call reaches one replica at a time).
+    handle = serve.get_deployment_handle(RANKING, app_name=name)
+    replicas = max(1, apps[name]["deployments"].get(RANKING, {}).get("target_num_replicas", 1))
+    confirmed, deadline = 0, time.time() + timeout_s
+    while confirmed < 2 * replicas:
+        info = handle.info.remote().result(timeout_s=60)
+        if info.get("version") == checkpoint:
+            confirmed += 1
+            continue
+        confirmed = 0
+        if info.get("switch_error") and checkpoint in info["switch_error"]:
+            return {"switched": False, "reason": info["switch_error"], **result}
+        if time.time() > deadline:
+            return {"switched": False, "reason": f"a replica still serves {info.get('version')}",
+                    **result}
+        time.sleep(0.2)
+    return {"switched": True, "seconds": round(time.time() - t0, 2), **result}
 
 
 def stop_app(cfg: RayrecConfig) -> None:

@@ -80,6 +80,7 @@ class RankingDeployment:
         self.ranker = None
         self.version: str | None = None
         self.fault: dict[str, Any] = {}
+        self.switch_error: str | None = None
         self._swap_lock = asyncio.Lock()
         self._batch_size = metrics.Histogram(
             "rayrec_rank_batch_size", description="Requests scored per ranker call.",
@@ -123,7 +124,16 @@ class RankingDeployment:
             wanted, _ = resolve_checkpoint(self.cfg, requested)
             current = self.version if self.ranker is not None else None
             if self.ranker is None or (wanted or f"untuned:{self.cfg.model.backbone}") != current:
-                await asyncio.to_thread(self._load, requested)
+                try:
+                    await asyncio.to_thread(self._load, requested)
+                    self.switch_error = None
+                except Exception as e:
+                    if self.ranker is None:  # nothing to fall back to: the replica cannot start
+                        raise
+                    # A bad new adapter must not take the endpoint down: keep serving the
+                    # current one and report why the switch did not happen (info, /healthz).
+                    self.switch_error = f"could not load {requested!r}: {e}"
+                    log.error("adapter switch failed, still serving %s: %s", self.version, e)
         self.fault = fault
 
     def info(self) -> dict[str, Any]:
@@ -132,24 +142,31 @@ class RankingDeployment:
         except Exception:
             replica = None
         return {"version": self.version, "device": self.device, "fault_injection": self.fault,
-                "replica": replica}
+                "replica": replica, "switch_error": self.switch_error}
 
-    async def score(self, history_text: str, candidate_texts: list[str]) -> dict[str, Any]:
-        """Ranker scores for one request's candidates, plus the adapter version that made them."""
+    async def score(
+        self, history_text: str, candidate_texts: list[str], candidate_priors: list[float] | None = None,
+    ) -> dict[str, Any]:
+        """Ranker scores for one request's candidates (with their popularity priors, see
+        rayrec.models.prior), plus the adapter version that made them."""
         if self.fault.get("raise"):
             raise RuntimeError("fault injection: ranking failure")
         if self.fault.get("sleep_s"):
             await asyncio.sleep(float(self.fault["sleep_s"]))
-        scores, version = await self._score_batch((history_text, candidate_texts))
+        scores, version = await self._score_batch((history_text, candidate_texts, candidate_priors))
         return {"scores": scores, "version": version}
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # real values set in __init__
-    async def _score_batch(self, requests: list[tuple[str, list[str]]]) -> list[tuple[np.ndarray, str]]:
+    async def _score_batch(
+        self, requests: list[tuple[str, list[str], list[float] | None]]
+    ) -> list[tuple[np.ndarray, str]]:
         ranker, version = self.ranker, self.version
         t0 = time.perf_counter()
-        histories = [h for h, _ in requests]
-        candidates = [c for _, c in requests]
-        scores = await asyncio.to_thread(ranker.score, histories, candidates)
+        histories = [h for h, _, _ in requests]
+        candidates = [c for _, c, _ in requests]
+        # A request without priors (an older ingress) scores with a neutral prior of 0.
+        priors = [p if p is not None else [0.0] * len(c) for _, c, p in requests]
+        scores = await asyncio.to_thread(ranker.score, histories, candidates, priors)
         self._score_latency.observe((time.perf_counter() - t0) * 1000)
         self._batch_size.observe(len(requests))
         return [(np.asarray(s, dtype=np.float32), version) for s in scores]

@@ -18,6 +18,7 @@ import pandas as pd
 from ray import serve
 
 from rayrec.config import RayrecConfig, validate_config
+from rayrec.models.prior import candidate_priors, popularity_prior
 
 log = logging.getLogger("ray.serve")
 
@@ -56,6 +57,7 @@ class FeatureStore:
         ].to_numpy()
         pop = self.items["popularity"].astype(float).to_numpy()
         max_pop = max(float(pop.max()), 1.0) if len(pop) else 1.0
+        self.prior = popularity_prior(self.items["popularity"].to_numpy())  # row i = item i
         # Popularity share is the retrieval score of the cold-start path.
         self.pop_score = {int(i): float(p) / max_pop for i, p in zip(self.items["item_idx"], pop, strict=True)}
         self.categories = set(self.items["category"].astype(str))
@@ -142,6 +144,7 @@ class RetrievalDeployment:
             "title": rows["title"].astype(str).tolist(),
             "category": rows["category"].astype(str).tolist(),
             "text": rows["text"].astype(str).tolist(),
+            "prior": candidate_priors(store.prior, [idxs])[0].tolist(),
             "score": [float(s) for _, s in hits],
             "embeddings": self.index.embeddings_for(idxs) if idxs else np.zeros((0, self.index.dim), np.float32),
             "latency_s": time.perf_counter() - t0,

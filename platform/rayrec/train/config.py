@@ -23,6 +23,9 @@ class TrainConfig(Section):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    # torch intra-op threads per worker: None = the CPUs the worker reserves (Ray's default,
+    # 1 for a CPU worker), 0 = every core of its node (one CPU worker on a laptop).
+    torch_threads: int | None = Field(None, ge=0)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)
     precision: Literal["auto", "bf16", "fp32"] = "auto"

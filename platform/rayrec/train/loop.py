@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import random
 import resource
 import tempfile
@@ -20,12 +21,13 @@ import torch.distributed as dist
 from rayrec.config import RayrecConfig
 from rayrec.evaluation.metrics import hit_rate_at_k, ndcg_at_k, reciprocal_rank
 from rayrec.models.losses import ranking_loss
+from rayrec.models.prior import candidate_priors
 from rayrec.models.ranker import build_ranker, score_lists, train_scores, warm_start
 from rayrec.train.checkpoint import checkpoint_dir_name, restore_checkpoint, write_checkpoint
 from rayrec.train.deepspeed import build_ds_config
 
 log = logging.getLogger("rayrec.train")
-TRAIN_COLUMNS = ["history_text", "candidate_texts", "labels"]
+TRAIN_COLUMNS = ["history_text", "candidates", "candidate_texts", "labels"]
 
 
 def ranking_metrics(scores: Sequence[np.ndarray], ks: Sequence[int] = (10,)) -> dict[str, list[float]]:
@@ -46,7 +48,7 @@ def _metric_k(name: str) -> int:
 
 
 def validate(engine, collator, rows: list[dict], cfg: RayrecConfig, rank: int, world: int,
-             device) -> dict[str, float]:
+             device, item_prior: np.ndarray | None = None) -> dict[str, float]:
     """Score this rank's slice of the validation rows and all-reduce the means."""
     n_cand = min(len(r["candidate_texts"]) for r in rows)  # equal work per rank (ZeRO-3)
     n_cand = min(n_cand, cfg.train.valid_candidates or n_cand)
@@ -55,9 +57,12 @@ def validate(engine, collator, rows: list[dict], cfg: RayrecConfig, rank: int, w
     n_real = len(mine)
     mine = mine + [rows[0]] * (per_rank - n_real)  # padding rows are scored, not counted
     engine.module.eval()
+    priors = None if item_prior is None else candidate_priors(
+        item_prior, [list(r["candidates"])[:n_cand] for r in mine])
     scores = score_lists(
         engine.module, collator, [r["history_text"] for r in mine],
         [list(r["candidate_texts"])[:n_cand] for r in mine], cfg.model.score_batch_size, device,
+        priors,
     )
     engine.module.train()
     per = ranking_metrics(scores[:n_real], ks=sorted({10, _metric_k(cfg.train.early_stopping_metric)}))
@@ -92,18 +97,23 @@ def _maybe_inject_failure(cfg: RayrecConfig, step: int, rank: int) -> None:
 
 
 def train_loop_per_worker(loop_cfg: dict) -> None:
-    """Ray Train worker entry point. ``loop_cfg``: {"cfg": RayrecConfig dump, "total_steps": int}."""
+    """Ray Train worker entry point. ``loop_cfg``: {"cfg": RayrecConfig dump, "total_steps": int,
+    "has_valid": bool, "item_prior": per-item popularity prior or None}."""
     import deepspeed
 
     cfg = RayrecConfig.model_validate(loop_cfg["cfg"])
     tc, total_steps = cfg.train, int(loop_cfg["total_steps"])
+    item_prior = loop_cfg.get("item_prior")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    if tc.torch_threads is not None:
+        torch.set_num_threads(tc.torch_threads or os.cpu_count() or 1)
     torch.manual_seed(tc.seed)
     model, collator = build_ranker(cfg.model, seed=tc.seed)
     if tc.init_from:
         warm_start(model, tc.init_from)
+    model.train()  # from_pretrained returns eval mode; LoRA dropout needs train mode
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=build_ds_config(tc, total_steps, world), dist_init_required=False,
@@ -130,9 +140,10 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         for i, batch in enumerate(batches):
             if i < state["batches_in_epoch"]:  # resumed mid-epoch: skip what was trained
                 continue
+            priors = None if item_prior is None else candidate_priors(item_prior, batch["candidates"])
             scores, mask, n_tok = train_scores(
                 engine, collator, list(batch["history_text"]), [list(c) for c in batch["candidate_texts"]],
-                rng, device,
+                rng, device, priors,
             )
             labels = torch.zeros_like(scores, dtype=torch.float32)
             for r, lab in enumerate(batch["labels"]):
@@ -159,7 +170,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                 "tokens_per_s": toks * world / dt, "peak_rss_mb": _peak_memory_mb(device),
             }
             if do_eval:
-                metrics |= validate(engine, collator, valid_rows, cfg, rank, world, device)
+                metrics |= validate(engine, collator, valid_rows, cfg, rank, world, device, item_prior)
                 value = metrics[f"valid_{tc.early_stopping_metric}"]
                 if value > state["best"]:
                     state["best"], state["bad_evals"] = value, 0

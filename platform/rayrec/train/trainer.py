@@ -9,6 +9,7 @@ from typing import Any
 
 from rayrec.config import RayrecConfig
 from rayrec.data.schema import EXAMPLES_DIR
+from rayrec.models.prior import load_item_prior
 from rayrec.runtime import init_ray
 from rayrec.train.loop import TRAIN_COLUMNS, train_loop_per_worker
 
@@ -73,13 +74,14 @@ def run_training(cfg: RayrecConfig) -> TrainResult:
         valid_ds = valid_ds.limit(tc.max_valid_examples)
     if valid_ds is not None:
         datasets["valid"] = valid_ds.materialize()
+    item_prior = load_item_prior(cfg.data_dir) if cfg.model.popularity_prior else None
     log.warning("training %s for %d steps on %d worker(s)", cfg.model.backbone, total_steps,
                 tc.num_workers)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"), "total_steps": total_steps,
-            "has_valid": "valid" in datasets,
+            "has_valid": "valid" in datasets, "item_prior": item_prior,
         },
         scaling_config=ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu,
