@@ -29,10 +29,9 @@ lint: install
 	$(BIN)/ruff check platform jobs tests benchmarks
 
 test: install lint
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra --durations=15 tests --ignore=tests/test_zz_cluster_jobs.py $(ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra --durations=15 tests $(ARGS)
 
-# Job submission to a `ray start` cluster (head + second node); run on its own: on the 2-core
-# CI machine its job agent did not always come up in time (open issue #6).
+# Only the job-submission tests against a `ray start` cluster (head + second node).
 test-cluster: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra tests/test_zz_cluster_jobs.py
 

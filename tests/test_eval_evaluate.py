@@ -156,10 +156,10 @@ def test_run_evaluation_sampled_in_process(tmp_path, tiny_bert):
     assert p["users"] == 10 and p["candidates"] == "sampled" and p["negatives_per_user"] == N_NEG
     assert "re-ranking" in p["task"] and "NONE" in p["models"]["ranker"]
     assert "positive_found_by_generator" not in p
-    assert set(res["models"]) == {"ranker", "popularity", "candidate_order"}
+    assert set(res["models"]) == {"ranker", "popularity", "candidate_order", "ranker_text_only"}
     # Summary = mean of the per-user rows, and the per-user rows are recomputable by hand.
     per_user = pd.read_parquet(res["files"]["per_user"])
-    assert len(per_user) == 30
+    assert len(per_user) == 40  # 10 users x 4 models
     for model, m in res["models"].items():
         sub = per_user[per_user.model == model]
         assert m["ndcg@5"] == pytest.approx(sub["ndcg@5"].mean())

@@ -57,6 +57,8 @@ def job_cluster():
     # Ray 2.60 turns token auth on for a node that finds ~/.ray/auth_token (which any local
     # ray.init() writes) but not for one joining with --address: pin one mode for every node.
     env["RAY_AUTH_MODE"] = "disabled"
+    # Job entrypoints run `python` from the nodes' PATH: this environment's, as when activated.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     common = ["--disable-usage-stats", f"--temp-dir={temp_dir}"]
 
     def own_ports() -> list[str]:
