@@ -88,7 +88,8 @@ def ray_loop(cfg, stage: int, workers: int, name: str) -> dict:
     from rayrec.train.trainer import run_training
 
     tc = cfg.train.model_copy(update={
-        "num_workers": workers, "deepspeed": {"zero_stage": stage}, "run_name": name,
+        "num_workers": workers, "run_name": name,
+        "deepspeed": cfg.train.deepspeed.model_copy(update={"zero_stage": stage}),
         "placement_strategy": "SPREAD",
         # Same intra-op threads as the plain loop: a fractional-CPU worker would get 1.
         "torch_threads": torch.get_num_threads() // workers or 1,
