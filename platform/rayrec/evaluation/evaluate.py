@@ -376,9 +376,10 @@ def run_evaluation(cfg) -> dict[str, Any]:
                       f"{checkpoint or 'NONE (untuned backbone + fresh LoRA)'}"
                       + (", text score + learned weight x popularity prior (rayrec.models.prior)"
                          if item_prior is not None else ""),
-            TEXT_ONLY: "ablation: the ranker's text score alone (its popularity prior term removed)",
             "popularity": "positives per item in the train split (items.parquet popularity)",
             "candidate_order": "the order candidates arrive in (see candidates_description)",
+            **({TEXT_ONLY: "ablation: the ranker's text score alone (its popularity prior removed)"}
+               if TEXT_ONLY in models else {}),
         },
         "ranker_scoring": (f"Ray Data map_batches, {ec.scoring_actors} actor(s) x {ec.scoring_cpus} CPU"
                            if use_ray
