@@ -59,3 +59,17 @@ def require_resources(needed: dict[str, float], what: str) -> None:
             f"(cluster total: CPU={available.get('CPU', 0)}, GPU={available.get('GPU', 0)}). "
             "Use a config for this cluster (e.g. train.use_gpu=false) or add nodes."
         )
+
+
+def warn_if_busy(needed: dict[str, float], what: str) -> bool:
+    """Warn (and return True) when ``needed`` does not fit what the cluster has free right now:
+    the job then waits for resources (e.g. Serve replicas holding the CPUs) instead of failing."""
+    free = ray.available_resources()
+    short = {k: v for k, v in needed.items() if v > 0 and free.get(k, 0.0) < v}
+    if short:
+        log.warning(
+            "%s needs %s but only %s is free on the Ray cluster now (the rest is in use, e.g. by "
+            "a Serve app); it waits until that frees up. Add nodes, or lower the ask (e.g. "
+            "train.resources_per_worker).", what, short, {k: free.get(k, 0.0) for k in short},
+        )
+    return bool(short)

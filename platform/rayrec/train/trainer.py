@@ -10,7 +10,7 @@ from typing import Any
 from rayrec.config import RayrecConfig
 from rayrec.data.schema import EXAMPLES_DIR
 from rayrec.models.prior import load_item_prior
-from rayrec.runtime import init_ray
+from rayrec.runtime import init_ray, warn_if_busy
 from rayrec.train.loop import TRAIN_COLUMNS, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ def run_training(cfg: RayrecConfig) -> TrainResult:
     item_prior = load_item_prior(cfg.data_dir) if cfg.model.popularity_prior else None
     log.warning("training %s for %d steps on %d worker(s)", cfg.model.backbone, total_steps,
                 tc.num_workers)
+    per_worker = {"CPU": 1.0, **({"GPU": 1.0} if tc.use_gpu else {}), **tc.resources_per_worker}
+    warn_if_busy({k: v * tc.num_workers for k, v in per_worker.items()}, "training")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
