@@ -143,6 +143,7 @@ def tiny_bert(tmp_path_factory) -> str:
 
 def _cfg(tmp_path, tiny_bert, **over):
     base = {"run_dir": str(tmp_path), "model.backbone": tiny_bert, "evaluate.require_checkpoint": False,
+            "evaluate.candidates": "sampled",  # these tests cover the re-ranking diagnostics
             "evaluate.ks": [1, 3, 5], "evaluate.beyond_k": 3, "evaluate.bootstrap": 50,
             "model.lora.target_modules": ["query", "value"]}
     return load_config(overrides={**base, **over})

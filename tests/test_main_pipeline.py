@@ -22,6 +22,7 @@ def test_main_job_end_to_end_and_reuse(ray_cluster, tmp_path: Path) -> None:
         "run_dir": str(tmp_path / "run"),
         "data.synthetic.n_users": 80, "data.synthetic.n_items": 60, "data.synthetic.n_events": 3000,
         "model.backbone": backbone,
+        "retriever.max_epochs": 10, "retriever.dim": 16, "retriever.max_len": 20,
         "train.max_steps": 4, "train.batch_size": 4, "train.eval_every_steps": 4,
         "train.checkpoint_every_steps": 4, "train.max_valid_examples": 10,
         "evaluate.max_users": 10, "evaluate.num_candidates": 10, "evaluate.bootstrap": 50,
@@ -43,7 +44,7 @@ def test_main_job_end_to_end_and_reuse(ray_cluster, tmp_path: Path) -> None:
 
     again = run_main(cfg)  # a second run reuses every built stage
     reused = {s["name"] for s in again["stages"] if s["reused"]}
-    assert {"preprocess", "index", "train", "evaluate", "bandit"} <= reused
+    assert {"preprocess", "index", "train-retriever", "train", "evaluate", "bandit"} <= reused
 
     # The feedback loop: event log -> examples -> fine-tune from the current adapter -> compare
     # -> promote -> switch the running endpoint, while requests keep flowing.

@@ -12,7 +12,7 @@ from rayrec.models.collate import RankerCollator
 from rayrec.models.config import ModelConfig
 from rayrec.models.losses import ranking_loss
 from rayrec.models.prior import candidate_priors, popularity_prior
-from rayrec.models.ranker import build_ranker, load_ranker, save_ranker, train_scores
+from rayrec.models.ranker import PRIOR_GAIN, build_ranker, load_ranker, save_ranker, train_scores
 from rayrec.models.tiny import make_tiny_backbone
 
 HIST = ["red car | red boat | red lamp", "blue cup"]
@@ -149,3 +149,25 @@ def test_losses_prefer_the_positive():
     padded = torch.tensor([[3.0, -1.0, 100.0]])
     assert ranking_loss("listwise", padded, labels, mask2) == pytest.approx(
         ranking_loss("listwise", good[:, :2], labels[:, :2], mask[:, :2]).item())
+
+
+def test_retrieval_prior_is_a_second_learned_prior(tiny_dir):
+    from rayrec.models.prior import prior_names, ranker_priors
+
+    cfg = ModelConfig(backbone=make_tiny_backbone("bert", tiny_dir / "bert_r"), max_length=40,
+                      retrieval_prior=True)
+    assert prior_names(cfg) == ["popularity", "retrieval"]
+    ranker = load_ranker(cfg, None)
+    np.testing.assert_allclose(ranker.prior_weights, [1.0, 0.0])  # retrieval: ignored until learned
+    with torch.no_grad():
+        ranker.model.prior_weight[1] = 0.5 / PRIOR_GAIN
+    item_prior = popularity_prior(np.arange(10))
+    cands = [[3, 0, 7, 1], [1, 2, 5]]  # item ids of CANDS
+    retrieval = [np.array([2.0, -1.0, 0.5, 0.0]), None]  # a list without retriever scores reads 0
+    priors = ranker_priors(cfg, item_prior, cands, retrieval)
+    assert [p.shape for p in priors] == [(4, 2), (3, 2)]
+    np.testing.assert_array_equal(priors[1][:, 1], 0.0)
+    text = ranker.score(HIST, CANDS)
+    both = ranker.score(HIST, CANDS, priors)
+    for t, b, p in zip(text, both, priors, strict=True):
+        np.testing.assert_allclose(b, t + p[:, 0] + 0.5 * p[:, 1], atol=1e-5)

@@ -49,6 +49,12 @@ def _train(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     return run_training(cfg)
 
 
+def _train_retriever(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.seqrec.trainer import run_retriever_training
+
+    return run_retriever_training(cfg)
+
+
 def _evaluate(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     from rayrec.evaluation.evaluate import run_evaluation
 
@@ -118,6 +124,13 @@ COMMANDS: dict[str, Command] = {
         "Fine-tune the configured backbone with LoRA on <out>/data/examples; checkpoints "
         "(adapter, tokenizer, config, resume state) go to <out>/checkpoints.",
         _train,
+    ),
+    "train-retriever": Command(
+        "train the sequential retriever (SASRec, Ray Train) and index its item vectors",
+        "Train a next-item self-attention model over each user's item sequence with Ray Train "
+        "(DDP over the users), keep the best checkpoint by full-catalog validation NDCG, publish "
+        "it to <out>/retriever/model and index its item vectors in <out>/retriever/index.",
+        _train_retriever,
     ),
     "evaluate": Command(
         "offline evaluation against baselines",

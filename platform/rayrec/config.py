@@ -22,6 +22,7 @@ from rayrec.evaluation.config import EvalConfig
 from rayrec.explore.config import ExploreConfig
 from rayrec.models.config import ModelConfig
 from rayrec.retrieval.config import RetrievalConfig
+from rayrec.seqrec.config import RetrieverConfig
 from rayrec.serving.config import ServeConfig
 from rayrec.train.config import TrainConfig
 
@@ -58,6 +59,7 @@ class RayrecConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    retriever: RetrieverConfig = Field(default_factory=RetrieverConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     explore: ExploreConfig = Field(default_factory=ExploreConfig)
@@ -82,6 +84,20 @@ class RayrecConfig(Section):
     @property
     def index_dir(self) -> str:
         return self._under_run_dir(self.retrieval.out, "index")
+
+    @property
+    def retriever_dir(self) -> str:
+        return self._under_run_dir(self.retriever.out, "retriever")
+
+    @property
+    def retriever_model_dir(self) -> str:
+        """The servable retriever (best checkpoint by validation), written by its training."""
+        return f"{self.retriever_dir.rstrip('/')}/model"
+
+    @property
+    def retriever_index_dir(self) -> str:
+        """The FAISS index over the retriever's item vectors."""
+        return f"{self.retriever_dir.rstrip('/')}/index"
 
     @property
     def eval_dir(self) -> str:

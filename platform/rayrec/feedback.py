@@ -101,6 +101,7 @@ def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
         "train": cfg.train.model_copy(update={
             "init_from": current, "storage_path": str(round_dir / "checkpoints"), "batch_size": batch,
             "max_steps": cfg.feedback.max_steps or cfg.train.max_steps, "num_workers": 1,
+            "examples": "sampled",  # the round's own examples, written above
         }),
     })
     log.info("feedback: %d examples from the event log; fine-tuning from %s", len(examples), current)

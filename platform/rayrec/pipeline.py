@@ -1,6 +1,6 @@
 """The main job: from raw logs to a served, evaluated, exploring recommender, in one run.
 
-preprocess → index → train → evaluate → serve + sample traffic + feedback → bandit
+preprocess → index → train-retriever → train → evaluate → serve + sample traffic + feedback → bandit
 experiment → off-policy estimate from the endpoint's own log → report. Each stage reuses
 its earlier result when its config is unchanged (``--rebuild`` forces every stage). Stages
 after training degrade visibly: a failure is recorded in the report and the run goes on.
@@ -34,6 +34,7 @@ def run_main(cfg: RayrecConfig, rebuild: bool = False) -> dict[str, Any]:
     from rayrec.evaluation.evaluate import run_evaluation
     from rayrec.explore.experiment import run_experiment
     from rayrec.retrieval.index import build_index
+    from rayrec.seqrec.trainer import run_retriever_training
     from rayrec.train.trainer import run_training
 
     started = time.perf_counter()
@@ -48,10 +49,15 @@ def run_main(cfg: RayrecConfig, rebuild: bool = False) -> dict[str, Any]:
                           outputs=[Path(cfg.data_dir) / "manifest.json"])
     stages.run("index", lambda: str(build_index(cfg)), (*data_cfg, "retrieval", "model"),
                outputs=[cfg.index_dir])
-    trained = stages.run("train", lambda: _plain(run_training(cfg)), (*data_cfg, "model", "train"),
+    if cfg.retriever.enabled:
+        stages.run("train-retriever", lambda: run_retriever_training(cfg), (*data_cfg, "retriever"),
+                   outputs=[cfg.retriever_model_dir, cfg.retriever_index_dir])
+    trained = stages.run("train", lambda: _plain(run_training(cfg)),
+                         (*data_cfg, "model", "train", "retriever"),
                          outputs=[cfg.checkpoint_dir])
     evaluation = stages.run(
-        "evaluate", lambda: run_evaluation(cfg), (*data_cfg, "model", "train", "retrieval", "evaluate"),
+        "evaluate", lambda: run_evaluation(cfg),
+        (*data_cfg, "model", "train", "retrieval", "retriever", "evaluate"),
         outputs=[cfg.eval_dir], required=False,
     )
     serving = stages.run("serve", lambda: serve_and_simulate(cfg), reusable=False, required=False)

@@ -50,6 +50,12 @@ class SyntheticWorldConfig(Section):
     session_length: int = Field(10, ge=1)  # mean impressions per session
     days: int = Field(180, ge=1)  # time span of the log
     format: Literal["parquet", "csv"] = "parquet"
+    # Item text and sequential habits (see rayrec.data.world for the generative process).
+    text_noise: float = Field(0.2, ge=0.0, le=1.0)  # chance each descriptive word is random
+    misleading_fraction: float = Field(0.1, ge=0.0, le=1.0)  # items whose text describes another taste
+    series_fraction: float = Field(0.3, ge=0.0, le=1.0)  # items that are parts of a 2-5 part series
+    series_follow: float = Field(0.5, ge=0.0, le=1.0)  # per impression: show part k+1 after a click on k
+    sequential_strength: float = Field(0.5, ge=0.0, le=1.0)  # share of impressions near the last click
 
 
 class DataConfig(Section):

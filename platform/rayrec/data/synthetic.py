@@ -1,16 +1,24 @@
 """A synthetic event log sampled from :class:`SyntheticWorld` (the embedded default dataset).
 
-Each row is one *impression*: a user in a session was shown an item, picked roughly by
-popularity x taste (four popularity draws, the best by taste + Gumbel noise), and clicked it
-with the world's true probability. ``event`` is ``"click"`` or ``"impression"`` (shown, not
+Each row is one *impression*: a user in a session was shown an item and clicked it with the
+world's true probability. Which item is shown follows the world's sequential chain
+(:meth:`SyntheticWorld.simulate`, formulas in :mod:`rayrec.data.world`): the next part of a
+series the user just clicked, an item near the user's last click in this session, or the best
+of four popularity draws by taste. ``event`` is ``"click"`` or ``"impression"`` (shown, not
 clicked). Keeping the non-clicks gives real negatives and the click-through rate the world
 implies, which exploration and off-policy evaluation need; clicks alone are the positives.
+
+Each user's impressions are cut into sessions of ``session_length``; session k of a user starts
+at ``T0 + U_(k) + k * session_length * 120`` (U_(k) sorted uniforms over the log's span less the
+sessions' room), and impressions in a session are 5-119 s apart, so sessions never overlap and
+sorting a user's rows by timestamp gives back the order the chain produced them in.
 
 Generation runs as one Ray task per chunk of users, each seeded from (seed, chunk id) and
 writing its own file, so the log scales to tens of millions of rows without passing through
 the driver. A few rows per chunk are deliberately malformed (``malformed_fraction``):
 non-numeric user ids, unparseable timestamps, missing items, exact duplicates, and items
 missing from the catalog. Ids, timestamps and events are all stored as strings, like a raw log.
+The catalog (:func:`catalog_table`) carries each item's title, category and description.
 """
 
 from __future__ import annotations
@@ -46,29 +54,11 @@ def generate_chunk(world: SyntheticWorld, cfg: SyntheticWorldConfig, chunk: int,
     counts = rng.multinomial(n_events, activity / activity.sum())
     user = np.repeat(users, counts)
     n = len(user)
-    # items: 4 popularity draws, the one the user likes most (taste + Gumbel noise) is shown
-    pop = np.exp(2.0 * world.item_bias.astype(np.float64))
-    cdf = np.cumsum(pop) / pop.sum()
-    draws = np.minimum(np.searchsorted(cdf, rng.random((n, 4))), world.n_items - 1)
-    taste = np.einsum("nd,nkd->nk", world.user_factors[user], world.item_factors[draws])
-    pick = np.argmax(world.scale * taste + rng.gumbel(size=(n, 4)), axis=1)
-    item = draws[np.arange(n), pick]
-    click = rng.random(n) < world.click_probability(user, item)
-    # sessions of ~session_length impressions at random times, a few seconds to minutes apart
     starts = np.r_[0, np.cumsum(counts)[:-1]]
-    pos = np.arange(n) - np.repeat(starts, counts)
-    n_sess = -(-counts // cfg.session_length)
-    sess_offset = np.r_[0, np.cumsum(n_sess)[:-1]]
-    sess_times = rng.uniform(0, cfg.days * 86400, size=int(n_sess.sum()))
-    sess_owner = np.repeat(np.arange(len(users)), n_sess)
-    sess_times = sess_times[np.lexsort((sess_times, sess_owner))]  # sorted within each user
-    session = np.repeat(sess_offset, counts) + pos // cfg.session_length
-    gaps = rng.integers(5, 120, size=n)
+    pos = np.arange(n) - np.repeat(starts, counts)  # position in the user's history
     in_sess = pos % cfg.session_length
-    cum = np.cumsum(gaps)
-    sess_first = np.arange(n) - in_sess
-    ts = T0 + sess_times[session].astype(np.int64) + cum - cum[sess_first]
-
+    item, click = world.simulate(users, counts, in_sess == 0, rng)
+    ts = _timestamps(rng, cfg, counts, pos)
     user_s = pc.cast(pa.array(user, pa.int64()), pa.string()).to_numpy(zero_copy_only=False).astype(object)
     item_s = pc.cast(pa.array(item, pa.int64()), pa.string()).to_numpy(zero_copy_only=False).astype(object)
     ts_s = pc.cast(pa.array(ts, pa.int64()), pa.string()).to_numpy(zero_copy_only=False).astype(object)
@@ -106,11 +96,32 @@ def _write_chunk(world_ref, cfg: SyntheticWorldConfig, chunk: int, u0: int, u1: 
     return table.num_rows
 
 
+def _timestamps(rng: np.random.Generator, cfg: SyntheticWorldConfig, counts: np.ndarray,
+                pos: np.ndarray) -> np.ndarray:
+    """Unix seconds per impression: non-overlapping sessions, increasing within each user."""
+    n_sess = -(-counts // cfg.session_length)
+    room = cfg.session_length * 120  # a session lasts under session_length * 119 s
+    sess_owner = np.repeat(np.arange(len(counts)), n_sess)
+    sess_k = np.arange(int(n_sess.sum())) - np.repeat(np.r_[0, np.cumsum(n_sess)[:-1]], n_sess)
+    # sorted uniform starts over the span left after reserving each earlier session's room
+    span = np.maximum(cfg.days * 86400 - n_sess * room, 0)[sess_owner]
+    u = rng.uniform(0, 1, size=len(sess_owner)) * span
+    u = u[np.lexsort((u, sess_owner))]
+    sess_times = u.astype(np.int64) + sess_k * room
+    session = np.repeat(np.r_[0, np.cumsum(n_sess)[:-1]], counts) + pos // cfg.session_length
+    gaps = rng.integers(5, 120, size=len(pos))
+    cum = np.cumsum(gaps)
+    sess_first = np.arange(len(pos)) - pos % cfg.session_length
+    return T0 + sess_times[session] + cum - cum[sess_first]
+
+
 def catalog_table(world: SyntheticWorld) -> pa.Table:
+    """item_id, title, category and description: the text preprocessing turns into ``text``."""
     return pa.table({
         "item_id": pa.array([str(i) for i in range(world.n_items)], pa.string()),
         "title": pa.array(world.titles, pa.string()),
         "category": pa.array([world.category_names[c] for c in world.item_category], pa.string()),
+        "description": pa.array(world.descriptions, pa.string()),
     })
 
 
@@ -136,6 +147,7 @@ def generate_event_log(cfg: SyntheticWorldConfig, raw_dir: str, world_dir: str |
     n_chunks = min(n_chunks, cfg.n_users)
     bounds = np.linspace(0, cfg.n_users, n_chunks + 1).astype(np.int64)
     events = np.diff(np.linspace(0, cfg.n_events, n_chunks + 1).astype(np.int64))
+    world.item_neighbors()  # computed once here, shipped with the world to every task
     world_ref = ray.put(world)
     ext = "csv" if cfg.format == "csv" else "parquet"
     refs = [_write_chunk.remote(world_ref, cfg, c, int(bounds[c]), int(bounds[c + 1]), int(events[c]),
@@ -170,6 +182,7 @@ def synthetic_data_config(cfg: DataConfig, raw_dir: str) -> DataConfig:
         columns=ColumnMapping(user="user_id", item="item_id", timestamp="timestamp", rating=None,
                               event="event", id_type="int"),
         catalog=CatalogSource(path=join(raw_dir, CATALOG_FILE), format="parquet", item="item_id",
-                              title="title", text_fields=["title"], category="category"),
+                              title="title", text_fields=["title", "description"],
+                              category="category"),
         synthetic=cfg.synthetic, out=cfg.out, encoding="utf-8", read_chunk_bytes=cfg.read_chunk_bytes,
     )

@@ -14,8 +14,12 @@ class EvalConfig(Section):
 
     split: Literal["valid", "test"] = "test"
     ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
-    candidates: Literal["sampled", "retrieval", "popularity"] = "sampled"
-    num_candidates: int = Field(100, ge=2)
+    # full: every system's top-K over the whole catalog minus what the user has seen (the
+    # headline); sampled / retrieval / popularity: re-ranking a fixed candidate set (diagnostics).
+    candidates: Literal["full", "sampled", "retrieval", "popularity"] = "full"
+    num_candidates: int = Field(100, ge=2)  # re-ranking diagnostics: candidates per user
+    rank_depth: int = Field(20, ge=1)  # full: the retriever's top-N that the ranker re-scores
+    rank_retrieved: bool = True  # full: evaluate retriever + ranker when a ranker checkpoint exists
     max_users: int | None = Field(None, ge=1)
     checkpoint: str | None = None  # default: latest under the training storage path
     require_checkpoint: bool = True  # False: evaluate the untuned ranker when none is found

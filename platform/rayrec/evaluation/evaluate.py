@@ -25,7 +25,7 @@ import pandas as pd
 
 from rayrec.evaluation import metrics as M
 from rayrec.evaluation.baselines import candidate_order_scores, popularity_scores, popularity_top
-from rayrec.models.prior import candidate_priors, popularity_prior
+from rayrec.models.prior import popularity_prior, ranker_priors
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class EvalCase:
     candidates: np.ndarray
     positive: int
     retrieved: bool = True  # False when the positive was inserted into a retrieved list
+    retrieval_scores: np.ndarray | None = None  # the retriever's log-lift per candidate
     scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -137,17 +138,22 @@ class RankerScorer:
         self.ranker = load_ranker(ModelConfig.model_validate(model_cfg), checkpoint, "cpu")
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        priors = ([np.asarray(p, dtype=np.float32) for p in batch["candidate_priors"]]
+        priors = ([_prior_matrix(p) for p in batch["candidate_priors"]]
                   if "candidate_priors" in batch else None)
         scores = self.ranker.score(
             [str(h) for h in batch["history_text"]], [[str(t) for t in c] for c in batch["candidate_texts"]],
             priors,
         )
         out = pd.DataFrame({"case": batch["case"].to_numpy(), "scores": [np.asarray(s).tolist() for s in scores]})
-        weight = self.ranker.prior_weight
-        if priors is not None and weight is not None:
-            out["text_scores"] = [(np.asarray(s) - weight * p).tolist() for s, p in zip(scores, priors, strict=True)]
+        weights = self.ranker.prior_weights
+        if priors is not None and weights is not None:
+            out["text_scores"] = [(np.asarray(s) - p @ weights).tolist() for s, p in zip(scores, priors, strict=True)]
         return out
+
+
+def _prior_matrix(rows) -> np.ndarray:
+    """One list's priors as (n, F) float32, whether they arrive as lists or nested arrays."""
+    return np.stack([np.atleast_1d(np.asarray(r, dtype=np.float32)) for r in rows]).reshape(len(rows), -1)
 
 
 def score_cases_with_ranker(
@@ -155,15 +161,17 @@ def score_cases_with_ranker(
     use_ray: bool, actors: int = 1, batch_size: int = 16, cpus_per_actor: float = 1.0,
     item_prior: np.ndarray | None = None,
 ) -> None:
-    """Fill ``case.scores['ranker']`` (and, with ``item_prior``, the text-only ablation
+    """Fill ``case.scores['ranker']`` (and, when the ranker reads priors, the text-only ablation
     ``case.scores[TEXT_ONLY]``) via Ray Data actors (use_ray) or one in-process ranker."""
     frame = pd.DataFrame({
         "case": np.arange(len(cases)),
         "history_text": [c.history_text for c in cases],
         "candidate_texts": [item_texts[c.candidates].tolist() for c in cases],
     })
-    if item_prior is not None:
-        frame["candidate_priors"] = [p.tolist() for p in candidate_priors(item_prior, [c.candidates for c in cases])]
+    priors = ranker_priors(model_cfg, item_prior, [c.candidates for c in cases],
+                           [c.retrieval_scores for c in cases])
+    if priors is not None:
+        frame["candidate_priors"] = [p.tolist() for p in priors]
     if use_ray:
         import ray
 
@@ -237,7 +245,9 @@ def beyond_accuracy(
 # ---------------------------------------------------------------- entry point
 
 
-def _resolve_checkpoint(cfg) -> str | None:
+def resolve_checkpoint(cfg, required: bool | None = None) -> str | None:
+    """evaluate.checkpoint, else the latest ranker checkpoint (None when there is none and it is
+    not required)."""
     if cfg.evaluate.checkpoint:
         if not Path(cfg.evaluate.checkpoint).exists() and "://" not in cfg.evaluate.checkpoint:
             raise FileNotFoundError(f"evaluate.checkpoint {cfg.evaluate.checkpoint} does not exist")
@@ -245,7 +255,8 @@ def _resolve_checkpoint(cfg) -> str | None:
     from rayrec.train.checkpoint import latest_checkpoint
 
     ckpt = latest_checkpoint(cfg.checkpoint_dir)
-    if ckpt is None and cfg.evaluate.require_checkpoint:
+    required = cfg.evaluate.require_checkpoint if required is None else required
+    if ckpt is None and required:
         raise FileNotFoundError(
             f"no checkpoint under {cfg.checkpoint_dir}; train first, set evaluate.checkpoint, or set "
             "evaluate.require_checkpoint=false to evaluate the untuned ranker"
@@ -272,7 +283,13 @@ def _embedding_lookup(cfg, items: pd.DataFrame, needed: np.ndarray):
 
 
 def run_evaluation(cfg) -> dict[str, Any]:
-    """Evaluate ranker vs popularity vs candidate order on the held-out split; write the report."""
+    """Evaluate on the held-out split and write the report: the full-catalog protocol
+    (``evaluate.candidates: full``, :mod:`rayrec.evaluation.fullcatalog`) or the re-ranking
+    diagnostics below (ranker vs popularity vs candidate order on a fixed candidate set)."""
+    if cfg.evaluate.candidates == "full":
+        from rayrec.evaluation.fullcatalog import run_full_catalog
+
+        return run_full_catalog(cfg)
     from rayrec.evaluation.report import write_report
     from rayrec.runtime import init_ray
 
@@ -283,7 +300,7 @@ def run_evaluation(cfg) -> dict[str, Any]:
     rows = select_users(examples, ec.max_users, ec.seed)
     popularity = items["popularity"].to_numpy(dtype=np.float64)
     item_texts = items["text"].astype(str).to_numpy()
-    checkpoint = _resolve_checkpoint(cfg)
+    checkpoint = resolve_checkpoint(cfg)
 
     if ec.candidates == "sampled":
         cases = sampled_cases(rows, ec.num_candidates, ec.seed)

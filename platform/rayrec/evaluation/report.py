@@ -38,7 +38,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             ci = c.get("ci95")
             ci_txt = f", 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]" if ci else ""
             lines.append(f"- {name}: {c['metric']} delta {c['delta']:+.4f}{ci_txt} "
-                         f"(ranker better for {c['wins']} users, worse for {c['losses']})")
+                         f"(better for {c['wins']} users, worse for {c['losses']})")
     lines += ["", f"![HR@K and NDCG@K by model]({PLOT_FILE})"]
     return "\n".join(lines) + "\n"
 

@@ -12,6 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from rayrec.models import prompts
@@ -26,7 +27,7 @@ class SeqPlan:
     history: str
     positions: tuple[int, ...]  # candidate positions in the example's list, in prompt order
     texts: tuple[str, ...]
-    priors: tuple[float, ...] | None = None  # the candidates' popularity priors, same order
+    priors: tuple | None = None  # the candidates' priors (a float or an F-tuple each), same order
 
 
 class RankerCollator:
@@ -81,10 +82,11 @@ class RankerCollator:
             len(candidate_priors) != len(candidate_texts)
             or any(len(p) != len(c) for p, c in zip(candidate_priors, candidate_texts, strict=True))
         ):
-            raise ValueError("candidate_priors must hold one value per candidate")
+            raise ValueError("candidate_priors must hold one value per candidate (a float or an F-vector)")
         seqs = []
         for ex, (hist, cands) in enumerate(zip(history_texts, candidate_texts, strict=True)):
-            priors = None if candidate_priors is None else [float(v) for v in candidate_priors[ex]]
+            priors = None if candidate_priors is None else [
+                tuple(map(float, v)) if np.ndim(v) else float(v) for v in candidate_priors[ex]]
             if self.cfg.kind != "causal_listwise":
                 seqs += [SeqPlan(ex, hist, (j,), (c,), None if priors is None else (priors[j],))
                          for j, c in enumerate(cands)]
@@ -100,14 +102,17 @@ class RankerCollator:
         return seqs
 
     def _priors(self, seqs: Sequence[SeqPlan]) -> dict[str, torch.Tensor]:
-        """``{"prior": (S, W)}`` aligned with the model's outputs (zero-padded), or {}."""
-        if all(s.priors is None for s in seqs):
+        """``{"prior": (S, W, F)}`` aligned with the model's outputs (zero-padded), or {}."""
+        given = [s.priors for s in seqs if s.priors is not None]
+        if not given:
             return {}
+        n_feat = int(np.asarray(given[0][0]).size)
         width = self.cfg.listwise_window if self.cfg.kind == "causal_listwise" else 1
-        prior = torch.zeros((len(seqs), width), dtype=torch.float32)
+        prior = torch.zeros((len(seqs), width, n_feat), dtype=torch.float32)
         for i, s in enumerate(seqs):
             if s.priors is not None:
-                prior[i, : len(s.priors)] = torch.tensor(s.priors, dtype=torch.float32)
+                vals = torch.tensor(s.priors, dtype=torch.float32).reshape(len(s.priors), n_feat)
+                prior[i, : len(s.priors)] = vals
         return {"prior": prior}
 
     def _cand_ids(self, texts: Sequence[str]) -> list[list[int]]:

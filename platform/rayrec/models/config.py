@@ -40,3 +40,7 @@ class ModelConfig(Section):
     backbone_dropout: bool = False
     # Add a learned weight x the item's popularity prior (rayrec.models.prior) to every score.
     popularity_prior: bool = True
+    # Add a learned weight x the sequential retriever's score (its log-lift, rayrec.seqrec) to
+    # every score: the ranker then learns what text adds on top of the collaborative signal.
+    # Its weight starts at 0: without mined examples (train.examples) it stays unused.
+    retrieval_prior: bool = True

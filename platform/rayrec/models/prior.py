@@ -1,5 +1,6 @@
-"""The popularity prior: one number per item that the ranker adds, with a learned weight, to
-its text score.
+"""The ranker's priors: per-candidate numbers it adds, each with a learned weight, to its text
+score. The popularity prior (below) and, with ``model.retrieval_prior``, the sequential
+retriever's log-lift of the candidate for this history (:mod:`rayrec.seqrec.scorer`).
 
 An item's prior is its log train-split popularity, standardised over the catalog:
 ``(log1p(count) - mean) / std``. Uniformly sampled negatives are mostly long-tail items, so
@@ -58,3 +59,31 @@ def load_item_prior(data_dir: str) -> np.ndarray:
             "needs it; run preprocessing, or set model.popularity_prior=false"
         ) from None
     return popularity_prior(items["popularity"].to_numpy())  # row i = item i
+
+
+def prior_names(cfg) -> list[str]:
+    """The priors a ranker with ModelConfig ``cfg`` reads, in feature order."""
+    return [n for n, on in (("popularity", cfg.popularity_prior), ("retrieval", cfg.retrieval_prior)) if on]
+
+
+def ranker_priors(cfg, item_prior: np.ndarray | None, candidates,
+                  retrieval_scores=None) -> list[np.ndarray] | None:
+    """Each candidate list's priors as an (n, F) float32 array (features in ``prior_names``
+    order), or None when the ranker reads none. A list without retrieval scores (a text or
+    popularity candidate) gets 0 there: as likely as a random item."""
+    names = prior_names(cfg)
+    if not names:
+        return None
+    if "popularity" in names and item_prior is None:
+        raise ValueError("model.popularity_prior needs the item prior (items.parquet popularity)")
+    pop = candidate_priors(item_prior, candidates) if "popularity" in names else None
+    out = []
+    for j, c in enumerate(candidates):
+        cols = []
+        if pop is not None:
+            cols.append(pop[j])
+        if "retrieval" in names:
+            r = None if retrieval_scores is None else retrieval_scores[j]
+            cols.append(np.zeros(len(c), np.float32) if r is None else np.asarray(r, dtype=np.float32))
+        out.append(np.stack(cols, axis=1).astype(np.float32))
+    return out

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -38,17 +39,19 @@ class RankerModel(nn.Module):
 
     cross_encoder: W=1, linear head on the pooled encoder output. causal_yesno: W=1,
     logit(' Yes') - logit(' No') at the last position. causal_listwise: W=window, the
-    logits of the index tokens at the last position. With ``popularity_prior``, a learned
-    weight (initially 1) times each candidate's prior (``prior``, (S, W)) is added.
+    logits of the index tokens at the last position. With priors (``popularity_prior``,
+    ``retrieval_prior``), learned weights w (initially 1 and 0) times each candidate's priors
+    (``prior``, (S, W, F) or (S, W) for one) are added: score = text + sum_f w_f prior_f.
     """
 
     def __init__(self, backbone: nn.Module, cfg: ModelConfig, answer_ids: list[int], hidden: int):
         super().__init__()
         self.backbone, self.kind, self.pooling = backbone, cfg.kind, cfg.pooling
         self.head = nn.Linear(hidden, 1) if cfg.kind == "cross_encoder" else None
-        self.prior_weight = (
-            nn.Parameter(torch.full((1,), 1.0 / PRIOR_GAIN)) if cfg.popularity_prior else None
-        )
+        # Popularity starts at weight 1 (a strong re-ranker on its own); the retrieval prior at 0,
+        # so a ranker trained on examples without retriever scores ignores them when served.
+        init = [1.0] * cfg.popularity_prior + [0.0] * cfg.retrieval_prior
+        self.prior_weight = nn.Parameter(torch.tensor(init) / PRIOR_GAIN) if init else None
         self.register_buffer("answer_ids", torch.tensor(answer_ids, dtype=torch.long), persistent=False)
 
     def forward(
@@ -57,7 +60,11 @@ class RankerModel(nn.Module):
     ) -> torch.Tensor:
         scores = self._text_scores(input_ids, attention_mask, **kw)
         if self.prior_weight is not None and prior is not None:
-            scores = scores + (PRIOR_GAIN * self.prior_weight).to(scores.dtype) * prior.to(scores.dtype)
+            prior = prior.to(scores.dtype)
+            prior = prior.unsqueeze(-1) if prior.dim() == 2 else prior  # (S, W) -> (S, W, 1)
+            # Fewer priors than weights (popularity only): the missing ones read 0.
+            prior = F.pad(prior, (0, self.prior_weight.numel() - prior.shape[-1]))
+            scores = scores + prior @ (PRIOR_GAIN * self.prior_weight).to(scores.dtype)
         return scores
 
     def _text_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw) -> torch.Tensor:
@@ -269,10 +276,16 @@ class Ranker:
         return self.collator.tok
 
     @property
-    def prior_weight(self) -> float | None:
-        """The learned weight of the popularity prior in every score (None: no prior term)."""
+    def prior_weights(self) -> np.ndarray | None:
+        """The learned weight of each prior (``rayrec.models.prior.prior_names`` order)."""
         w = self.model.prior_weight
-        return None if w is None else float(PRIOR_GAIN * w.detach().float().item())
+        return None if w is None else PRIOR_GAIN * w.detach().float().cpu().numpy()
+
+    @property
+    def prior_weight(self) -> float | None:
+        """The learned weight of the popularity prior; None when the ranker has none."""
+        w = self.prior_weights
+        return None if w is None or not self.cfg.popularity_prior else float(w[0])
 
     def score(
         self, history_texts: list[str], candidate_texts: list[list[str]],
@@ -280,8 +293,9 @@ class Ranker:
     ) -> list[np.ndarray]:
         """One float32 score array per history, aligned with its candidate list.
 
-        ``candidate_priors``: each candidate's popularity prior (:mod:`rayrec.models.prior`);
-        without them the prior term is left out (text-only scores).
+        ``candidate_priors``: each candidate's priors, (n,) or (n, F) per list
+        (:func:`rayrec.models.prior.ranker_priors`); without them the prior term is left out
+        (text-only scores).
         """
         return score_lists(
             self.model, self.collator, history_texts, candidate_texts,

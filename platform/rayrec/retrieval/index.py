@@ -129,7 +129,8 @@ class ItemIndex:
         nprobe: int = 16,
         encoder: str = "",
     ) -> ItemIndex:
-        """Build an in-memory index from precomputed unit-norm embeddings."""
+        """Build an in-memory inner-product index (unit-norm text embeddings: cosine; the
+        retriever's item vectors: its own scores)."""
         index, info = make_faiss_index(embeddings, index_type, nlist=nlist, nprobe=nprobe)
         meta = {"encoder": encoder, "dim": int(embeddings.shape[1]), "count": int(len(item_idxs)), **info}
         return cls(index, item_idxs, embeddings, categories, meta)
@@ -256,3 +257,23 @@ def build_index(cfg) -> str:
     )
     index.meta["embed_seconds"] = round(time.time() - t0, 2)
     return index.save(cfg.index_dir)
+
+
+def build_retriever_index(cfg) -> str:
+    """Index the trained retriever's item vectors (inner product = its own scores) at
+    ``cfg.retriever_index_dir``: the collaborative half of retrieval."""
+    from rayrec.data.store import load_items
+    from rayrec.seqrec.scorer import SeqRetriever
+
+    retriever = SeqRetriever(cfg.retriever_model_dir)
+    items = load_items(cfg.data_dir)
+    if len(items) != retriever.n_items:
+        raise ValueError(f"the retriever at {cfg.retriever_model_dir} knows {retriever.n_items} items "
+                         f"but the catalog at {cfg.data_dir} has {len(items)}; retrain it")
+    kind = choose_index_type(len(items), cfg.retrieval.index_type, cfg.retrieval.exact_max_items)
+    index = ItemIndex.from_embeddings(
+        items["item_idx"].to_numpy(), retriever.item_vectors(), items["category"].fillna("").astype(str),
+        index_type=kind, nlist=cfg.retrieval.nlist, nprobe=cfg.retrieval.nprobe,
+        encoder=f"retriever:{cfg.retriever_model_dir}",
+    )
+    return index.save(cfg.retriever_index_dir)

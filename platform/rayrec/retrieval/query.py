@@ -66,3 +66,22 @@ def combined_query(
     if len(parts) == 1:
         return parts[0][1]
     return _normalise(sum(w * v.astype(np.float64) for w, v in parts))
+
+
+def blend_hits(history_hits: Sequence[tuple[int, float]], text_hits: Sequence[tuple[int, float]],
+               text_weight: float, k: int) -> list[tuple[int, float]]:
+    """Merge a history list and a text list whose scores live in different spaces.
+
+    Each list's scores are min-max scaled to [0, 1] (an item missing from a list gets 0 there);
+    the blend is ``(1 - w) * history + w * text``, best first, top ``k``.
+    """
+    def scaled(hits):
+        if not hits:
+            return {}
+        v = np.asarray([s for _, s in hits], dtype=np.float64)
+        span = v.max() - v.min()
+        return {int(i): float((s - v.min()) / span) if span > 0 else 1.0 for i, s in hits}
+
+    h, t = scaled(history_hits), scaled(text_hits)
+    merged = {i: (1.0 - text_weight) * h.get(i, 0.0) + text_weight * t.get(i, 0.0) for i in {*h, *t}}
+    return sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:k]

@@ -242,7 +242,7 @@ class RecommenderIngress:
         lat = {"retrieval": (t_retrieved - t_start) * 1000}
 
         ranker_scores, version, reason = None, None, None
-        if cand["item_idx"]:
+        if cand["item_idx"] and sc.use_ranker:
             ranker_scores, version, reason = _rank_scores_or_reason(await self._rank(cand, req.query))
             lat["ranking"] = (time.perf_counter() - t_retrieved) * 1000
         retrieval_scores = np.asarray(cand["score"], dtype=np.float64)
@@ -325,6 +325,7 @@ def _absolute_dirs(cfg: RayrecConfig) -> RayrecConfig:
         "data": cfg.data.model_copy(update={"out": cfg.data_dir}),
         "train": cfg.train.model_copy(update={"storage_path": cfg.checkpoint_dir}),
         "retrieval": cfg.retrieval.model_copy(update={"out": cfg.index_dir}),
+        "retriever": cfg.retriever.model_copy(update={"out": cfg.retriever_dir}),
         "serve": cfg.serve.model_copy(update={"event_log": cfg.event_log_dir}),
         "explore": cfg.explore.model_copy(update={"out": cfg.explore_dir}),
     })

@@ -45,6 +45,9 @@ class ServeConfig(Section):
     ingress_max_ongoing_requests: int = Field(64, ge=1)
     ingress_max_queued_requests: int = Field(128, ge=-1)
     rank_candidates: int = Field(50, ge=1)  # retrieved candidates passed on to the ranker
+    # False: serve the retrieval order, no ranking call (when the ranker does not beat the
+    # retriever on the full-catalog evaluation; the ranking deployment still runs for switches).
+    use_ranker: bool = True
     text_weight: float = Field(0.5, ge=0, le=1)  # query = (1-w) history + w text when both given
     max_body_bytes: int = Field(65_536, ge=256)
     request_cache_size: int = Field(10_000, ge=1)  # recent slates kept for /feedback

@@ -145,10 +145,10 @@ class RankingDeployment:
                 "replica": replica, "switch_error": self.switch_error}
 
     async def score(
-        self, history_text: str, candidate_texts: list[str], candidate_priors: list[float] | None = None,
+        self, history_text: str, candidate_texts: list[str], candidate_priors: list | None = None,
     ) -> dict[str, Any]:
-        """Ranker scores for one request's candidates (with their popularity priors, see
-        rayrec.models.prior), plus the adapter version that made them."""
+        """Ranker scores for one request's candidates (with their priors, one value or F-vector
+        each, see rayrec.models.prior.ranker_priors), plus the adapter version that made them."""
         if self.fault.get("raise"):
             raise RuntimeError("fault injection: ranking failure")
         if self.fault.get("sleep_s"):
@@ -164,8 +164,10 @@ class RankingDeployment:
         t0 = time.perf_counter()
         histories = [h for h, _, _ in requests]
         candidates = [c for _, c, _ in requests]
-        # A request without priors (an older ingress) scores with a neutral prior of 0.
-        priors = [p if p is not None else [0.0] * len(c) for _, c, p in requests]
+        # A request without priors (an older ingress) scores with neutral priors of 0.
+        n_priors = 0 if ranker.prior_weights is None else len(ranker.prior_weights)
+        priors = [np.asarray(p, dtype=np.float32).reshape(len(c), -1) if p is not None
+                  else np.zeros((len(c), max(n_priors, 1)), dtype=np.float32) for _, c, p in requests]
         scores = await asyncio.to_thread(ranker.score, histories, candidates, priors)
         self._score_latency.observe((time.perf_counter() - t0) * 1000)
         self._batch_size.observe(len(requests))

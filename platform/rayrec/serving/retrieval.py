@@ -1,9 +1,14 @@
-"""Retrieval deployment: request -> query vector -> candidate items from the FAISS index.
+"""Retrieval deployment: request -> candidate items, from two FAISS indexes.
 
-The query comes from the user's recent history (feature store histories plus any items sent
-with the request), from free text (new users), or both. Items the user has seen are
-excluded; a category filter is applied inside the index search. With neither a history nor
-text, candidates are the most popular items (cold start).
+history  the sequential retriever (:mod:`rayrec.seqrec`) reads the user's item sequence (the
+         feature store's plus any items sent with the request) and searches its own item
+         vectors: the same ``SeqRetriever`` code as offline evaluation. Without a trained
+         retriever, the text index answers a recency-weighted history query instead.
+text     free text (new users, requests) is embedded by the text encoder and searched in the
+         item-text index.
+both     the two lists are blended (:func:`rayrec.retrieval.query.blend_hits`).
+neither  the most popular items (cold start).
+Items the user has seen are excluded; a category filter applies to every path.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import pandas as pd
 from ray import serve
 
 from rayrec.config import RayrecConfig, validate_config
-from rayrec.models.prior import candidate_priors, popularity_prior
+from rayrec.models.prior import popularity_prior, ranker_priors
 
 log = logging.getLogger("ray.serve")
 
@@ -41,17 +46,23 @@ class FeatureStore:
         from rayrec.data.store import load_histories, load_items, load_users
 
         self.items = load_items(data_dir).reset_index(drop=True)
+        from rayrec.seqrec.data import load_sequences
+
         users = load_users(data_dir)
         histories = load_histories(data_dir)
+        # Serving sees everything before the held-out test item: the train split + valid item.
+        try:
+            full = load_sequences(data_dir, "test")
+            full_of = {int(u): [int(i) for i in h] for u, h in zip(full["user_idx"], full["history"], strict=True)}
+        except OSError:  # a feature store without interaction logs: the histories' recent items
+            full_of = {}
         self.item_idx_of = {str(i): int(x) for i, x in zip(self.items["item_id"], self.items["item_idx"], strict=True)}
         self._row_of = {int(x): r for r, x in enumerate(self.items["item_idx"])}
         self.user_idx_of = {str(u): int(x) for u, x in zip(users["user_id"], users["user_idx"], strict=True)}
         self.history_of: dict[int, list[int]] = {}
         for u, h, v in zip(histories["user_idx"], histories["history"], histories["valid_item"], strict=True):
-            seq = [int(i) for i in h]
-            if int(v) >= 0:  # serving sees everything before the held-out test item
-                seq.append(int(v))
-            self.history_of[int(u)] = seq
+            seq = [int(i) for i in h] + ([int(v)] if int(v) >= 0 else [])
+            self.history_of[int(u)] = full_of.get(int(u), seq)
         self.popular = self.items.sort_values(["popularity", "item_idx"], ascending=[False, True])[
             "item_idx"
         ].to_numpy()
@@ -65,6 +76,10 @@ class FeatureStore:
 
     def item_rows(self, item_idxs: list[int]) -> pd.DataFrame:
         return self.items.iloc[[self._row_of[i] for i in item_idxs]]
+
+
+def _plain(priors: list[np.ndarray] | None) -> list | None:
+    return None if priors is None else priors[0].tolist()
 
 
 def resolve_encoder(cfg: RayrecConfig, index_meta: dict[str, Any]) -> str:
@@ -84,6 +99,16 @@ class RetrievalDeployment:
         self.index = ItemIndex.load(self.cfg.index_dir)
         self.store = FeatureStore(self.cfg.data_dir)
         self.encoder_name = resolve_encoder(self.cfg, self.index.meta)
+        self.retriever, self.retriever_error = None, None
+        if self.cfg.retriever.enabled:
+            from rayrec.seqrec.scorer import SeqRetriever
+
+            try:
+                self.retriever = SeqRetriever(self.cfg.retriever_model_dir,
+                                              ItemIndex.load(self.cfg.retriever_index_dir))
+            except (FileNotFoundError, ValueError) as e:  # degrade to the text index, visibly
+                self.retriever_error = str(e)
+                log.warning("sequential retriever unavailable, history queries use the text index: %s", e)
         self._encoder_cls = TextEncoder
         self._encoder = None  # loaded on the first text query: most requests never need it
         log.info(
@@ -98,7 +123,9 @@ class RetrievalDeployment:
         return self._encoder
 
     def catalog_info(self) -> dict[str, Any]:
-        return {"n_items": len(self.index), "n_users": len(self.store.user_idx_of), "encoder": self.encoder_name}
+        return {"n_items": len(self.index), "n_users": len(self.store.user_idx_of), "encoder": self.encoder_name,
+                "history_retrieval": "sequential retriever" if self.retriever else "text index",
+                "retriever_error": self.retriever_error}
 
     def lookup_item(self, item_id: str) -> int | None:
         """item_idx of a raw item id, or None when it is not in the catalog."""
@@ -107,7 +134,7 @@ class RetrievalDeployment:
     def retrieve(self, req: RetrievalRequest) -> dict[str, Any]:
         """Candidates best first with metadata, embeddings and how the query was formed
         (or ``{"error": msg}`` for a request naming unknown items)."""
-        from rayrec.retrieval.query import combined_query
+        from rayrec.retrieval.query import blend_hits
 
         t0 = time.perf_counter()
         store = self.store
@@ -121,13 +148,16 @@ class RetrievalDeployment:
         exclude = set(history)
         text = req.query.strip() if req.query and req.query.strip() else None
         known_history = [i for i in history if self.index.has(i)]
-        if known_history or text:
+        if known_history and self.retriever is not None:
+            hits = self._sequential(known_history, exclude, req.num_candidates, req.category)
+            source = "sequence"
+            if text:
+                text_hits = self._text(None, text, exclude, req.num_candidates, req.category)
+                hits = blend_hits(hits, text_hits, self.cfg.serve.text_weight, req.num_candidates)
+                source = "sequence+text"
+        elif known_history or text:
             source = "+".join(s for s, on in (("history", known_history), ("text", text)) if on)
-            q = combined_query(
-                self.index, known_history or None, text, self.encoder if text else None,
-                text_weight=self.cfg.serve.text_weight, recency_decay=self.cfg.retrieval.recency_decay,
-            )
-            hits = self.index.search(q, req.num_candidates, exclude=exclude, category=req.category)
+            hits = self._text(known_history or None, text, exclude, req.num_candidates, req.category)
         else:
             source = "popularity"
             hits = self._popular(req.num_candidates, exclude, req.category)
@@ -138,17 +168,41 @@ class RetrievalDeployment:
             "known_user": user_idx >= 0,
             "source": source,
             "history": history,
-            "history_texts": store.item_rows(history)["text"].tolist() if history else [],
+            "history_texts": (store.item_rows(history[-self.cfg.model.max_history_items :])["text"].tolist()
+                              if history else []),
             "item_idx": idxs,
             "item_id": rows["item_id"].astype(str).tolist(),
             "title": rows["title"].astype(str).tolist(),
             "category": rows["category"].astype(str).tolist(),
             "text": rows["text"].astype(str).tolist(),
-            "prior": candidate_priors(store.prior, [idxs])[0].tolist(),
+            # The ranker's priors: popularity, and the retriever's log-lift on the sequence path.
+            "prior": None if not idxs else _plain(ranker_priors(
+                self.cfg.model, store.prior, [idxs],
+                [[s for _, s in hits]] if source == "sequence" else None)),
             "score": [float(s) for _, s in hits],
             "embeddings": self.index.embeddings_for(idxs) if idxs else np.zeros((0, self.index.dim), np.float32),
             "latency_s": time.perf_counter() - t0,
         }
+
+    def _sequential(self, history: list[int], exclude: set[int], k: int,
+                    category: str | None) -> list[tuple[int, float]]:
+        """The retriever's top-k (log-lift scores), the same call as offline evaluation."""
+        if category is None:
+            items, scores = self.retriever.retrieve([history], k, [sorted(exclude)])[0]
+            return list(zip(items.tolist(), scores.tolist(), strict=True))
+        # A category filter: search deeper, keep the category (rare; not the evaluated path).
+        items, scores = self.retriever.retrieve([history], min(len(self.index), 20 * k), [sorted(exclude)])[0]
+        return [(int(i), float(s)) for i, s in zip(items, scores, strict=True)
+                if self.store.category_of.get(int(i)) == category][:k]
+
+    def _text(self, history: list[int] | None, text: str | None, exclude: set[int], k: int,
+              category: str | None) -> list[tuple[int, float]]:
+        """The text index's top-k for a history and/or free-text query."""
+        from rayrec.retrieval.query import combined_query
+
+        q = combined_query(self.index, history, text, self.encoder if text else None,
+                           text_weight=self.cfg.serve.text_weight, recency_decay=self.cfg.retrieval.recency_decay)
+        return self.index.search(q, k, exclude=exclude, category=category)
 
     def _popular(self, k: int, exclude: set[int], category: str | None) -> list[tuple[int, float]]:
         out = []

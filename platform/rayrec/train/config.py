@@ -38,6 +38,10 @@ class TrainConfig(Section):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(200, ge=1)  # ~8 min for MiniLM on 2 CPU cores
     max_train_examples: int | None = Field(None, ge=1)
+    # sampled: preprocessing's examples (uniform negatives); retriever: the positive among the
+    # retriever's own top-N (hard negatives) with its scores, mined by `rayrec train-retriever`;
+    # auto: retriever when those exist, else sampled.
+    examples: Literal["auto", "sampled", "retriever"] = "auto"
     eval_every_steps: int = Field(50, ge=1)
     early_stopping_metric: str = Field("ndcg@10", pattern=r"^((ndcg|hr)@[1-9]\d*|mrr)$")
     early_stopping_patience: int = Field(3, ge=1)

@@ -21,13 +21,14 @@ import torch.distributed as dist
 from rayrec.config import RayrecConfig
 from rayrec.evaluation.metrics import hit_rate_at_k, ndcg_at_k, reciprocal_rank
 from rayrec.models.losses import ranking_loss
-from rayrec.models.prior import candidate_priors
+from rayrec.models.prior import ranker_priors
 from rayrec.models.ranker import build_ranker, score_lists, train_scores, warm_start
 from rayrec.train.checkpoint import checkpoint_dir_name, restore_checkpoint, write_checkpoint
 from rayrec.train.deepspeed import build_ds_config
 
 log = logging.getLogger("rayrec.train")
 TRAIN_COLUMNS = ["history_text", "candidates", "candidate_texts", "labels"]
+RETRIEVAL_COLUMN = "retrieval_scores"  # mined examples (rayrec.seqrec.mining): the retriever's log-lift
 
 
 def ranking_metrics(scores: Sequence[np.ndarray], ks: Sequence[int] = (10,)) -> dict[str, list[float]]:
@@ -57,8 +58,9 @@ def validate(engine, collator, rows: list[dict], cfg: RayrecConfig, rank: int, w
     n_real = len(mine)
     mine = mine + [rows[0]] * (per_rank - n_real)  # padding rows are scored, not counted
     engine.module.eval()
-    priors = None if item_prior is None else candidate_priors(
-        item_prior, [list(r["candidates"])[:n_cand] for r in mine])
+    retrieval = ([list(r[RETRIEVAL_COLUMN])[:n_cand] for r in mine]
+                 if mine and RETRIEVAL_COLUMN in mine[0] else None)
+    priors = ranker_priors(cfg.model, item_prior, [list(r["candidates"])[:n_cand] for r in mine], retrieval)
     scores = score_lists(
         engine.module, collator, [r["history_text"] for r in mine],
         [list(r["candidate_texts"])[:n_cand] for r in mine], cfg.model.score_batch_size, device,
@@ -140,7 +142,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         for i, batch in enumerate(batches):
             if i < state["batches_in_epoch"]:  # resumed mid-epoch: skip what was trained
                 continue
-            priors = None if item_prior is None else candidate_priors(item_prior, batch["candidates"])
+            priors = ranker_priors(cfg.model, item_prior, list(batch["candidates"]),
+                                   list(batch[RETRIEVAL_COLUMN]) if RETRIEVAL_COLUMN in batch else None)
             scores, mask, n_tok = train_scores(
                 engine, collator, list(batch["history_text"]), [list(c) for c in batch["candidate_texts"]],
                 rng, device, priors,

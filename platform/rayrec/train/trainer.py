@@ -11,7 +11,7 @@ from rayrec.config import RayrecConfig
 from rayrec.data.schema import EXAMPLES_DIR
 from rayrec.models.prior import load_item_prior
 from rayrec.runtime import init_ray, warn_if_busy
-from rayrec.train.loop import TRAIN_COLUMNS, train_loop_per_worker
+from rayrec.train.loop import RETRIEVAL_COLUMN, TRAIN_COLUMNS, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,33 @@ class TrainResult:
     best_checkpoint: str | None = None
 
 
-def _read_examples(data_dir: str, split: str):
+def examples_source(cfg: RayrecConfig) -> str:
+    """``retriever`` (the positive among the retriever's top-N, :mod:`rayrec.seqrec.mining`) or
+    ``sampled`` (preprocessing's uniform negatives); ``auto`` takes mined ones when present."""
+    if cfg.train.examples != "auto":
+        return cfg.train.examples
+    import pyarrow.fs as pafs
+
+    from rayrec.data.sources import join, resolve_fs
+
+    fs, path = resolve_fs(join(cfg.retriever_dir, EXAMPLES_DIR, "train"))
+    return "retriever" if fs.get_file_info(path).type == pafs.FileType.Directory else "sampled"
+
+
+def examples_root(cfg: RayrecConfig) -> str:
+    """Where the ranker's examples live for :func:`examples_source`."""
+    return cfg.retriever_dir if examples_source(cfg) == "retriever" else cfg.data_dir
+
+
+def _read_examples(cfg: RayrecConfig, split: str):
     from rayrec.data import store
 
-    if "://" not in data_dir and not os.path.isdir(os.path.join(data_dir, EXAMPLES_DIR, split)):
+    root = examples_root(cfg)
+    if "://" not in root and not os.path.isdir(os.path.join(root, EXAMPLES_DIR, split)):
         return None
-    return store.read_dataset(data_dir, "examples", split).select_columns(TRAIN_COLUMNS)
+    # Sampled examples carry no retriever scores: a retrieval prior then reads 0 (ranker_priors).
+    columns = TRAIN_COLUMNS + ([RETRIEVAL_COLUMN] if examples_source(cfg) == "retriever" else [])
+    return store.read_dataset(root, "examples", split).select_columns(columns)
 
 
 def plan_steps(n_train: int, cfg: RayrecConfig) -> int:
@@ -59,24 +80,25 @@ def run_training(cfg: RayrecConfig) -> TrainResult:
 
     init_ray(cfg.ray)
     tc = cfg.train
-    train_ds = _read_examples(cfg.data_dir, "train")
+    train_ds = _read_examples(cfg, "train")
     if train_ds is None:
         raise FileNotFoundError(
-            f"no training examples at {cfg.data_dir}/{EXAMPLES_DIR}/train: run preprocessing first"
+            f"no training examples at {examples_root(cfg)}/{EXAMPLES_DIR}/train: run preprocessing "
+            "first (train.examples: retriever also needs `rayrec train-retriever`)"
         )
     if tc.max_train_examples:
         train_ds = train_ds.limit(tc.max_train_examples)
     train_ds = train_ds.randomize_block_order(seed=tc.seed)
     total_steps = plan_steps(train_ds.count(), cfg)
     datasets = {"train": train_ds}
-    valid_ds = _read_examples(cfg.data_dir, "valid")
+    valid_ds = _read_examples(cfg, "valid")
     if valid_ds is not None and tc.max_valid_examples:
         valid_ds = valid_ds.limit(tc.max_valid_examples)
     if valid_ds is not None:
         datasets["valid"] = valid_ds.materialize()
     item_prior = load_item_prior(cfg.data_dir) if cfg.model.popularity_prior else None
-    log.warning("training %s for %d steps on %d worker(s)", cfg.model.backbone, total_steps,
-                tc.num_workers)
+    log.warning("training %s for %d steps on %d worker(s), %s examples", cfg.model.backbone,
+                total_steps, tc.num_workers, examples_source(cfg))
     per_worker = {"CPU": 1.0, **({"GPU": 1.0} if tc.use_gpu else {}), **tc.resources_per_worker}
     warn_if_busy({k: v * tc.num_workers for k, v in per_worker.items()}, "training")
     trainer = TorchTrainer(

@@ -1,0 +1,127 @@
+"""The Ray Train worker loop of the retriever: DDP over the users, validation on the full catalog."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+
+from rayrec.evaluation.metrics import ndcg_at_k
+from rayrec.seqrec.config import RetrieverConfig
+from rayrec.seqrec.data import training_tensors
+from rayrec.seqrec.model import SASRec, save_retriever, sequence_loss
+from rayrec.seqrec.scorer import retrieve_topn
+
+log = logging.getLogger("rayrec.train")
+STATE_FILE = "train_state.pt"
+
+
+def _all_reduce(values: list[float], op=None) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def validate(model: SASRec, rows: list[dict], metric: str) -> dict[str, float]:
+    """Full-catalog HR@K / NDCG@K of each user's validation item (train items excluded),
+    summed over this rank's users and all-reduced."""
+    k = int(metric.split("@")[1])
+    rows = [r for r in rows if r["valid_item"] >= 0]
+    ks = sorted({10, k})
+    sums = np.zeros(2 * len(ks) + 1)
+    if rows:
+        hist = [np.asarray(r["items"]) for r in rows]
+        tops = retrieve_topn(model, hist, max(ks))
+        for r, (items, _) in zip(rows, tops, strict=True):
+            for j, kk in enumerate(ks):
+                sums[2 * j] += ndcg_at_k(items, int(r["valid_item"]), kk)
+                sums[2 * j + 1] += float(int(r["valid_item"]) in items[:kk])
+        sums[-1] = len(rows)
+    model.train()
+    total = _all_reduce(sums.tolist())
+    n = max(total[-1], 1.0)
+    out = {}
+    for j, kk in enumerate(ks):
+        out[f"valid_ndcg@{kk}"], out[f"valid_hr@{kk}"] = total[2 * j] / n, total[2 * j + 1] / n
+    return out
+
+
+def train_loop_per_worker(loop_cfg: dict) -> None:
+    """Ray Train entry. ``loop_cfg``: {"retriever": RetrieverConfig dump, "n_items": int,
+    "text_vectors": (n_items, d) array or None}."""
+    rc = RetrieverConfig.model_validate(loop_cfg["retriever"])
+    n_items = int(loop_cfg["n_items"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if rc.torch_threads is not None:
+        torch.set_num_threads(rc.torch_threads or os.cpu_count() or 1)
+    torch.manual_seed(rc.seed)
+    # Each worker keeps its shard of users as two (users, max_len) int64 tensors: ~3 KB a user.
+    rows = list(ray.train.get_dataset_shard("train").iter_rows())
+    inputs, targets = training_tensors([r["items"] for r in rows], rc.max_len, n_items)
+    # DDP needs the same number of steps on every rank: the smallest shard sets the epoch.
+    steps = int(_all_reduce([len(rows) // rc.batch_size or 1], dist.ReduceOp.MIN)[0])
+    net = SASRec(n_items, rc, loop_cfg.get("text_vectors"))
+    model = ray.train.torch.prepare_model(net)
+    opt = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
+    state = {"epoch": 0, "best": -math.inf, "bad_evals": 0}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+        net.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        state.update(saved["state"])
+        if rank == 0:
+            log.warning("retriever resumed at epoch %d", state["epoch"])
+    gen = torch.Generator().manual_seed(rc.seed * 1000 + rank)
+    t0, t_start = time.perf_counter(), time.perf_counter()
+    seen, losses = 0, []
+    while state["epoch"] < rc.max_epochs:
+        perm = torch.randperm(len(rows), generator=gen)
+        for s in range(steps):  # the hot loop: next-item CE at every position of B sequences
+            idx = perm[s * rc.batch_size : (s + 1) * rc.batch_size]
+            loss = sequence_loss(model, inputs[idx], targets[idx], rc, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            seen += len(idx)
+        state["epoch"] += 1
+        epoch = state["epoch"]
+        out_of_time = rc.max_minutes is not None and time.perf_counter() - t_start > 60 * rc.max_minutes
+        last = epoch >= rc.max_epochs or out_of_time
+        if epoch % rc.eval_every_epochs and not last:
+            continue
+        dt = time.perf_counter() - t0
+        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "sequences_per_s": seen * world / dt}
+        metrics |= validate(net, rows, rc.early_stopping_metric)
+        value = metrics[f"valid_{rc.early_stopping_metric}"]
+        if value > state["best"]:
+            state["best"], state["bad_evals"] = value, 0
+        else:
+            state["bad_evals"] += 1
+        metrics["best_" + rc.early_stopping_metric] = state["best"]
+        stop = last or state["bad_evals"] >= rc.patience
+        if rank == 0:
+            log.warning("retriever epoch %d/%d %s", epoch, rc.max_epochs,
+                        " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                save_retriever(tmp, net, rc, {"epoch": epoch, "metrics": metrics})
+                torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "state": state},
+                           os.path.join(tmp, STATE_FILE))
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:05d}")
+        t0, seen, losses = time.perf_counter(), 0, []
+        if stop:
+            break

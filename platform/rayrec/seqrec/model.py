@@ -1,0 +1,146 @@
+"""SASRec: causal self-attention over a user's recent items (Kang & McAuley, ICDM 2018).
+
+    h_t   = Transformer(e_{i_1} + p_1, ..., e_{i_t} + p_t)[t]     (pre-norm blocks, causal)
+    s(i)  = <h_t, v_i>,   v_i = e_i (+ W x_i with text_init, x_i the item's text embedding)
+
+Input and output item embeddings are shared (v_i scores the next item; e_i reads the history),
+so a user vector ``h_t`` and the item vectors ``v`` live in one space and a FAISS inner-product
+index over ``v`` returns the model's own top-N. Trained with softmax cross-entropy over the
+catalog (Klenitskiy & Vasilev, RecSys 2023: CE, not SASRec's original one-negative BCE, is what
+makes it competitive) or sampled softmax.
+
+Sequences are left-padded with ``pad = n_items`` to ``max_len``: the last column is always the
+newest item and position embeddings count from the right, whatever the history's length.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rayrec.seqrec.config import RetrieverConfig
+
+MODEL_FILE, META_FILE = "retriever.pt", "retriever.json"
+
+
+class Block(nn.Module):
+    """Pre-norm self-attention + feed-forward, residual around each."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"retriever.dim ({dim}) must be divisible by retriever.heads ({heads})")
+        self.heads, self.dropout = heads, dropout
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2)
+                   for z in self.qkv(self.ln1(x)).split(c, dim=2))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None],
+                                           dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, c)))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class SASRec(nn.Module):
+    """The retriever network. ``forward(seqs)`` -> (B, T, dim) hidden states."""
+
+    def __init__(self, n_items: int, cfg: RetrieverConfig, text_vectors: np.ndarray | None = None):
+        super().__init__()
+        self.n_items, self.pad, self.max_len = n_items, n_items, cfg.max_len
+        self.item = nn.Embedding(n_items + 1, cfg.dim, padding_idx=n_items)
+        self.pos = nn.Embedding(cfg.max_len, cfg.dim)
+        # std dim^-1/2: initial logits <h, v> are O(1), so the first softmax is near uniform.
+        nn.init.normal_(self.item.weight, std=cfg.dim**-0.5)
+        nn.init.normal_(self.pos.weight, std=0.02)
+        with torch.no_grad():
+            self.item.weight[n_items].zero_()
+        self.text_proj = None
+        if cfg.text_init:
+            if text_vectors is None or len(text_vectors) != n_items:
+                raise ValueError("retriever.text_init needs one text vector per catalog item")
+            self.register_buffer("text", torch.as_tensor(np.asarray(text_vectors, np.float32)))
+            self.text_proj = nn.Linear(self.text.shape[1], cfg.dim, bias=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
+        self.ln = nn.LayerNorm(cfg.dim)
+
+    def item_vectors(self) -> torch.Tensor:
+        """(n_items + 1, dim): every item's vector, the padding row last (always zero input)."""
+        v = self.item.weight
+        if self.text_proj is not None:
+            v = v + F.pad(self.text_proj(self.text), (0, 0, 0, 1))
+        return v
+
+    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+        t = seqs.shape[1]
+        real = seqs != self.pad
+        # Query t sees keys <= t that are real items; itself always, so no row is all-masked.
+        causal = torch.ones(t, t, dtype=torch.bool, device=seqs.device).tril()
+        mask = (causal[None] & real[:, None, :]) | torch.eye(t, dtype=torch.bool, device=seqs.device)
+        vec = self.item_vectors()
+        h = self.drop(vec[seqs] * real[..., None] + self.pos.weight[-t:][None])
+        for block in self.blocks:
+            h = block(h, mask)
+        return self.ln(h)
+
+    def user_vectors(self, seqs: torch.Tensor) -> torch.Tensor:
+        """(B, dim): the hidden state at the newest item, which scores the next one."""
+        return self.forward(seqs)[:, -1]
+
+
+def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor,
+                  cfg: RetrieverConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next-item cross-entropy at every real position of a batch of left-padded sequences.
+
+    full:    CE over all n items: logits (P, n) = H V^T, P real positions in the batch.
+    sampled: CE over [target, N shared uniform negatives], a negative equal to the target
+             masked out; cost P x (N + 1) instead of P x n.
+    """
+    net = model.module if hasattr(model, "module") else model  # DDP wraps the module
+    h = model(inputs)
+    keep = targets != net.pad
+    h, y = h[keep], targets[keep]
+    vec = net.item_vectors()[: net.n_items]
+    if cfg.loss == "full":
+        return F.cross_entropy(h @ vec.T, y)
+    neg = torch.randint(0, net.n_items, (cfg.num_negatives,), generator=generator).to(h.device)
+    pos_logit = (h * vec[y]).sum(-1, keepdim=True)
+    neg_logit = (h @ vec[neg].T).masked_fill(neg[None] == y[:, None], float("-inf"))
+    logits = torch.cat([pos_logit, neg_logit], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long, device=h.device))
+
+
+def save_retriever(out_dir: str | Path, model: SASRec, cfg: RetrieverConfig, extra: dict | None = None) -> str:
+    """Write ``retriever.pt`` (state dict) and ``retriever.json`` (config, catalog size)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    net = model.module if hasattr(model, "module") else model
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, out / MODEL_FILE)
+    meta = {"n_items": net.n_items, "config": cfg.model_dump(mode="json"), **(extra or {})}
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    return str(out)
+
+
+def load_retriever(model_dir: str | Path) -> tuple[SASRec, dict]:
+    """The saved network in eval mode, and its metadata."""
+    d = Path(model_dir)
+    if not (d / META_FILE).is_file() or not (d / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"no trained retriever at {d} (missing {META_FILE} or {MODEL_FILE}); "
+                                "run `rayrec train-retriever` first")
+    meta = json.loads((d / META_FILE).read_text())
+    cfg = RetrieverConfig.model_validate(meta["config"])
+    state = torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True)
+    text = state.get("text")
+    model = SASRec(int(meta["n_items"]), cfg, None if text is None else text.numpy())
+    model.load_state_dict(state)
+    return model.eval(), meta

@@ -1,0 +1,111 @@
+"""``run_retriever_training``: sequences with Ray Data, the worker loop with Ray Train (DDP).
+
+The best checkpoint by the validation metric (Ray keeps it: ``checkpoint_score_attribute``)
+becomes the servable artifact ``<retriever_dir>/model``, and its item vectors the FAISS index
+``<retriever_dir>/index`` that evaluation and the retrieval deployment search.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rayrec.config import RayrecConfig
+from rayrec.runtime import init_ray, require_resources, warn_if_busy
+from rayrec.seqrec.data import sequence_dataset
+from rayrec.seqrec.loop import train_loop_per_worker
+from rayrec.seqrec.mining import mine_ranker_examples
+
+log = logging.getLogger(__name__)
+
+
+def _text_vectors(cfg: RayrecConfig, n_items: int) -> np.ndarray:
+    """Item text embeddings (row i = item i): the text index's when built, else encoded now."""
+    from rayrec.retrieval.index import ItemIndex
+
+    try:
+        index = ItemIndex.load(cfg.index_dir)
+        if len(index) == n_items:
+            return index.embeddings_for(range(n_items))
+    except FileNotFoundError:
+        pass
+    from rayrec.data.store import load_items
+    from rayrec.retrieval.index import embed_items_ray
+
+    items = load_items(cfg.data_dir)
+    return embed_items_ray(items, cfg.retrieval.encoder or cfg.model.backbone,
+                           batch_size=cfg.retrieval.embed_batch_size)
+
+
+def _publish(checkpoint, dest: str) -> str:
+    """Copy a Ray Train checkpoint's files to ``dest`` (local path or URI), replacing it."""
+    import pyarrow.fs as pafs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint.to_directory(tmp)
+        if "://" in dest:
+            pafs.copy_files(tmp, dest)
+        else:
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(tmp, dest)
+    return dest
+
+
+def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
+    """Train the retriever on ``<data_dir>/interactions``; publish the best model and its index."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rayrec.data.store import load_items
+    from rayrec.retrieval.index import build_retriever_index
+
+    init_ray(cfg.ray)
+    rc = cfg.retriever
+    n_items = len(load_items(cfg.data_dir))
+    per_worker = {"CPU": 1.0, **({"GPU": 1.0} if rc.use_gpu else {})}
+    needs = {k: v * rc.num_workers for k, v in per_worker.items()}
+    require_resources(needs, f"retriever training ({rc.num_workers} workers, use_gpu={rc.use_gpu})")
+    seqs = sequence_dataset(cfg.data_dir, rc.max_len).materialize()  # before the workers hold CPUs
+    n_users = seqs.count()
+    if n_users < rc.num_workers:
+        raise ValueError(f"{n_users} users with 2+ train items cannot feed {rc.num_workers} workers")
+    text = _text_vectors(cfg, n_items) if rc.text_init else None
+    warn_if_busy(needs, "retriever training")
+    log.warning("training the retriever on %d users x %d items, %d worker(s)", n_users, n_items,
+                rc.num_workers)
+    metric = f"valid_{rc.early_stopping_metric}"
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"retriever": rc.model_dump(mode="json"), "n_items": n_items,
+                           "text_vectors": text},
+        scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu),
+        torch_config=TorchConfig(backend="nccl" if rc.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=rc.run_name, storage_path=cfg.retriever_dir + "/runs",
+            failure_config=FailureConfig(max_failures=rc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=rc.keep_checkpoints,
+                                               checkpoint_score_attribute=metric,
+                                               checkpoint_score_order="max"),
+        ),
+        datasets={"train": seqs},
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    scored = [(m[metric], c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+    if not scored:
+        raise RuntimeError(f"retriever training reported no {metric}; nothing to publish")
+    value, best, best_metrics = max(scored, key=lambda t: t[0])
+    model_dir = _publish(best, cfg.retriever_model_dir)
+    index_dir = build_retriever_index(cfg)
+    mined = mine_ranker_examples(cfg)
+    return {"model": model_dir, "index": index_dir, "mined": mined, "best_epoch": best_metrics.get("epoch"),
+            metric: value, "users": n_users, "items": n_items,
+            "sequences_per_s": best_metrics.get("sequences_per_s"),
+            "last": dict(result.metrics or {}), "run_dir": str(result.path),
+            "checkpoint": str(Path(best.path))}
