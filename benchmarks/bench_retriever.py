@@ -5,10 +5,10 @@ history-path retrieval latency, in one run.
    loop (the same ``SASRec``, ``sequence_loss``, ``training_tensors``, AdamW, seed and batch
    order as the worker loop) and of ``run_retriever_training`` (Ray Train, DDP) with each of
    --workers; the same total torch threads (--threads) in both, split across the workers.
-   Steady state only: the plain loop times --epochs epochs after one warm-up epoch; each Ray
-   run trains 2 x --epochs epochs with an evaluation every --epochs and reports the loop's own
-   ``sequences_per_s`` of the second window (start-up, the first epochs, validation and
-   checkpoints excluded). positions/s = sequences/s x the mean targets per sequence.
+   Steady state only, the same epochs in both: every run trains 2 x --epochs epochs and times
+   the second half (Ray: an evaluation every --epochs and the loop's own ``sequences_per_s`` of
+   its second window, so start-up, warm-up epochs, validation and checkpoints are excluded).
+   positions/s = sequences/s x the mean next-item targets per sequence.
 2. Latency of ``SeqRetriever.retrieve([history], 50)`` in process (1 torch thread, as in a
    Serve replica with < 1 CPU) with the FAISS index over the retriever's item vectors and with
    the exact matmul, over --requests real histories (train + valid items, as served); with
@@ -91,8 +91,8 @@ def plain_loop(cfg, n_items: int, epochs: int, threads: int) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
     gen = torch.Generator().manual_seed(rc.seed * 1000)  # rank 0's generator
     steps = len(items) // rc.batch_size or 1
-    for epoch in range(1 + epochs):  # epoch 0: warm-up, not timed
-        if epoch == 1:
+    for epoch in range(2 * epochs):  # the first half: warm-up, not timed (as the Ray runs)
+        if epoch == epochs:
             t0, seen = time.perf_counter(), 0
         perm = torch.randperm(len(items), generator=gen)
         for s in range(steps):
@@ -101,11 +101,11 @@ def plain_loop(cfg, n_items: int, epochs: int, threads: int) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if epoch:
+            if epoch >= epochs:
                 seen += len(idx)
     sps = seen / (time.perf_counter() - t0)
-    return {"users": len(items), "positions_per_sequence": pos_per_seq, "sequences_per_s": sps,
-            "positions_per_s": sps * pos_per_seq, "final_loss": float(loss)}
+    return {"users": len(items), "steps_per_epoch": steps, "positions_per_sequence": pos_per_seq,
+            "sequences_per_s": sps, "positions_per_s": sps * pos_per_seq, "final_loss": float(loss)}
 
 
 def ray_run(cfg, workers: int, epochs: int, threads: int, tmp: Path, pos_per_seq: float):
@@ -205,6 +205,8 @@ def main() -> None:
 
     threads = args.threads or torch.get_num_threads()
     worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    if not worker_counts:
+        ap.error("--workers needs at least one worker count (its model is the one timed in part 2)")
     tmp = Path(tempfile.mkdtemp(prefix="bench_retriever_"))
     over = {"run_dir": str(tmp / "run")}
     over |= {f"retriever.{k}": v for k, v in (("max_len", args.max_len), ("dim", args.dim)) if v}
@@ -226,8 +228,8 @@ def main() -> None:
             rows.append({"run": "ray train", "workers": w, **r})
         for r in rows:
             r["ratio_vs_plain"] = r["sequences_per_s"] / plain["sequences_per_s"]
-        report |= {"users": plain["users"], "positions_per_sequence": plain["positions_per_sequence"],
-                   "training": rows}
+        report |= {k: plain[k] for k in ("users", "steps_per_epoch", "positions_per_sequence")}
+        report["training"] = rows
 
         test = load_sequences(data_dir, "test")  # history = train + valid items, as served
         histories = [[int(i) for i in h] for h in test["history"]]
@@ -240,7 +242,7 @@ def main() -> None:
         ray.shutdown()
 
     print(f"\nretriever training: {report['data']}, {report['users']} users x {n_items} items, "
-          f"max_len {rc.max_len}, dim {rc.dim}, {args.epochs} timed epochs, {threads} torch threads\n")
+          f"max_len {rc.max_len}, dim {rc.dim}, {args.epochs} timed epochs of {plain['steps_per_epoch']} steps, {threads} torch threads\n")
     print("| run | workers | threads/worker | sequences/s | positions/s | ratio vs plain |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:

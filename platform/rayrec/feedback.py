@@ -61,7 +61,15 @@ def feedback_examples(cfg: RayrecConfig) -> pd.DataFrame:
 
 
 def _ndcg10(result: dict[str, Any]) -> float:
-    return float(result["models"]["ranker"]["ndcg@10"])
+    """The ranker's NDCG@10: end to end on the full catalog (retrieval top-N re-ranked), or on
+    the re-ranking diagnostic."""
+    from rayrec.runtime import UserFacingError
+
+    models = result["models"]
+    name = next((m for m in models if m.endswith("_ranker")), "ranker")
+    if name not in models:
+        raise UserFacingError("the evaluation scored no ranker (no retrieval stage to re-rank?)")
+    return float(models[name]["ndcg@10"])
 
 
 def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
@@ -109,8 +117,8 @@ def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
     candidate = trained.best_checkpoint or trained.checkpoint
 
     def evaluate(checkpoint: str, name: str) -> float:
-        ev = cfg.evaluate.model_copy(update={"split": "valid", "checkpoint": checkpoint,
-                                             "out": str(round_dir / f"eval_{name}")})
+        ev = cfg.evaluate.model_copy(update={"split": "valid", "checkpoint": checkpoint, "baselines": False,
+                                             "rank_retrieved": True, "out": str(round_dir / f"eval_{name}")})
         return _ndcg10(run_evaluation(cfg.model_copy(update={"evaluate": ev})))
 
     before, after = evaluate(current, "current"), evaluate(candidate, "candidate")

@@ -245,6 +245,11 @@ def write_report(cfg: RayrecConfig, stages: StageRunner, manifest, trained, eval
     for r in stages.records:
         status = "reused" if r.reused else ("FAILED: " + r.error if r.error else "ok")
         lines.append(f"| {r.name} | {r.seconds:.1f} | {status} |")
+    if evaluation and evaluation.get("protocol", {}).get("candidates") == "full":
+        p = evaluation["protocol"]
+        ranked = sorted(evaluation["models"].items(), key=lambda kv: -kv[1]["ndcg@10"])
+        lines += ["", f"**Full-catalog NDCG@10** ({p['split']} split, {p['users']} users, every unseen "
+                  "item ranked): " + ", ".join(f"{m} {v['ndcg@10']:.4f}" for m, v in ranked) + "."]
     if manifest:
         counts = manifest.get("counts", {})
         lines += ["", "## Data", "", "```json", json.dumps(counts, indent=1)[:3000], "```"]

@@ -20,6 +20,7 @@ class EvalConfig(Section):
     num_candidates: int = Field(100, ge=2)  # re-ranking diagnostics: candidates per user
     rank_depth: int = Field(20, ge=1)  # full: the retriever's top-N that the ranker re-scores
     rank_retrieved: bool = True  # full: evaluate retriever + ranker when a ranker checkpoint exists
+    baselines: bool = True  # full: popularity, ALS and text retrieval beside the system
     max_users: int | None = Field(None, ge=1)
     checkpoint: str | None = None  # default: latest under the training storage path
     require_checkpoint: bool = True  # False: evaluate the untuned ranker when none is found

@@ -8,6 +8,7 @@ Protocol, for every user of the split (the reference protocol of ../shared/READM
              text_retrieval  today's text path: recency-weighted MiniLM history query in FAISS
              retriever    the sequential retriever's top-K (its FAISS index)
              retriever_ranker  the retriever's top-N re-scored by the LoRA ranker, top-K of that
+                          (text_retrieval_ranker when no sequential retriever is trained)
   a miss     a held-out item that a system did not put in its list scores 0: nothing is
              inserted, so a retrieval miss is a ranking miss
   metrics    HR@K, NDCG@K, MRR within the list, per user, averaged; paired bootstrap 95% CIs
@@ -144,21 +145,25 @@ def run_full_catalog(cfg) -> dict[str, Any]:
     histories = users["history"].tolist()
     depth = max(max(ks), ec.rank_depth)  # every list long enough for K and for the ranker
     lists, seconds, notes = {}, {}, {}
-    lists["popularity"], seconds["popularity"] = _timed(lambda: popularity_lists(popularity, histories, depth))
-    (lists["als"], notes["als"]), seconds["als"] = _timed(lambda: als_lists(cfg, all_users, users, len(items), depth))
-    if (Path(cfg.index_dir) / "meta.json").is_file():
-        lists["text_retrieval"], seconds["text_retrieval"] = _timed(
-            lambda: text_retrieval_lists(cfg, histories, depth))
-    retrieved = None
+    if ec.baselines:
+        lists["popularity"], seconds["popularity"] = _timed(lambda: popularity_lists(popularity, histories, depth))
+        (lists["als"], notes["als"]), seconds["als"] = _timed(
+            lambda: als_lists(cfg, all_users, users, len(items), depth))
+    retrieved, source = None, None
     if Path(cfg.retriever_model_dir).is_dir():
         retriever = load_seq_retriever(cfg)
         retrieved, seconds["retriever"] = _timed(lambda: retriever.retrieve(histories, depth))
-        lists["retriever"] = [r[0] for r in retrieved]
+        lists["retriever"], source = [r[0] for r in retrieved], "retriever"
+    if (Path(cfg.index_dir) / "meta.json").is_file() and (ec.baselines or retrieved is None):
+        lists["text_retrieval"], seconds["text_retrieval"] = _timed(
+            lambda: text_retrieval_lists(cfg, histories, depth))
+        if retrieved is None:  # no sequential retriever: the text index is the retrieval stage
+            retrieved, source = [(t, None) for t in lists["text_retrieval"]], "text_retrieval"
     checkpoint = resolve_checkpoint(cfg, required=False) if ec.rank_retrieved else None
     if retrieved is not None and checkpoint is not None:
-        top_n = [(c[: ec.rank_depth], s[: ec.rank_depth]) for c, s in retrieved]
-        lists["retriever_ranker"], seconds["retriever_ranker"] = _timed(
-            lambda: ranker_lists(cfg, users, top_n, items, checkpoint))
+        top_n = [(c[: ec.rank_depth], None if s is None else s[: ec.rank_depth]) for c, s in retrieved]
+        name = f"{source}_ranker"
+        lists[name], seconds[name] = _timed(lambda: ranker_lists(cfg, users, top_n, items, checkpoint))
     models = list(lists)
 
     rows = []
@@ -177,9 +182,8 @@ def run_full_catalog(cfg) -> dict[str, Any]:
                                                                      len(items), len(all_users)).items()}
     main = f"ndcg@{10 if 10 in ks else ks[-1]}"
     ndcg = {m: per_user[per_user["model"] == m].sort_values("user_idx")[main].to_numpy() for m in models}
-    pairs = [(m, b) for m in models if m not in BASELINES for b in BASELINES]
-    if "retriever_ranker" in models:
-        pairs.append(("retriever_ranker", "retriever"))
+    pairs = [(m, b) for m in models if m not in BASELINES for b in BASELINES if b in models]
+    pairs += [(m, m.removesuffix("_ranker")) for m in models if m.endswith("_ranker")]
     comparisons = {f"{a}_vs_{b}": {"metric": main, **paired_bootstrap(ndcg[a], ndcg[b], ec.bootstrap, ec.seed)}
                    for a, b in pairs}
     protocol = {
@@ -192,13 +196,14 @@ def run_full_catalog(cfg) -> dict[str, Any]:
             f"every catalog item ({len(items)}) the user has not interacted with before the held-out "
             "item; a held-out item missing from a system's list is a miss (nothing inserted)"),
         "candidates_per_user": {"mean": float(len(items) - np.mean([len(set(h.tolist())) for h in histories]))},
-        "ranker_depth": f"retriever_ranker re-scores the retriever's top-{ec.rank_depth}",
+        "ranker_depth": f"the ranker re-scores the {source}'s top-{ec.rank_depth}",
         "models": {
             "popularity": "train-split interaction counts",
             "als": f"implicit ALS tuned on validation NDCG@10: {notes.get('als')}",
             "text_retrieval": "MiniLM item-text embeddings, recency-weighted history query (FAISS)",
             "retriever": f"sequential retriever (SASRec) at {cfg.retriever_model_dir}",
-            "retriever_ranker": f"{cfg.model.kind} on {cfg.model.backbone}, checkpoint {checkpoint}",
+            f"{source}_ranker": f"{source} top-{ec.rank_depth} re-scored by {cfg.model.kind} on "
+                                f"{cfg.model.backbone}, checkpoint {checkpoint}",
         },
         "ks": ks, "seed": ec.seed,
     }

@@ -39,9 +39,9 @@ class RetrieverConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)  # the best by the early-stopping metric are kept
     max_failures: int = Field(1, ge=0)
     # Ranker examples mined from the trained retriever (rayrec.seqrec.mining): the last
-    # mine_positions steps of each train sequence, each with the positive + the retriever's
-    # top mine_candidates - 1 other items (match evaluate.rank_depth, what the ranker re-orders).
-    mine_positions: int = Field(8, ge=1)
+    # mine_positions steps of each train sequence whose positive is in the retriever's top
+    # mine_candidates, with that list as candidates (what the ranker re-orders when served).
+    mine_positions: int = Field(20, ge=1)
     mine_candidates: int = Field(10, ge=2)
     run_name: str = "retriever"
     seed: int = 0

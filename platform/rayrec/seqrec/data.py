@@ -16,8 +16,9 @@ SEQUENCE_COLUMNS = ["user_idx", "items", "valid_item"]
 
 
 def _user_sequence(group: pd.DataFrame, keep: int) -> pd.DataFrame:
-    """One user's rows (both splits) -> one sequence row. Ties in time keep file order."""
-    group = group.sort_values(["timestamp", "order"], kind="stable")
+    """One user's rows (both splits) -> one sequence row. Ties in time: by item (as in
+    :func:`load_sequences`, so training and evaluation read the same order)."""
+    group = group.sort_values(["timestamp", "item_idx"], kind="stable")
     train = group[group["split"] == 0]["item_idx"].to_numpy(np.int64)[-keep:]
     valid = group[group["split"] == 1]["item_idx"].to_numpy(np.int64)
     return pd.DataFrame({"user_idx": [int(group["user_idx"].iloc[0])], "items": [train],
@@ -31,7 +32,7 @@ def sequence_dataset(data_dir: str, max_len: int):
     def tag(split: int):
         def add(batch: pd.DataFrame) -> pd.DataFrame:
             batch = batch[batch["label"] > 0][["user_idx", "item_idx", "timestamp"]].copy()
-            batch["split"], batch["order"] = split, np.arange(len(batch))
+            batch["split"] = split
             return batch
         return add
 
@@ -60,8 +61,8 @@ def load_sequences(data_dir: str, split: str) -> pd.DataFrame:
     if split == "test":
         parts.append(store.read_pandas(data_dir, "interactions", "valid").assign(split=1))
     seen = pd.concat(parts, ignore_index=True)
-    seen = seen[seen["label"] > 0].reset_index(names="order")
-    seen = seen.sort_values(["user_idx", "split", "timestamp", "order"], kind="stable")
+    seen = seen[seen["label"] > 0]
+    seen = seen.sort_values(["user_idx", "split", "timestamp", "item_idx"], kind="stable")
     history = seen.groupby("user_idx")["item_idx"].agg(lambda s: s.to_numpy(np.int64))
     held = store.read_pandas(data_dir, "interactions", split)
     held = held[held["label"] > 0].sort_values(["user_idx", "timestamp"], kind="stable")

@@ -2,9 +2,13 @@
 
 For the last ``retriever.mine_positions`` steps of each user's train sequence (history =
 the items before the step, positive = the item at it) and for the validation item (history =
-all train items), the candidates are the positive plus the retriever's top-ranked other
-items: what the ranker will be asked to re-order at serving time. Each candidate carries the
-retriever's log-lift (``retrieval_scores``), the ranker's retrieval prior.
+all train items), the candidates are the retriever's top-N: what the ranker will be asked to
+re-order at serving time. As in LlamaRec, only steps whose positive is in that top-N become
+examples: appending a missed positive would make every other candidate a top-ranked negative,
+so within a list the retriever's score would anti-correlate with the label (measured: its
+learned weight went negative) while at serving time the positive, when there, is just one of
+the top-N. Each candidate carries the retriever's log-lift (``retrieval_scores``), the
+ranker's retrieval prior.
 
 Written in the examples layout of :mod:`rayrec.data.schema` (plus ``retrieval_scores``) under
 ``<retriever_dir>/examples/{train,valid}``; ``train.examples: retriever`` trains on them.
@@ -23,27 +27,24 @@ from rayrec.data.text import render_history
 
 def _examples(retriever, histories, positives, users, n: int, texts: np.ndarray,
               max_history_items: int) -> pd.DataFrame:
-    from rayrec.seqrec.scorer import score_items
-
-    tops = retriever.retrieve(histories, n)
-    cands, scores = [], []
-    for (items, s), pos in zip(tops, positives, strict=True):
-        keep = items != pos
-        cands.append(np.concatenate([[pos], items[keep][: n - 1]]).astype(np.int64))
-        scores.append(s[keep][: n - 1])
-    pos_scores = score_items(retriever.model, histories, [[p] for p in positives])
-    return pd.DataFrame({
-        "user_idx": np.asarray(users, dtype=np.int64),
-        "history": [np.asarray(h, dtype=np.int64) for h in histories],
-        "history_text": [render_history(texts[np.asarray(h[-max_history_items:], dtype=np.int64)].tolist())
-                         for h in histories],
-        "candidates": cands,
-        "labels": [np.eye(1, len(c), dtype=np.float32)[0] for c in cands],
-        "candidate_texts": [texts[c].tolist() for c in cands],
-        "timestamp": np.zeros(len(cands), dtype=np.int64),
-        "retrieval_scores": [np.concatenate([ps, s]).astype(np.float32)
-                             for ps, s in zip(pos_scores, scores, strict=True)],
-    })
+    """One example per (history, positive) whose positive is in the retriever's top-n: the
+    top-n with the positive moved first (the examples layout), and their log-lifts."""
+    rows = []
+    for (items, s), pos, hist, u in zip(retriever.retrieve(histories, n), positives, histories, users,
+                                        strict=True):
+        at = np.flatnonzero(items == pos)
+        if len(at) == 0:
+            continue
+        order = np.concatenate([at, np.flatnonzero(items != pos)])
+        recent = texts[np.asarray(hist[-max_history_items:], dtype=np.int64)].tolist()
+        rows.append({
+            "user_idx": int(u), "history": np.asarray(hist, dtype=np.int64),
+            "history_text": render_history(recent), "candidates": items[order],
+            "labels": np.eye(1, len(items), dtype=np.float32)[0],
+            "candidate_texts": texts[items[order]].tolist(), "timestamp": 0,
+            "retrieval_scores": s[order].astype(np.float32),
+        })
+    return pd.DataFrame(rows)
 
 
 def mine_ranker_examples(cfg) -> dict:
@@ -68,8 +69,11 @@ def mine_ranker_examples(cfg) -> dict:
         ("valid", _examples(retriever, valid["history"].tolist(), valid["target"].astype(int).tolist(),
                             valid["user_idx"].tolist(), n, texts, cfg.model.max_history_items)),
     ):
+        out[split] = len(frame)
+        if frame.empty:  # nothing the retriever found: train.examples auto falls back to sampled
+            continue
         d = Path(cfg.retriever_dir) / EXAMPLES_DIR / split
         d.mkdir(parents=True, exist_ok=True)
         frame.sample(frac=1.0, random_state=cfg.retriever.seed).to_parquet(d / "part-0.parquet", index=False)
-        out[split] = len(frame)
+    out["positions"] = len(pos)
     return {"examples": str(Path(cfg.retriever_dir) / EXAMPLES_DIR), "candidates": n, **out}

@@ -38,7 +38,8 @@ def retrieve_topn(model: SASRec, histories: Sequence[Sequence[int]], n: int,
             logits = h @ vec.T  # (B, n): also the normaliser of every user's scores
             norm = (torch.logsumexp(logits, dim=1) - math.log(model.n_items)).numpy()
             for r in range(len(h)):
-                ex = np.asarray(exclude[s + r], dtype=np.int64)
+                ex = np.array(exclude[s + r], dtype=np.int64)
+                ex = ex[(ex >= 0) & (ex < model.n_items)]  # ids new since training: nothing to drop
                 if index is not None:
                     hits = index.search(h[r].numpy(), n, exclude=set(ex.tolist()))
                     items = np.asarray([i for i, _ in hits], dtype=np.int64)
