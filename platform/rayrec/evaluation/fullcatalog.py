@@ -9,6 +9,7 @@ Protocol, for every user of the split (the reference protocol of ../shared/READM
              retriever    the sequential retriever's top-K (its FAISS index)
              retriever_ranker  the retriever's top-N re-scored by the LoRA ranker, top-K of that
                           (text_retrieval_ranker when no sequential retriever is trained)
+             oracle       synthetic data only: the world's true next-click probability
   a miss     a held-out item that a system did not put in its list scores 0: nothing is
              inserted, so a retrieval miss is a ranking miss
   metrics    HR@K, NDCG@K, MRR within the list, per user, averaged; paired bootstrap 95% CIs
@@ -84,6 +85,27 @@ def text_retrieval_lists(cfg, histories: list[np.ndarray], n: int) -> list[np.nd
             out.append(np.zeros(0, dtype=np.int64))
             continue
         out.append(np.asarray([i for i, _ in index.search(q, n, exclude=set(h.tolist()))], dtype=np.int64))
+    return out
+
+
+def oracle_lists(cfg, users: pd.DataFrame, items: pd.DataFrame, n: int) -> list[np.ndarray] | None:
+    """Synthetic data only: the world's true next-click probability given the user and their
+    last item (:meth:`SyntheticWorld.next_item_probability`), the best any system can rank.
+    None when the data has no world ground truth."""
+    from rayrec.data.store import load_users
+    from rayrec.data.world import SyntheticWorld
+
+    world_dir = Path(cfg.data_dir) / "world"
+    if not (world_dir / "world.npz").is_file():
+        return None
+    world = SyntheticWorld.load(world_dir)
+    world_item = items["item_id"].astype(int).to_numpy()  # item_idx -> the world's item id
+    raw_user = load_users(cfg.data_dir).set_index("user_idx")["user_id"].astype(int)
+    out = []
+    for u, h in zip(users["user_idx"], users["history"], strict=True):
+        p = world.next_item_probability(int(raw_user[u]), int(world_item[h[-1]]))[world_item].copy()
+        p[h] = -1.0  # seen items are excluded, as for every system
+        out.append(np.argsort(-p, kind="stable")[:n].astype(np.int64))
     return out
 
 
@@ -164,6 +186,10 @@ def run_full_catalog(cfg) -> dict[str, Any]:
         top_n = [(c[: ec.rank_depth], None if s is None else s[: ec.rank_depth]) for c, s in retrieved]
         name = f"{source}_ranker"
         lists[name], seconds[name] = _timed(lambda: ranker_lists(cfg, users, top_n, items, checkpoint))
+    if ec.baselines:
+        oracle, t_oracle = _timed(lambda: oracle_lists(cfg, users, items, depth))
+        if oracle is not None:
+            lists["oracle"], seconds["oracle"] = oracle, t_oracle
     models = list(lists)
 
     rows = []
@@ -182,7 +208,7 @@ def run_full_catalog(cfg) -> dict[str, Any]:
                                                                      len(items), len(all_users)).items()}
     main = f"ndcg@{10 if 10 in ks else ks[-1]}"
     ndcg = {m: per_user[per_user["model"] == m].sort_values("user_idx")[main].to_numpy() for m in models}
-    pairs = [(m, b) for m in models if m not in BASELINES for b in BASELINES if b in models]
+    pairs = [(m, b) for m in models if m not in (*BASELINES, "oracle") for b in BASELINES if b in models]
     pairs += [(m, m.removesuffix("_ranker")) for m in models if m.endswith("_ranker")]
     comparisons = {f"{a}_vs_{b}": {"metric": main, **paired_bootstrap(ndcg[a], ndcg[b], ec.bootstrap, ec.seed)}
                    for a, b in pairs}
@@ -201,6 +227,7 @@ def run_full_catalog(cfg) -> dict[str, Any]:
             "popularity": "train-split interaction counts",
             "als": f"implicit ALS tuned on validation NDCG@10: {notes.get('als')}",
             "text_retrieval": "MiniLM item-text embeddings, recency-weighted history query (FAISS)",
+            "oracle": "synthetic world's true next-click probability (the best possible ranking)",
             "retriever": f"sequential retriever (SASRec) at {cfg.retriever_model_dir}",
             f"{source}_ranker": f"{source} top-{ec.rank_depth} re-scored by {cfg.model.kind} on "
                                 f"{cfg.model.backbone}, checkpoint {checkpoint}",
