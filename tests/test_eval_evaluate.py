@@ -213,6 +213,7 @@ def test_run_evaluation_retrieval_through_ray(ray_cluster, tmp_path, tiny_bert):
 def test_run_evaluation_uses_latest_checkpoint(tmp_path, tiny_bert):
     import torch
     from rayrec.models.ranker import build_ranker, load_ranker, save_ranker
+    from rayrec.train.checkpoint import write_manifest
 
     write_tiny_dataset(tmp_path / "data")
     cfg = _cfg(tmp_path, tiny_bert, **{"evaluate.require_checkpoint": True, "evaluate.scoring": "local"})
@@ -222,6 +223,7 @@ def test_run_evaluation_uses_latest_checkpoint(tmp_path, tiny_bert):
             p.add_(torch.randn_like(p))
     for step in (1, 7):
         save_ranker(Path(cfg.checkpoint_dir) / f"step_{step:08d}" / "model", cfg.model, model, collator)
+        write_manifest(str(Path(cfg.checkpoint_dir) / f"step_{step:08d}"))
     res = run_evaluation(cfg)
     assert "step_00000007" in res["protocol"]["models"]["ranker"]
     # The evaluation's ranker metrics are those of this checkpoint's scores.

@@ -20,7 +20,10 @@ def test_actor_persists_and_restores_state(ray_cluster, tmp_path):
     for t in range(5):
         slate = ray.get(actor.select.remote(np.zeros(6), 2, feats, arms, None, f"r{t}"))
         assert len(slate.indices) == 2 and np.all(slate.propensities == 1.0)
-        assert ray.get(actor.record_feedback.remote(f"r{t}", int(arms[slate.indices[0]]), 1.0))
+        shown = int(arms[slate.indices[0]])
+        assert ray.get(actor.record_feedback.remote(f"r{t}", shown, 1.0)) == "recorded"
+        # A replay (even with a huge reward) is acknowledged and ignored: one reward per item.
+        assert ray.get(actor.record_feedback.remote(f"r{t}", shown, 1e6)) == "duplicate"
         assert not ray.get(actor.record_feedback.remote(f"r{t}", 999, 1.0))  # not shown
         assert ray.get(actor.finalize.remote(f"r{t}"))
     pending = ray.get(actor.select.remote(np.zeros(6), 2, feats, arms, None, "open"))

@@ -171,3 +171,22 @@ def test_retrieval_prior_is_a_second_learned_prior(tiny_dir):
     both = ranker.score(HIST, CANDS, priors)
     for t, b, p in zip(text, both, priors, strict=True):
         np.testing.assert_allclose(b, t + p[:, 0] + 0.5 * p[:, 1], atol=1e-5)
+
+
+def test_ranker_on_mined_lists_starts_as_the_retrievers_order(tiny_dir):
+    """start_from_retrieval: weights (popularity 0, retrieval 1) and a zero head, so before any
+    step the ranker's scores are the retriever's log-lift exactly (what training improves on)."""
+    from rayrec.models.prior import ranker_priors
+
+    cfg = ModelConfig(backbone=make_tiny_backbone("bert", tiny_dir / "bert_s"), max_length=40,
+                      retrieval_prior=True)
+    ranker = load_ranker(cfg, None)
+    ranker.model.start_from_retrieval()
+    np.testing.assert_allclose(ranker.prior_weights, [0.0, 1.0])
+    retrieval = [np.array([2.0, -1.0, 0.5, 0.0]), np.array([0.1, 0.3, -0.2])]
+    priors = ranker_priors(cfg, popularity_prior(np.arange(10)), [[3, 0, 7, 1], [1, 2, 5]], retrieval)
+    for got, want in zip(ranker.score(HIST, CANDS, priors), retrieval, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    popularity_only = load_ranker(ModelConfig(backbone=cfg.backbone, max_length=40, retrieval_prior=False), None)
+    popularity_only.model.start_from_retrieval()  # no retrieval prior: nothing to start from
+    np.testing.assert_allclose(popularity_only.prior_weights, [1.0])

@@ -188,3 +188,49 @@ def test_text_initialised_vectors_and_sampled_loss(tmp_path) -> None:
     loss = sequence_loss(model.train(), inputs, targets, rc, torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and model.text_proj.weight.grad is not None
+
+
+def test_sliding_windows_cover_every_transition_once_and_hold_validation_on_the_newest() -> None:
+    """A 500-item history in 201-item windows every 200 items: each of its 499 transitions
+    is in exactly one window, the newest window is the last 201 items and alone carries the
+    validation item; stride 0 keeps the newest window only; short histories are one window."""
+    from rayrec.seqrec.data import _user_sequence, window_bounds
+
+    assert window_bounds(500, 201, 200) == [(299, 500), (99, 300), (0, 100)]
+    assert window_bounds(500, 201, 0) == [(299, 500)]
+    assert window_bounds(150, 201, 200) == [(0, 150)]
+    assert window_bounds(402, 201, 200) == [(201, 402), (1, 202), (0, 2)]  # the oldest: one transition
+    assert window_bounds(401, 201, 200) == [(200, 401), (0, 201)]
+    group = pd.DataFrame({"user_idx": 7, "item_idx": list(range(500)) + [999],
+                          "timestamp": list(range(501)), "split": [0] * 500 + [1]})
+    rows = _user_sequence(group.sample(frac=1.0, random_state=0), keep=201, stride=200)
+    assert rows["valid_item"].tolist() == [999, -1, -1]
+    assert list(rows["items"].iloc[0]) == list(range(299, 500))
+    pairs = [(int(a), int(b)) for w in rows["items"] for a, b in zip(w[:-1], w[1:], strict=True)]
+    assert sorted(pairs) == [(i, i + 1) for i in range(499)]
+
+
+def test_cosine_schedule_decays_to_zero_at_the_planned_end() -> None:
+    from rayrec.seqrec.config import RetrieverConfig
+    from rayrec.seqrec.loop import set_lr
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    rc = RetrieverConfig(lr=0.01)
+    assert set_lr(opt, rc, 0.0) == pytest.approx(0.01) and set_lr(opt, rc, 0.5) == pytest.approx(0.005)
+    assert set_lr(opt, rc, 1.0) == pytest.approx(0.0) and opt.param_groups[0]["lr"] == pytest.approx(0.0)
+    assert set_lr(opt, rc.model_copy(update={"lr_schedule": "constant"}), 0.9) == pytest.approx(0.01)
+
+
+def test_a_rerun_with_more_epochs_resumes_from_the_last_checkpoint(trained) -> None:
+    """Same storage path and run name, 10 more epochs: Ray Train restores the last checkpoint
+    (model, optimizer, early-stopping state) and goes on from its epoch. Last in this file:
+    it republishes the module's retriever."""
+    from rayrec.seqrec.trainer import run_retriever_training
+
+    cfg, first = trained
+    done = first["last"]["epoch"]  # 60, or earlier if validation stopped improving
+    assert first["last"]["start_epoch"] == 0 and done % 10 == 0
+    more = run_retriever_training(cfg.model_copy(update={
+        "retriever": cfg.retriever.model_copy(update={"max_epochs": done + 10})}))
+    assert more["last"]["start_epoch"] == done and more["last"]["epoch"] == done + 10
+    assert more["valid_ndcg@10"] >= first["valid_ndcg@10"] - 1e-9  # the best is kept across runs

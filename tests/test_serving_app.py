@@ -144,7 +144,7 @@ def _wait_ranker(url: str, pred, timeout: float = 90.0) -> dict:
     while time.time() < deadline:
         try:
             r = httpx.get(f"{url}/healthz", timeout=10)
-            if r.status_code == 200:
+            if r.status_code in (200, 503):
                 last = r.json()
                 if pred(last["ranker"]):
                     return last
@@ -245,11 +245,48 @@ def test_feedback_round_trip(app_url):
     r = post(app_url, "/feedback", {"request_id": body["request_id"], "item_id": item, "reward": 1.0})
     assert r.status_code == 200, r.text
     assert r.json() == {"request_id": body["request_id"], "item_id": item, "reward": 1.0,
-                        "policy": "ucb1", "recorded": True}
+                        "policy": "ucb1", "recorded": True, "duplicate": False}
+    # Replayed (whatever the reward): acknowledged, ignored, said so; out-of-range: refused.
+    for reward in (1.0, 0.0):
+        r = post(app_url, "/feedback", {"request_id": body["request_id"], "item_id": item, "reward": reward})
+        assert r.status_code == 200 and r.json()["duplicate"] and not r.json()["recorded"], r.text
+    r = post(app_url, "/feedback", {"request_id": body["request_id"], "item_id": body["items"][1]["item_id"],
+                                    "reward": 1000000})
+    assert r.status_code == 422 and "serve.reward_min/max" in r.json()["detail"]
     r = post(app_url, "/feedback", {"request_id": body["request_id"], "item_id": "999999", "reward": 1})
     assert r.status_code == 422 and "not shown" in r.json()["detail"]
     r = post(app_url, "/feedback", {"request_id": "nope", "item_id": item, "reward": 1})
     assert r.status_code == 404 and "unknown or expired request_id" in r.json()["detail"]
+
+
+def test_killed_policy_state_heals_and_keeps_its_learning(app_url):
+    """ray.kill of a policy's named state actor: the next requests succeed, the actor is
+    re-created from its persisted state, /healthz is ready again, feedback is still taken."""
+    import ray
+    from rayrec.serving.bandit import ACTOR_PREFIX, NAMESPACE
+
+    body = post(app_url, "/recommend", {"user_id": "u2", "k": 3, "policy": "ucb1"}).json()
+    assert post(app_url, "/feedback", {"request_id": body["request_id"], "item_id": body["items"][0]["item_id"],
+                                       "reward": 1}).status_code == 200
+    name = f"{ACTOR_PREFIX}:{APP}:ucb1"
+    actor = ray.get_actor(name, namespace=NAMESPACE)
+    assert ray.get(actor.close.remote())  # persist (as its persist_every would), then kill it
+    ray.kill(actor)
+    for _ in range(5):
+        r = post(app_url, "/recommend", {"user_id": "u2", "k": 3, "policy": "ucb1"})
+        assert r.status_code == 200, r.text
+        assert r.json()["degraded_reason"] in (None, "policy_unavailable") or \
+            r.json()["degraded_reason"].startswith("policy_unavailable"), r.json()
+    healed = ray.get_actor(name, namespace=NAMESPACE)
+    stats = ray.get(healed.stats.remote())
+    assert stats["restored"] and stats["total_updates"] >= 1, stats
+    last = r.json()
+    fb = post(app_url, "/feedback", {"request_id": last["request_id"], "item_id": last["items"][0]["item_id"],
+                                     "reward": 1})
+    assert fb.status_code == 200 and fb.json()["recorded"], fb.text
+    health = httpx.get(f"{app_url}/healthz", timeout=10)
+    assert health.status_code == 200 and "error" not in health.json()["policies"]["ucb1"], health.text
+    assert httpx.get(f"{app_url}/livez", timeout=10).json() == {"status": "alive"}
 
 
 def test_healthz_and_openapi_docs(app_url):

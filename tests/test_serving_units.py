@@ -11,7 +11,7 @@ import pytest
 import yaml
 from rayrec.data.schema import FEEDBACK_COLUMNS, IMPRESSION_COLUMNS
 from rayrec.serving.api import BodySizeLimit, key_is_valid, load_api_keys
-from rayrec.serving.eventlog import EventLogWriter, read_events
+from rayrec.serving.eventlog import EventLogFull, EventLogWriter, read_events, read_report
 
 
 def _imp(rid: str, pos: int) -> dict:
@@ -54,6 +54,49 @@ def test_event_log_interval_flush_and_bad_rows(tmp_path):
     with pytest.raises(ValueError, match="missing columns \\['propensity'\\]"):
         w.log_impressions([bad])
     w.close()
+
+
+def _fb(rid: str, item: int) -> dict:
+    return {"request_id": rid, "timestamp": time.time(), "item_idx": item, "item_id": str(item), "reward": 1.0}
+
+
+def test_event_log_storage_failure_loses_nothing_and_bounds_memory(tmp_path, monkeypatch):
+    """Storage fails on the impressions write: the feedback rows (not yet written) go back
+    too; the buffer stops at max_buffered_rows with EventLogFull (the endpoint's 503); after
+    recovery every acknowledged row is on disk, once."""
+    w = EventLogWriter(str(tmp_path), flush_rows=1000, flush_interval_s=60.0, background=False,
+                       max_buffered_rows=6)
+    w.log_impressions([_imp("a", 0), _imp("a", 1)])
+    w.log_feedback([_fb("a", 10), _fb("a", 11)])
+    real = w._write_part
+    monkeypatch.setattr(w, "_write_part", lambda kind, rows: (_ for _ in ()).throw(OSError("disk gone")))
+    with pytest.raises(OSError, match="disk gone"):
+        w.flush()
+    assert w.buffered == 4 and "disk gone" in w.last_error
+    w.log_feedback([_fb("b", 12), _fb("b", 13)])
+    with pytest.raises(EventLogFull, match="max_buffered_rows=6"):
+        w.log_impressions([_imp("c", 0)])
+    monkeypatch.setattr(w, "_write_part", real)
+    assert w.flush() == 6 and w.buffered == 0 and w.last_error is None
+    imps, fb = read_events(str(tmp_path))
+    assert imps["position"].tolist() == [0, 1]
+    assert sorted(fb["item_idx"].tolist()) == [10, 11, 12, 13]
+    w.close()
+
+
+def test_a_garbled_part_file_is_quarantined_and_the_rest_read(tmp_path):
+    w = EventLogWriter(str(tmp_path), flush_rows=1000, flush_interval_s=60.0, background=False)
+    w.log_impressions([_imp("a", 0)])
+    w.flush()
+    w.log_impressions([_imp("b", 0)])
+    w.close()
+    (tmp_path / "impressions" / "part-0-bad-000001.parquet").write_bytes(b"PAR1 not parquet")
+    (tmp_path / "impressions" / "part-1-empty-000001.parquet").write_bytes(b"")
+    imps, _ = read_events(str(tmp_path))
+    assert sorted(imps["request_id"]) == ["a", "b"]
+    assert read_report(str(tmp_path))["impressions_quarantined"] == 2
+    assert read_report(str(tmp_path))["impressions_parts"] == 2
+    assert len(read_events(str(tmp_path))[0]) == 2  # quarantined parts are not read again
 
 
 def test_read_events_on_empty_dir_has_schema_columns(tmp_path):
@@ -141,3 +184,16 @@ def test_serve_configs_validate_and_build(name, raw):
         names = {d.name for d in (app.deployments or [])}
         assert names <= {"Ingress", "Retrieval", "Ranking"}, name
         assert type(built).__name__ == "Application"
+
+
+def test_binding_beyond_loopback_requires_api_keys():
+    from rayrec.runtime import UserFacingError
+    from rayrec.serving.app import check_exposure
+    from rayrec.serving.config import ServeConfig
+
+    check_exposure(ServeConfig())  # 127.0.0.1, keys off: fine
+    check_exposure(ServeConfig(host="0.0.0.0", require_api_key=True))
+    with pytest.raises(UserFacingError, match="serve.require_api_key=true"):
+        check_exposure(ServeConfig(host="0.0.0.0"))
+    with pytest.raises(ValueError, match="reward_min"):
+        ServeConfig(reward_min=2.0, reward_max=1.0)

@@ -11,7 +11,12 @@ import torch
 from rayrec.models.config import ModelConfig
 from rayrec.models.ranker import build_ranker, load_ranker, save_ranker
 from rayrec.models.tiny import make_tiny_backbone
-from rayrec.train.checkpoint import export_serving_artifact, latest_checkpoint
+from rayrec.train.checkpoint import (
+    MANIFEST_FILE,
+    export_serving_artifact,
+    latest_checkpoint,
+    write_manifest,
+)
 from rayrec.train.config import TrainConfig
 from rayrec.train.deepspeed import build_ds_config
 
@@ -37,11 +42,22 @@ def test_latest_checkpoint_picks_newest_complete(trained_ranker, tmp_path):
     assert latest_checkpoint(str(tmp_path / "missing")) is None
     for run, step in (("a", 10), ("a", 20), ("b", 5)):
         save_ranker(tmp_path / run / f"step_{step:08d}" / "model", cfg, model, collator)
+        write_manifest(str(tmp_path / run / f"step_{step:08d}"))
         time.sleep(0.02)
-    (tmp_path / "b" / "step_00000009").mkdir()  # incomplete: no ranker.json
+    # Incomplete ones, newer: no manifest yet (its ranker.json already there); a manifest
+    # whose files are not all there; a torn manifest.
+    for step, damage in ((9, "no-manifest"), (8, "missing-file"), (7, "torn")):
+        d = tmp_path / "b" / f"step_{step:08d}"
+        save_ranker(d / "model", cfg, model, collator)
+        if damage != "no-manifest":
+            write_manifest(str(d))
+        if damage == "missing-file":
+            next(p for p in (d / "model").rglob("*") if p.is_file() and p.name != "ranker.json").unlink()
+        if damage == "torn":
+            (d / MANIFEST_FILE).write_text('{"files": {"model/ran')
     assert latest_checkpoint(str(tmp_path)) == str(tmp_path / "b" / "step_00000005")
     assert latest_checkpoint(str(tmp_path / "a")) == str(tmp_path / "a" / "step_00000020")
-    os.utime(tmp_path / "a" / "step_00000010" / "model" / "ranker.json")
+    os.utime(tmp_path / "a" / "step_00000010" / MANIFEST_FILE)
     assert latest_checkpoint(str(tmp_path / "a")).endswith("step_00000010")
 
 
@@ -76,3 +92,22 @@ def test_ds_config_from_train_config():
     assert build_ds_config(TrainConfig(use_gpu=True), 10, 1)["bf16"]["enabled"] is True
     with pytest.raises(ValueError, match="zero_stage 3"):
         build_ds_config(TrainConfig(deepspeed={"zero_stage": 2, "offload_params": True}), 10, 1)
+
+
+def test_best_checkpoint_prefers_the_recorded_best_over_the_latest(trained_ranker, tmp_path):
+    """run_training records the best by validation; evaluation, serving, export and the
+    feedback loop take it; a stale pointer (its checkpoint deleted) falls back to the latest."""
+    from rayrec.train.checkpoint import best_checkpoint, record_best
+
+    _, cfg, model, collator = trained_ranker
+    assert best_checkpoint(str(tmp_path))[0] is None
+    for step in (10, 20):
+        save_ranker(tmp_path / "run" / f"step_{step:08d}" / "model", cfg, model, collator)
+        write_manifest(str(tmp_path / "run" / f"step_{step:08d}"))
+        time.sleep(0.02)
+    assert best_checkpoint(str(tmp_path)) == (str(tmp_path / "run" / "step_00000020"), f"latest under {tmp_path}")
+    record_best(str(tmp_path), str(tmp_path / "run" / "step_00000010"), "valid_ndcg@10", 0.5)
+    path, how = best_checkpoint(str(tmp_path))
+    assert path == str(tmp_path / "run" / "step_00000010") and "best by valid_ndcg@10 (0.5000)" in how
+    (tmp_path / "run" / "step_00000010" / MANIFEST_FILE).unlink()
+    assert best_checkpoint(str(tmp_path))[0] == str(tmp_path / "run" / "step_00000020")

@@ -77,7 +77,7 @@ def test_zero_training_learns_and_checkpoint_reloads(ray_cluster, toy_run, stage
     name) continues from the finished run's last checkpoint."""
     from rayrec.models.prior import candidate_priors, load_item_prior
     from rayrec.models.ranker import load_ranker
-    from rayrec.train.checkpoint import latest_checkpoint
+    from rayrec.train.checkpoint import best_checkpoint, latest_checkpoint
     from rayrec.train.loop import failure_marker, ranking_metrics
     from rayrec.train.trainer import run_training
 
@@ -96,6 +96,9 @@ def test_zero_training_learns_and_checkpoint_reloads(ray_cluster, toy_run, stage
         assert result.metrics["start_step"] == 0
     assert latest_checkpoint(cfg.checkpoint_dir) == result.checkpoint
     assert Path(result.checkpoint).name == "step_00000032"
+    # Ray kept the best by validation (not only the newest) and evaluation/serving pick it.
+    assert best_checkpoint(cfg.checkpoint_dir)[0] == result.best_checkpoint
+    assert Path(result.best_checkpoint, "manifest.json").is_file()
 
     valid = pd.read_parquet(root / "data" / EXAMPLES_DIR / "valid")
     hist, cands = list(valid.history_text), [list(c) for c in valid.candidate_texts]
@@ -114,3 +117,18 @@ def test_zero_training_learns_and_checkpoint_reloads(ray_cluster, toy_run, stage
             update={"max_steps": 36, "epochs": 5, "checkpoint_every_steps": 4})}))
         assert more.metrics["start_step"] == 32 and more.metrics["step"] == 36
         assert latest_checkpoint(cfg.checkpoint_dir) == more.checkpoint
+
+
+def test_unschedulable_training_fails_at_once_saying_what_is_missing(ray_cluster, toy_run):
+    """4 workers x 1 CPU + 1 CPU for the Ray Data read on a 4-CPU cluster: an error naming the
+    fix, at once, instead of a read back-pressured forever behind workers holding every CPU."""
+    from rayrec.runtime import ClusterResourceError
+    from rayrec.train.trainer import require_schedulable, run_training
+
+    root, backbone = toy_run
+    cfg = _cfg(root, backbone, "unschedulable", num_workers=4, placement_strategy="PACK")
+    with pytest.raises(ClusterResourceError, match="num-cpus") as e:
+        require_schedulable(cfg)
+    assert "'CPU': 5.0" in str(e.value)
+    with pytest.raises(ClusterResourceError):  # before any Ray Data read or worker starts
+        run_training(cfg)

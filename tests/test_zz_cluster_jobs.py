@@ -147,12 +147,16 @@ def test_preprocess_then_train_jobs(job_cluster, tmp_path: Path) -> None:
     status, logs = _submit_and_wait(
         job_cluster,
         f"python jobs/train.py {small} --backbone {backbone} --set train.max_steps=3 "
-        "--set train.batch_size=4 --set train.eval_every_steps=3 --set train.checkpoint_every_steps=3",
+        "--set train.batch_size=4 --set train.eval_every_steps=3 --set train.checkpoint_every_steps=3 "
+        "--set retriever.max_epochs=3 --set retriever.eval_every_epochs=3 --set retriever.mine_candidates=20",
     )
     assert "SUCCEEDED" in status, logs
-    from rayrec.train.checkpoint import latest_checkpoint
+    from rayrec.train.checkpoint import best_checkpoint
 
-    assert latest_checkpoint(str(out / "checkpoints")) is not None
+    # Both stages ran: the retriever was published and the ranker trained on its mined lists.
+    assert (out / "retriever" / "model" / "retriever.json").is_file()
+    assert (out / "retriever" / "examples" / "train").is_dir()
+    assert best_checkpoint(str(out / "checkpoints"))[0] is not None
 
 
 def test_missing_gpu_fails_with_clear_message(job_cluster, tmp_path: Path) -> None:

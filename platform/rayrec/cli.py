@@ -37,16 +37,24 @@ def _preprocess(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 
 def _train(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    """Both stages by default: the retriever (when enabled), then the ranker on its mined lists."""
     from rayrec.runtime import init_ray, require_resources
     from rayrec.train.trainer import run_training
 
     init_ray(cfg.ray)
-    t = cfg.train
-    needs = {k: v * t.num_workers for k, v in t.resources_per_worker.items()}
-    if t.use_gpu:
-        needs["GPU"] = max(needs.get("GPU", 0.0), float(t.num_workers))
-    require_resources(needs, f"training ({t.num_workers} workers, use_gpu={t.use_gpu})")
-    return run_training(cfg)
+    stage = getattr(args, "stage", "all")
+    out: dict[str, Any] = {}
+    if stage in ("all", "ranker"):  # fail before the retriever's minutes if the ranker cannot run
+        t = cfg.train
+        needs = {k: v * t.num_workers for k, v in t.resources_per_worker.items()}
+        if t.use_gpu:
+            needs["GPU"] = max(needs.get("GPU", 0.0), float(t.num_workers))
+        require_resources(needs, f"training ({t.num_workers} workers, use_gpu={t.use_gpu})")
+    if stage in ("all", "retriever") and cfg.retriever.enabled:
+        out["retriever"] = _train_retriever(cfg, args)
+    if stage in ("all", "ranker"):
+        out["ranker"] = run_training(cfg)
+    return out if len(out) != 1 else next(iter(out.values()))
 
 
 def _train_retriever(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
@@ -83,9 +91,9 @@ def _serve(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 
 def _export(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
-    from rayrec.train.checkpoint import export_serving_artifact, latest_checkpoint
+    from rayrec.train.checkpoint import best_checkpoint, export_serving_artifact
 
-    checkpoint = args.checkpoint or latest_checkpoint(cfg.checkpoint_dir)
+    checkpoint = args.checkpoint or best_checkpoint(cfg.checkpoint_dir)[0]
     if checkpoint is None:
         raise SystemExit(f"no checkpoint found under {cfg.checkpoint_dir}; run `rayrec train` first")
     return export_serving_artifact(checkpoint, args.export_dir, merge=args.merge)
@@ -120,9 +128,11 @@ COMMANDS: dict[str, Command] = {
         _preprocess,
     ),
     "train": Command(
-        "LoRA fine-tune the ranker (Ray Train + DeepSpeed ZeRO)",
-        "Fine-tune the configured backbone with LoRA on <out>/data/examples; checkpoints "
-        "(adapter, tokenizer, config, resume state) go to <out>/checkpoints.",
+        "train the retriever, then LoRA fine-tune the ranker (Ray Train + DeepSpeed ZeRO)",
+        "Train the sequential retriever (as train-retriever; skipped with retriever.enabled=false), "
+        "then fine-tune the ranker's backbone with LoRA on the retriever's mined lists (or "
+        "<out>/data/examples, train.examples); checkpoints (adapter, tokenizer, config, resume "
+        "state) go to <out>/checkpoints. --stage ranker|retriever trains one.",
         _train,
     ),
     "train-retriever": Command(
@@ -203,8 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common_flags(p)
         if name == "main":
             p.add_argument("--rebuild", action="store_true", help="rebuild every stage")
+        if name == "train":
+            p.add_argument("--stage", choices=["all", "retriever", "ranker"], default="all",
+                           help="which model to train (default: the retriever, then the ranker)")
         if name == "export":
-            p.add_argument("--checkpoint", help="checkpoint dir (default: latest)")
+            p.add_argument("--checkpoint", help="checkpoint dir (default: the training run's best)")
             p.add_argument("--export-dir", required=True, help="where to write the artifact")
             p.add_argument("--merge", action="store_true", help="merge LoRA into the base weights")
     return parser

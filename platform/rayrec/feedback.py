@@ -78,14 +78,14 @@ def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
     than ``feedback.min_improvement``, and switch the running endpoint to it."""
     from rayrec.evaluation.evaluate import run_evaluation
     from rayrec.runtime import UserFacingError, init_ray
-    from rayrec.train.checkpoint import latest_checkpoint
+    from rayrec.train.checkpoint import best_checkpoint
     from rayrec.train.trainer import run_training
 
     init_ray(cfg.ray)
     promoted_file = Path(cfg.run_dir).expanduser().resolve() / "feedback" / "promoted_checkpoint"
     current = (cfg.serve.checkpoint
                or (promoted_file.read_text().strip() if promoted_file.is_file() else None)
-               or latest_checkpoint(cfg.checkpoint_dir))
+               or best_checkpoint(cfg.checkpoint_dir)[0])
     if current is None:
         raise UserFacingError(f"no current ranker under {cfg.checkpoint_dir}: run `rayrec train` first")
     examples = feedback_examples(cfg)

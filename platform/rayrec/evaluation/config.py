@@ -22,7 +22,7 @@ class EvalConfig(Section):
     rank_retrieved: bool = True  # full: evaluate retriever + ranker when a ranker checkpoint exists
     baselines: bool = True  # full: popularity, ALS and text retrieval beside the system
     max_users: int | None = Field(None, ge=1)
-    checkpoint: str | None = None  # default: latest under the training storage path
+    checkpoint: str | None = None  # default: the training run's best (else latest) checkpoint
     require_checkpoint: bool = True  # False: evaluate the untuned ranker when none is found
     scoring: Literal["auto", "ray", "local"] = "auto"  # auto: Ray Data above local_max_users
     local_max_users: int = Field(64, ge=0)

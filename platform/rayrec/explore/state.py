@@ -87,16 +87,25 @@ class BanditState:
             }
         return slate
 
-    def record_feedback(self, request_id: str, arm: int, reward: float) -> bool:
-        """Add a reward for a shown arm of a pending request; False when unknown/expired."""
+    def record_feedback(self, request_id: str, arm: int, reward: float) -> str:
+        """Set the reward of a shown arm of a pending request, once.
+
+        Returns "recorded"; "duplicate" when this (request, arm) already has its reward (a
+        retry or a replay: acknowledged, ignored, so one caller cannot multiply a reward);
+        "" (falsy) when the request is unknown or expired, or the arm was not shown in it.
+        """
         entry = self.pending.get(request_id)
         if entry is None:
-            return False
+            return ""
         hit = entry["arms"] == int(arm)
         if not hit.any():
-            return False
-        entry["rewards"][hit] += float(reward)
-        return True
+            return ""
+        rewarded = entry.setdefault("rewarded", set())
+        if int(arm) in rewarded:
+            return "duplicate"
+        rewarded.add(int(arm))
+        entry["rewards"][hit] = float(reward)
+        return "recorded"
 
     def finalize(self, request_id: str) -> bool:
         entry = self.pending.pop(request_id, None)

@@ -23,6 +23,7 @@ from rayrec.models.backbone import (
 )
 from rayrec.models.collate import RankerCollator, SeqPlan, scatter_scores
 from rayrec.models.config import ModelConfig
+from rayrec.models.prior import prior_names
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,23 @@ class RankerModel(nn.Module):
         self.head = nn.Linear(hidden, 1) if cfg.kind == "cross_encoder" else None
         # Popularity starts at weight 1 (a strong re-ranker on its own); the retrieval prior at 0,
         # so a ranker trained on examples without retriever scores ignores them when served.
-        init = [1.0] * cfg.popularity_prior + [0.0] * cfg.retrieval_prior
+        self.prior_names = prior_names(cfg)
+        init = [float(n == "popularity") for n in self.prior_names]
         self.prior_weight = nn.Parameter(torch.tensor(init) / PRIOR_GAIN) if init else None
         self.register_buffer("answer_ids", torch.tensor(answer_ids, dtype=torch.long), persistent=False)
+
+    def start_from_retrieval(self) -> None:
+        """Start as the retriever's own order: retrieval prior weight 1, popularity 0 (the
+        retriever already scores it), and a zero cross-encoder head, so the text score starts
+        at 0. Training on the retriever's mined lists then learns what text adds to that order
+        instead of first having to unlearn a popularity ranking."""
+        if "retrieval" not in self.prior_names:
+            return
+        with torch.no_grad():
+            self.prior_weight.copy_(torch.tensor([float(n == "retrieval") for n in self.prior_names]) / PRIOR_GAIN)
+            if self.head is not None:
+                self.head.weight.zero_()
+                self.head.bias.zero_()
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -14,6 +14,9 @@ class RetrieverConfig(Section):
 
     enabled: bool = True  # the main job trains it and retrieval serves known users with it
     max_len: int = Field(200, ge=2)  # most recent items read per user
+    # Longer train histories are also cut into older windows every window_stride items
+    # (seqrec.data); None: max_len (each transition trained once); 0: the newest window only.
+    window_stride: int | None = Field(None, ge=0)
     dim: int = Field(64, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(1, ge=1)
@@ -26,6 +29,9 @@ class RetrieverConfig(Section):
     # id embedding, so items with few or no interactions still get a vector from their text.
     text_init: bool = False
     lr: float = Field(2e-3, gt=0)
+    # cosine: lr decays to 0 by max_epochs or max_minutes, whichever comes first (a final
+    # model that does not jump around between evaluations); constant: SASRec's original.
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(32, ge=1)  # sequences per worker per step
     max_epochs: int = Field(200, ge=1)
@@ -45,4 +51,9 @@ class RetrieverConfig(Section):
     mine_candidates: int = Field(10, ge=2)
     run_name: str = "retriever"
     seed: int = 0
+
+    @property
+    def stride(self) -> int:
+        """The window stride in items (``window_stride`` with None resolved to max_len)."""
+        return self.max_len if self.window_stride is None else self.window_stride
     out: str | None = None  # default: <run_dir>/retriever

@@ -1,7 +1,12 @@
 """Item-id sequences for the retriever, from the preprocessed Parquet.
 
-One row per user: ``items`` (the user's train-split positives, oldest first, at most
-max_len + 1 of the newest) and ``valid_item`` (the held-out validation item, -1 if none).
+One row per training window: ``items`` (max_len + 1 consecutive train-split positives of a
+user, oldest first) and ``valid_item`` (the held-out validation item on the user's newest
+window, -1 on the others and for users without one). A history longer than a window is cut
+into windows ending every ``stride`` items from the newest back, the oldest one shorter, so
+every transition of a long history is trained on, not only its newest max_len (LlamaRec's
+sliding windows); with stride = max_len consecutive windows share one item and each transition
+is trained exactly once (ml-latest-small: 610 users -> 899 windows).
 Built with Ray Data (group the interactions by user), so the same code reads a laptop's
 MovieLens and a cluster's S3 logs; workers turn their shard into padded tensors once.
 """
@@ -15,18 +20,37 @@ import torch
 SEQUENCE_COLUMNS = ["user_idx", "items", "valid_item"]
 
 
-def _user_sequence(group: pd.DataFrame, keep: int) -> pd.DataFrame:
-    """One user's rows (both splits) -> one sequence row. Ties in time: by item (as in
+def window_bounds(n: int, keep: int, stride: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of the windows of at most ``keep`` items over an n-item history, newest
+    first: ends at n, n - stride, ... down to the window that starts at item 0; windows of
+    fewer than 2 items (no transition) are left out. stride 0: the newest window only.
+
+    n=500, keep=201, stride=200: [(299, 500), (99, 300), (0, 100)].
+    """
+    bounds, end = [], n
+    while True:
+        start = max(0, end - keep)
+        if end - start >= 2 or not bounds:
+            bounds.append((start, end))
+        if start == 0 or stride <= 0:
+            return bounds
+        end -= stride
+
+
+def _user_sequence(group: pd.DataFrame, keep: int, stride: int) -> pd.DataFrame:
+    """One user's rows (both splits) -> its window rows. Ties in time: by item (as in
     :func:`load_sequences`, so training and evaluation read the same order)."""
     group = group.sort_values(["timestamp", "item_idx"], kind="stable")
-    train = group[group["split"] == 0]["item_idx"].to_numpy(np.int64)[-keep:]
+    train = group[group["split"] == 0]["item_idx"].to_numpy(np.int64)
     valid = group[group["split"] == 1]["item_idx"].to_numpy(np.int64)
-    return pd.DataFrame({"user_idx": [int(group["user_idx"].iloc[0])], "items": [train],
-                         "valid_item": [int(valid[0]) if len(valid) else -1]})
+    bounds = window_bounds(len(train), keep, stride)
+    held = [int(valid[0]) if len(valid) else -1] + [-1] * (len(bounds) - 1)
+    return pd.DataFrame({"user_idx": int(group["user_idx"].iloc[0]),
+                         "items": [train[s:e] for s, e in bounds], "valid_item": held})
 
 
-def sequence_dataset(data_dir: str, max_len: int):
-    """Ray Dataset of SEQUENCE_COLUMNS, users with at least 2 train positives."""
+def sequence_dataset(data_dir: str, max_len: int, stride: int = 0):
+    """Ray Dataset of SEQUENCE_COLUMNS (windows with at least 2 items; see the module doc)."""
     from rayrec.data import store
 
     def tag(split: int):
@@ -42,7 +66,7 @@ def sequence_dataset(data_dir: str, max_len: int):
     # partitions costs minutes of scheduling on a laptop for a 100k-event log).
     n_parts = max(1, min(200, int(np.ceil(train.count() / 1_000_000))))
     seqs = train.union(valid).groupby("user_idx", num_partitions=n_parts).map_groups(
-        _user_sequence, fn_kwargs={"keep": max_len + 1}, batch_format="pandas")
+        _user_sequence, fn_kwargs={"keep": max_len + 1, "stride": stride}, batch_format="pandas")
     return seqs.filter(lambda row: len(row["items"]) >= 2)
 
 

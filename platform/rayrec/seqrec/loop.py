@@ -30,6 +30,14 @@ def _all_reduce(values: list[float], op=None) -> list[float]:
     return t.tolist()
 
 
+def set_lr(opt: torch.optim.Optimizer, rc: RetrieverConfig, progress: float) -> float:
+    """lr at ``progress`` (0 -> 1) of the planned training: cosine lr * (1 + cos(pi p)) / 2."""
+    lr = rc.lr if rc.lr_schedule == "constant" else rc.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 def validate(model: SASRec, rows: list[dict], metric: str) -> dict[str, float]:
     """Full-catalog HR@K / NDCG@K of each user's validation item (train items excluded),
     summed over this rank's users and all-reduced."""
@@ -82,13 +90,16 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         state.update(saved["state"])
         if rank == 0:
             log.warning("retriever resumed at epoch %d", state["epoch"])
+    resumed_at = state["epoch"]
     gen = torch.Generator().manual_seed(rc.seed * 1000 + rank)
     t0, t_start = time.perf_counter(), time.perf_counter()
     seen, losses = 0, []
+    planned = float(rc.max_epochs)  # epochs the lr schedule spans; max_minutes may shorten it
     while state["epoch"] < rc.max_epochs:
         perm = torch.randperm(len(rows), generator=gen)
         for s in range(steps):  # the hot loop: next-item CE at every position of B sequences
             idx = perm[s * rc.batch_size : (s + 1) * rc.batch_size]
+            set_lr(opt, rc, (state["epoch"] + s / steps) / planned)
             loss = sequence_loss(model, inputs[idx], targets[idx], rc, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -97,12 +108,19 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             seen += len(idx)
         state["epoch"] += 1
         epoch = state["epoch"]
-        out_of_time = rc.max_minutes is not None and time.perf_counter() - t_start > 60 * rc.max_minutes
+        # Every rank must take the same decisions: the slowest rank's clock decides.
+        elapsed = _all_reduce([time.perf_counter() - t_start], dist.ReduceOp.MAX)[0]
+        out_of_time = rc.max_minutes is not None and elapsed > 60 * rc.max_minutes
+        if rc.max_minutes is not None:  # epochs that fit the budget at this pace (this session's)
+            done_here = epoch - resumed_at
+            planned = min(planned, resumed_at + done_here * 60 * rc.max_minutes / max(elapsed, 1e-9))
         last = epoch >= rc.max_epochs or out_of_time
         if epoch % rc.eval_every_epochs and not last:
             continue
         dt = time.perf_counter() - t0
-        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "sequences_per_s": seen * world / dt}
+        metrics = {"epoch": epoch, "start_epoch": resumed_at, "loss": float(np.mean(losses)),
+                   "sequences_per_s": seen * world / dt,
+                   "lr": opt.param_groups[0]["lr"]}
         metrics |= validate(net, rows, rc.early_stopping_metric)
         value = metrics[f"valid_{rc.early_stopping_metric}"]
         if value > state["best"]:

@@ -70,14 +70,15 @@ def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
     per_worker = {"CPU": 1.0, **({"GPU": 1.0} if rc.use_gpu else {})}
     needs = {k: v * rc.num_workers for k, v in per_worker.items()}
     require_resources(needs, f"retriever training ({rc.num_workers} workers, use_gpu={rc.use_gpu})")
-    seqs = sequence_dataset(cfg.data_dir, rc.max_len).materialize()  # before the workers hold CPUs
-    n_users = seqs.count()
-    if n_users < rc.num_workers:
-        raise ValueError(f"{n_users} users with 2+ train items cannot feed {rc.num_workers} workers")
+    seqs = sequence_dataset(cfg.data_dir, rc.max_len, rc.stride).materialize()  # before workers hold CPUs
+    n_windows = seqs.count()
+    if n_windows < rc.num_workers:
+        raise ValueError(f"{n_windows} sequences with 2+ train items cannot feed {rc.num_workers} workers")
+    n_users = len(seqs.unique("user_idx"))
     text = _text_vectors(cfg, n_items) if rc.text_init else None
     warn_if_busy(needs, "retriever training")
-    log.warning("training the retriever on %d users x %d items, %d worker(s)", n_users, n_items,
-                rc.num_workers)
+    log.warning("training the retriever on %d users (%d windows) x %d items, %d worker(s)", n_users,
+                n_windows, n_items, rc.num_workers)
     metric = f"valid_{rc.early_stopping_metric}"
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -105,7 +106,7 @@ def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
     index_dir = build_retriever_index(cfg)
     mined = mine_ranker_examples(cfg)
     return {"model": model_dir, "index": index_dir, "mined": mined, "best_epoch": best_metrics.get("epoch"),
-            metric: value, "users": n_users, "items": n_items,
+            metric: value, "users": n_users, "windows": n_windows, "items": n_items,
             "sequences_per_s": best_metrics.get("sequences_per_s"),
             "last": dict(result.metrics or {}), "run_dir": str(result.path),
             "checkpoint": str(Path(best.path))}

@@ -76,6 +76,9 @@ class FeedbackResponse(BaseModel):
     reward: float
     policy: str
     recorded: bool  # the shared policy state took the reward (learned when the request closes)
+    # This (request_id, item_id) already had its reward: acknowledged and ignored (not learned
+    # from or logged twice), so a retried POST is safe and a replayed one changes nothing.
+    duplicate: bool = False
 
 
 def load_api_keys(env_var: str, path: str | None) -> list[str]:

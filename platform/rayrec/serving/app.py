@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -42,8 +43,8 @@ from rayrec.serving.api import (
     key_is_valid,
     load_api_keys,
 )
-from rayrec.serving.bandit import BanditClient
-from rayrec.serving.eventlog import EventLogWriter
+from rayrec.serving.bandit import BanditClient, PolicyUnavailable
+from rayrec.serving.eventlog import EventLogFull, EventLogWriter
 from rayrec.serving.ranking import RankingDeployment
 from rayrec.serving.retrieval import RetrievalDeployment, RetrievalRequest
 
@@ -66,6 +67,23 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
         msg = "unknown field" if e.get("type") == "extra_forbidden" else e.get("msg", "invalid")
         problems.append(f"{where}: {msg}")
     return JSONResponse(status_code=422, content={"error": "invalid request", "detail": problems})
+
+
+@fastapi_app.exception_handler(EventLogFull)
+async def _event_log_full(request: Request, exc: EventLogFull) -> JSONResponse:
+    """Storage for the event log is failing and the buffer is full: back-pressure, not loss."""
+    _count(request, 503)
+    return JSONResponse(status_code=503, content={"error": "event log unavailable", "detail": str(exc)},
+                        headers={"Retry-After": "5"})
+
+
+@fastapi_app.exception_handler(PolicyUnavailable)
+async def _policy_unavailable(request: Request, exc: PolicyUnavailable) -> JSONResponse:
+    """Feedback while the policy's state is restarting: retry later (it is not lost by retrying:
+    one reward per item)."""
+    _count(request, 503)
+    return JSONResponse(status_code=503, content={"error": "policy state unavailable", "detail": str(exc)},
+                        headers={"Retry-After": "2"})
 
 
 def _count(request: Request, status: int) -> None:
@@ -165,9 +183,17 @@ class RecommenderIngress:
             bandit.close()
 
     # ---- routes ------------------------------------------------------------------------
-    @fastapi_app.get("/healthz")
-    async def healthz(self) -> dict[str, Any]:
-        """Liveness plus what is being served; ``status`` is "degraded" if a stage is unreachable."""
+    @fastapi_app.get("/livez")
+    async def livez(self) -> dict[str, str]:
+        """Liveness only: the ingress answers (restart it if not); says nothing of its dependencies."""
+        return {"status": "alive"}
+
+    @fastapi_app.get("/healthz", responses={503: {"description": "a dependency is unavailable: the "
+                                                  "endpoint serves degraded (same body, status 'degraded')"}})
+    async def healthz(self) -> JSONResponse:
+        """Readiness at full quality: each dependency's state (catalog, ranker, the policy
+        states this replica uses, the event log). 200 when all are up, 503 with the same body
+        when any is not (requests are still answered, degraded)."""
         out: dict[str, Any] = {"status": "ok"}
         for key, call in (("catalog", self.retrieval.catalog_info), ("ranker", self.ranking.info)):
             response = call.remote()
@@ -176,7 +202,15 @@ class RecommenderIngress:
             except Exception as e:
                 response.cancel()
                 out[key], out["status"] = {"error": type(e).__name__}, "degraded"
-        return out
+        ev = self.events
+        out["event_log"] = {"buffered_rows": ev.buffered, "max_buffered_rows": ev.max_buffered_rows,
+                            "rows_written": dict(ev.rows_written), "last_error": ev.last_error}
+        if ev.last_error:
+            out["status"] = "degraded"
+        out["policies"] = await self.bandit.stats()
+        if any("error" in s for s in out["policies"].values()):
+            out["status"] = "degraded"
+        return JSONResponse(jsonable_encoder(out), status_code=200 if out["status"] == "ok" else 503)
 
     @fastapi_app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(_require_key)])
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
@@ -193,34 +227,44 @@ class RecommenderIngress:
     async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
         """Record a reward for an item of a served slate and update the policy's state."""
         item_id = str(req.item_id)
+        self.events.check_capacity()  # 503 before the policy learns what could not be logged
+        lo, hi = self.cfg.serve.reward_min, self.cfg.serve.reward_max
+        if not lo <= req.reward <= hi:
+            self._requests.inc(tags={"route": "feedback", "status": "422"})
+            raise _bad_request(f"reward: must be within [{lo}, {hi}] (serve.reward_min/max), got {req.reward}")
         slate = self._slates.get(req.request_id)
         if slate is not None:
             if item_id not in slate["pos_of"]:
                 self._requests.inc(tags={"route": "feedback", "status": "422"})
                 raise _bad_request(f"item_id {item_id!r} was not shown in request {req.request_id!r}")
             policy, item_idx = slate["policy"], slate["item_idx"][slate["pos_of"][item_id]]
-            recorded = await self.bandit.feedback(policy, req.request_id, item_idx, float(req.reward))
+            if slate["learned"]:
+                status = await self.bandit.feedback(policy, req.request_id, item_idx, float(req.reward))
+            else:  # served greedy while the policy was unavailable: logged, deduplicated here
+                status = "duplicate" if item_id in slate["rewarded"] else "recorded"
+            slate["rewarded"].add(item_id)
         else:  # served by another ingress replica (or expired): the shared policy state knows
             item_idx = await self.retrieval.lookup_item.remote(item_id)
-            policy = None
+            policy, status = None, ""
             if item_idx is not None:
-                policy = await self.bandit.feedback_any(req.request_id, item_idx, float(req.reward))
-            if policy is None:
-                self._requests.inc(tags={"route": "feedback", "status": "404"})
-                raise _bad_request(
-                    f"unknown or expired request_id {req.request_id!r} (or item {item_id!r} not shown in it)", 404)
-            recorded = True
-        self.events.log_feedback([{
-            "request_id": req.request_id, "timestamp": time.time(), "item_idx": int(item_idx),
-            "item_id": item_id, "reward": float(req.reward),
-        }])
+                policy, status = await self.bandit.feedback_any(req.request_id, item_idx, float(req.reward))
+        if not status:
+            self._requests.inc(tags={"route": "feedback", "status": "404"})
+            raise _bad_request(
+                f"unknown or expired request_id {req.request_id!r} (or item {item_id!r} not shown in it)", 404)
+        if status == "recorded":  # a duplicate was acknowledged, not learned or logged again
+            self.events.log_feedback([{
+                "request_id": req.request_id, "timestamp": time.time(), "item_idx": int(item_idx),
+                "item_id": item_id, "reward": float(req.reward),
+            }])
         self._requests.inc(tags={"route": "feedback", "status": "200"})
         return FeedbackResponse(request_id=req.request_id, item_id=item_id, reward=float(req.reward),
-                                policy=policy, recorded=recorded)
+                                policy=policy, recorded=status == "recorded", duplicate=status == "duplicate")
 
     # ---- pipeline ----------------------------------------------------------------------
     async def _recommend(self, req: RecommendRequest) -> RecommendResponse:
         sc = self.cfg.serve
+        self.events.check_capacity(req.k)  # storage down and buffer full: 503, nothing dropped
         if req.k > sc.max_k:
             raise _bad_request(f"k: must be <= {sc.max_k} (serve.max_k), got {req.k}")
         if req.query is not None and len(req.query) > sc.max_text_length:
@@ -256,12 +300,20 @@ class RecommenderIngress:
         weight = self.cfg.explore.diversity_weight if req.diversity is None else req.diversity
         method = req.diversity_method if weight > 0 else "none"
         features = np.asarray(cand["embeddings"], dtype=np.float64)
+        picks, props, policy_fallback = [], [], False
         if len(final):
-            slate = await self.bandit.select(policy, final, req.k, features, np.asarray(cand["item_idx"]),
-                                             request_id, diversity=method, diversity_weight=weight)
-            picks, props = slate.indices.tolist(), slate.propensities.tolist()
-        else:
-            picks, props = [], []
+            try:
+                slate = await self.bandit.select(policy, final, req.k, features, np.asarray(cand["item_idx"]),
+                                                 request_id, diversity=method, diversity_weight=weight)
+                picks, props = slate.indices.tolist(), slate.propensities.tolist()
+            except PolicyUnavailable as e:
+                # The policy's fallback: greedy on the scores, logged with propensity 1 as such.
+                picks = np.argsort(-final, kind="stable")[: req.k].tolist()
+                props, policy_fallback = [1.0] * len(picks), True
+                reason = f"policy_unavailable: {e}" if reason is None else f"{reason}; policy_unavailable"
+                degraded = True
+                self._degraded.inc(tags={"reason": "policy_unavailable"})
+                log.warning("request %s served greedy: %s", request_id, e)
         lat["policy"] = (time.perf_counter() - t_policy) * 1000
 
         items = []
@@ -281,7 +333,7 @@ class RecommenderIngress:
             "propensity": it["propensity"], "n_candidates": len(final), "degraded": degraded,
         } for it, i in zip(items, picks, strict=True)])
         self._remember(request_id, policy, [cand["item_id"][i] for i in picks],
-                       [int(cand["item_idx"][i]) for i in picks])
+                       [int(cand["item_idx"][i]) for i in picks], learned=not policy_fallback)
         lat["total"] = (time.perf_counter() - t_start) * 1000
         for stage, ms in lat.items():
             self._latency.observe(ms, tags={"stage": stage})
@@ -309,9 +361,12 @@ class RecommenderIngress:
             log.warning("ranking failed: %s", str(e)[-2000:])
             return e
 
-    def _remember(self, request_id: str, policy: str, item_ids: list[str], item_idx: list[int]) -> None:
+    def _remember(self, request_id: str, policy: str, item_ids: list[str], item_idx: list[int],
+                  learned: bool = True) -> None:
+        """``learned``: the policy's state holds the request (False: a greedy fallback slate,
+        whose feedback is logged for retraining but not learned by the policy)."""
         self._slates[request_id] = {
-            "policy": policy, "item_idx": item_idx,
+            "policy": policy, "item_idx": item_idx, "learned": learned, "rewarded": set(),
             "pos_of": {iid: p for p, iid in enumerate(item_ids)},
         }
         while len(self._slates) > self.cfg.serve.request_cache_size:
@@ -444,6 +499,20 @@ def deploy_app(app: dict[str, Any], timeout_s: float = 600.0) -> None:
         time.sleep(0.5)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(sc) -> None:
+    """Refuse to bind beyond this machine without API keys (a safe default, not a warning)."""
+    from rayrec.runtime import UserFacingError
+
+    if sc.host not in LOOPBACK and not sc.require_api_key:
+        raise UserFacingError(
+            f"serve.host={sc.host} accepts connections from other machines, but "
+            "serve.require_api_key is false: set serve.require_api_key=true and put the keys in "
+            f"${sc.api_keys_env} (comma separated) or serve.api_keys_file, or bind serve.host=127.0.0.1")
+
+
 def start_app(cfg: RayrecConfig, fault_injection: dict[str, Any] | None = None) -> str:
     """Deploy the endpoint on the connected Ray cluster (HTTP on serve.host:serve.port);
     returns its base URL. An already running Serve instance keeps its HTTP settings.
@@ -451,6 +520,7 @@ def start_app(cfg: RayrecConfig, fault_injection: dict[str, Any] | None = None) 
     The app is deployed declaratively (as `serve deploy` would), so its adapter can be
     switched later without a redeploy (:func:`switch_adapter`)."""
     sc = cfg.serve
+    check_exposure(sc)
     serve.start(http_options={"host": sc.host, "port": sc.port})
     deploy_app(app_config(cfg, fault_injection))
     from ray.serve.context import _get_global_client
@@ -525,7 +595,15 @@ def stop_app(cfg: RayrecConfig) -> None:
 
 
 def run_blocking(cfg: RayrecConfig) -> dict[str, Any]:
-    """`rayrec serve`: deploy, print where, serve until Ctrl-C, then shut down cleanly."""
+    """`rayrec serve`: deploy, print where, serve until Ctrl-C or SIGTERM, then shut down
+    cleanly: the app is deleted (replicas flush their event logs), the policy states persisted,
+    and, when this process started Ray itself, Serve and Ray are stopped (no agents left)."""
+    import signal
+
+    def _terminate(signum, frame):  # SIGTERM (kill, systemd, k8s) takes the Ctrl-C path
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
     url = start_app(cfg)
     print(f"rayrec endpoint: {url}/recommend  (docs: {url}/docs, health: {url}/healthz)", flush=True)
     try:
@@ -534,5 +612,22 @@ def run_blocking(cfg: RayrecConfig) -> dict[str, Any]:
     except KeyboardInterrupt:
         print("stopping the rayrec endpoint...", flush=True)
     finally:
-        stop_app(cfg)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the cleanup short
+        try:
+            stop_app(cfg)
+        finally:
+            _shutdown_local_ray(cfg)
+            signal.signal(signal.SIGTERM, previous)
     return {"url": url, "event_log": cfg.event_log_dir}
+
+
+def _shutdown_local_ray(cfg: RayrecConfig) -> None:
+    """Stop Serve and Ray if this process started them (not when attached to a cluster)."""
+    import ray
+
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return  # a cluster's Serve outlives this client
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()

@@ -4,10 +4,17 @@ Policies learn from feedback, so their state is shared by every ingress replica 
 named Ray actor per policy (``rayrec.explore.state``: the same policy classes and state
 machine the experiments use). Serving adds one thing: the diversity method and weight are
 chosen per request, while the learned per-arm / linear statistics stay shared.
+
+The state heals: an actor that crashes is restarted by Ray (``max_restarts``) and one that is
+killed is re-created on the next call; either way its constructor restores the last persisted
+state. Every call has a timeout (``serve.policy_timeout_s``); a call that cannot be answered
+raises :class:`PolicyUnavailable`, which the endpoint turns into a greedy slate on its own
+scores (propensity 1, ``degraded_reason: policy_unavailable``) instead of an error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -45,7 +52,15 @@ class ServingBanditState(BanditState):
         return self.save()
 
 
-ServingBanditActor = ray.remote(num_cpus=0, max_concurrency=1)(ServingBanditState)
+ServingBanditActor = ray.remote(num_cpus=0, max_concurrency=1, max_restarts=-1)(ServingBanditState)
+
+
+class PolicyUnavailable(RuntimeError):
+    """The policy's state actor did not answer (dead, restarting or too slow)."""
+
+
+async def _resolve(ref):
+    return await ref
 
 
 def state_path(cfg: RayrecConfig, policy: str) -> str:
@@ -62,8 +77,26 @@ class BanditClient:
         self.cfg = cfg
         self.app_name = app_name
         self.seed = seed
+        self.timeout_s = cfg.serve.policy_timeout_s
         self._actors: dict[str, Any] = {}
+        self.recreated = 0  # actors found dead and re-created from their persisted state
 
+    async def _call(self, policy: str, method: str, *args: Any) -> Any:
+        """``actor.method(*args)`` with a timeout; a dead actor is re-created once and retried."""
+        for attempt in range(2):
+            ref = getattr(self.actor(policy), method).remote(*args)
+            try:
+                return await asyncio.wait_for(_resolve(ref), timeout=self.timeout_s)
+            except TimeoutError:
+                raise PolicyUnavailable(f"policy {policy!r} state did not answer in {self.timeout_s}s") from None
+            except ray.exceptions.RayActorError as e:  # killed, crashed, node lost, restarting
+                self._actors.pop(policy, None)
+                if attempt:
+                    raise PolicyUnavailable(f"policy {policy!r} state unavailable: {type(e).__name__}") from None
+                self.recreated += 1
+                log.warning("policy %s state actor unavailable (%s); re-creating it from %s", policy,
+                            type(e).__name__, state_path(self.cfg, policy))
+        raise AssertionError("unreachable")
     def actor(self, policy: str):
         if policy not in self._actors:
             # Detached: the state outlives ingress replicas that come and go with autoscaling.
@@ -77,17 +110,17 @@ class BanditClient:
         self, policy: str, scores: np.ndarray, k: int, features: np.ndarray, arms: np.ndarray,
         request_id: str, diversity: str = "none", diversity_weight: float = 0.0,
     ) -> Slate:
-        return await self.actor(policy).select_with.remote(
-            scores, k, features, arms, request_id, diversity, diversity_weight
-        )
+        return await self._call(policy, "select_with", scores, k, features, arms, request_id,
+                                diversity, diversity_weight)
 
-    async def feedback(self, policy: str, request_id: str, arm: int, reward: float) -> bool:
-        """Record a reward; the policy learns when the request is finalised or expires."""
-        return await self.actor(policy).record_feedback.remote(request_id, arm, reward)
+    async def feedback(self, policy: str, request_id: str, arm: int, reward: float) -> str:
+        """Record a reward ("recorded", "duplicate" or "" if unknown, see
+        BanditState.record_feedback); the policy learns when the request closes or expires."""
+        return await self._call(policy, "record_feedback", request_id, arm, reward)
 
-    async def feedback_any(self, request_id: str, arm: int, reward: float) -> str | None:
+    async def feedback_any(self, request_id: str, arm: int, reward: float) -> tuple[str | None, str]:
         """Feedback for a request another ingress replica served: ask every live policy actor;
-        returns the policy that knew the request, or None."""
+        returns (the policy that knew the request, its answer), or (None, "")."""
         from rayrec.explore.policies import POLICIES
 
         for policy in POLICIES:
@@ -97,12 +130,23 @@ class BanditClient:
                         f"{ACTOR_PREFIX}:{self.app_name}:{policy}", namespace=NAMESPACE)
                 except ValueError:
                     continue
-            if await self._actors[policy].record_feedback.remote(request_id, arm, reward):
-                return policy
-        return None
+            try:
+                status = await self._call(policy, "record_feedback", request_id, arm, reward)
+            except PolicyUnavailable:
+                continue
+            if status:
+                return policy, status
+        return None, ""
 
     async def stats(self) -> dict[str, Any]:
-        return {p: await a.stats.remote() for p, a in self._actors.items()}
+        """Each policy this replica uses: its state's stats, or why it is unavailable."""
+        out: dict[str, Any] = {}
+        for p in list(self._actors):
+            try:
+                out[p] = await self._call(p, "stats")
+            except PolicyUnavailable as e:
+                out[p] = {"error": str(e)}
+        return out
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Persist every policy this replica used (the actors keep running)."""

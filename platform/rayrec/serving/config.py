@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rayrec.configbase import Section
 
@@ -31,6 +31,12 @@ class RankingDeploymentSettings(Section):
 
 class ServeConfig(Section):
     """The composed endpoint."""
+
+    @model_validator(mode="after")
+    def _reward_bounds(self) -> ServeConfig:
+        if self.reward_min > self.reward_max:
+            raise ValueError(f"reward_min ({self.reward_min}) must be <= reward_max ({self.reward_max})")
+        return self
 
     app_name: str = "rayrec"
     route_prefix: str = "/"
@@ -62,6 +68,10 @@ class ServeConfig(Section):
     event_flush_rows: int = Field(64, ge=1)
     event_flush_interval_s: float = Field(2.0, gt=0)
     default_policy: str = "greedy"
+    policy_timeout_s: float = Field(2.0, gt=0)  # each call to a policy's shared state actor
+    # Accepted /feedback rewards (a click is 1); anything outside is a 422, never learned from.
+    reward_min: float = 0.0
+    reward_max: float = 1.0
     # The main job's simulated traffic (logged with a stochastic policy for off-policy evaluation).
     simulate_requests: int = Field(150, ge=0)
     simulate_policy: str = "epsilon_greedy"

@@ -7,8 +7,13 @@ Layout (columns from :mod:`rayrec.data.schema`)::
 
 Each writer (one per ingress replica) buffers rows and writes a new part file when
 ``flush_rows`` rows are buffered, every ``flush_interval_s`` seconds from a background
-thread, and on :meth:`EventLogWriter.close`. A part is written under a temporary name and
-renamed, so readers never see half a file. ``event_log_dir`` may be a local path or a
+thread, and on :meth:`EventLogWriter.close`. A part is written under a temporary name,
+fsynced (local disks) and renamed, so readers never see half a file and an acknowledged row
+survives a crash. A failed write puts every unwritten row back, in order; while storage is
+down the buffer is bounded (``max_buffered_rows``): beyond it ``append`` raises
+:class:`EventLogFull`, which the endpoint answers with 503 (back-pressure: nothing it
+acknowledged is dropped). Readers move a part file they cannot read to ``<kind>/_quarantine/``
+and go on (counted in :func:`read_report`). ``event_log_dir`` may be a local path or a
 pyarrow filesystem URI (``s3://bucket/prefix``).
 """
 
@@ -70,6 +75,10 @@ def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(root))
 
 
+class EventLogFull(RuntimeError):
+    """The buffer is at ``max_buffered_rows`` (storage failing): refuse new rows, keep old ones."""
+
+
 def _check_row(kind: str, row: Mapping[str, Any]) -> None:
     names = _SCHEMAS[kind].names
     missing = [c for c in names if c not in row]
@@ -88,8 +97,11 @@ class EventLogWriter:
         flush_interval_s: float = 2.0,
         writer_id: str | None = None,
         background: bool = True,
+        max_buffered_rows: int = 100_000,
     ) -> None:
         self.root = root
+        self.max_buffered_rows = max_buffered_rows
+        self.last_error: str | None = None
         self.flush_rows = flush_rows
         self.flush_interval_s = flush_interval_s
         self.writer_id = writer_id or uuid.uuid4().hex[:12]
@@ -116,6 +128,7 @@ class EventLogWriter:
         for r in rows:
             _check_row(kind, r)
         with self._lock:
+            self.check_capacity(len(rows))
             self._buffers[kind].extend(rows)
             full = len(self._buffers[kind]) >= self.flush_rows
         if full:
@@ -127,22 +140,38 @@ class EventLogWriter:
     def log_feedback(self, rows: Iterable[Mapping[str, Any]]) -> None:
         self.append(FEEDBACK, rows)
 
+    def check_capacity(self, rows: int = 1) -> None:
+        """Raise EventLogFull now if ``rows`` more would not fit (before acting on a request)."""
+        if self.buffered + rows > self.max_buffered_rows:
+            raise EventLogFull(
+                f"event log buffer full ({self.buffered} rows, max_buffered_rows="
+                f"{self.max_buffered_rows}): storage at {self.root} failing ({self.last_error})")
+
+    @property
+    def buffered(self) -> int:
+        """Rows acknowledged but not yet on storage."""
+        return sum(len(v) for v in self._buffers.values())
+
     def flush(self) -> int:
-        """Write every buffered row now; returns the number of rows written."""
+        """Write every buffered row now; returns the number of rows written. On a storage
+        error every row not written (of this kind and the kinds after it) goes back to the
+        front of its buffer, so a transient failure loses nothing, and the error is raised."""
         with self._write_lock:
             with self._lock:
-                pending = {k: v for k, v in self._buffers.items() if v}
+                pending = [(k, v) for k, v in self._buffers.items() if v]
                 self._buffers = {k: [] for k in _SCHEMAS}
             n = 0
-            for kind, rows in pending.items():
+            for i, (kind, rows) in enumerate(pending):
                 try:
                     self._write_part(kind, rows)
-                except Exception:
-                    # Put the rows back so a transient storage error loses nothing.
+                except Exception as e:
+                    self.last_error = f"{type(e).__name__}: {e}"
                     with self._lock:
-                        self._buffers[kind][:0] = rows
+                        for k, unwritten in pending[i:]:
+                            self._buffers[k][:0] = unwritten
                     raise
                 n += len(rows)
+            self.last_error = None
             return n
 
     def _write_part(self, kind: str, rows: list[Mapping[str, Any]]) -> None:
@@ -151,9 +180,17 @@ class EventLogWriter:
         name = f"part-{int(time.time() * 1000)}-{self.writer_id}-{self._seq:06d}.parquet"
         final = f"{self._base}/{kind}/{name}"
         tmp = f"{self._base}/{kind}/.tmp-{name}"
-        with self._fs.open_output_stream(tmp) as out:
-            pq.write_table(table, out)
-        self._fs.move(tmp, final)
+        if isinstance(self._fs, pafs.LocalFileSystem):
+            with open(tmp, "wb") as out:
+                pq.write_table(table, out)
+                out.flush()
+                os.fsync(out.fileno())  # the bytes are on disk before the name says so
+            os.replace(tmp, final)
+            _fsync_dir(os.path.dirname(final))  # ... and the rename too
+        else:  # object stores: a put is atomic and durable when it returns
+            with self._fs.open_output_stream(tmp) as out:
+                pq.write_table(table, out)
+            self._fs.move(tmp, final)
         self.rows_written[kind] += len(rows)
 
     def _run(self) -> None:
@@ -176,6 +213,33 @@ class EventLogWriter:
         self.flush()
 
 
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # not supported on this filesystem
+    finally:
+        os.close(fd)
+
+
+QUARANTINE = "_quarantine"
+
+
+def _quarantine(fs: pafs.FileSystem, path: str, kind_dir: str, err: Exception) -> None:
+    """Move an unreadable part aside (kept for inspection, never read again)."""
+    log.warning("event log part %s is unreadable (%s: %s); moved to %s/", path, type(err).__name__,
+                err, QUARANTINE)
+    try:
+        fs.create_dir(f"{kind_dir}/{QUARANTINE}", recursive=True)
+        fs.move(path, f"{kind_dir}/{QUARANTINE}/{path.rsplit('/', 1)[-1]}")
+    except OSError as e:  # read-only storage: skipped now, reported again next time
+        log.warning("could not quarantine %s: %s", path, e)
+
+
 def _read_kind(root: str, kind: str) -> pd.DataFrame:
     schema = _SCHEMAS[kind]
     fs, base = _filesystem(root)
@@ -184,11 +248,27 @@ def _read_kind(root: str, kind: str) -> pd.DataFrame:
         i.path for i in info
         if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.path.endswith(".parquet")
     )
-    if not files:
+    tables = []
+    for f in files:
+        try:
+            tables.append(pq.read_table(f, filesystem=fs, schema=schema))
+        except (OSError, ValueError, pa.ArrowException) as e:  # empty, garbled or foreign part
+            _quarantine(fs, f, f"{base}/{kind}", e)
+    if not tables:
         return schema.empty_table().to_pandas()
-    tables = [pq.read_table(f, filesystem=fs, schema=schema) for f in files]
     df = pa.concat_tables(tables).to_pandas()
     return df.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def read_report(root: str) -> dict[str, int]:
+    """Part files read and quarantined per kind (what off-policy evaluation can trust)."""
+    fs, base = _filesystem(root)
+    out: dict[str, int] = {}
+    for kind in _SCHEMAS:
+        for sub, key in (("", f"{kind}_parts"), (f"/{QUARANTINE}", f"{kind}_quarantined")):
+            info = fs.get_file_info(pafs.FileSelector(f"{base}/{kind}{sub}", allow_not_found=True))
+            out[key] = sum(i.type == pafs.FileType.File and i.base_name.startswith("part-") for i in info)
+    return out
 
 
 def read_events(root: str) -> tuple[pd.DataFrame, pd.DataFrame]:

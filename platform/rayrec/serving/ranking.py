@@ -27,19 +27,19 @@ log = logging.getLogger("ray.serve")
 
 
 def resolve_checkpoint(cfg: RayrecConfig, requested: str | None) -> tuple[str | None, str]:
-    """Pick the adapter: the requested one, else the latest under checkpoint_dir, else none.
+    """Pick the adapter: the requested one, else the training run's best (or latest), else none.
 
     Returns ``(checkpoint_or_None, how_it_was_chosen)``.
     """
     if requested:
         return requested, "configured"
     try:
-        from rayrec.train.checkpoint import latest_checkpoint
+        from rayrec.train.checkpoint import best_checkpoint
     except ImportError:
-        latest_checkpoint = None
-    latest = latest_checkpoint(cfg.checkpoint_dir) if latest_checkpoint else None
-    if latest:
-        return latest, f"latest under {cfg.checkpoint_dir}"
+        return None, f"training extras not installed: untuned backbone {cfg.model.backbone}"
+    found, how = best_checkpoint(cfg.checkpoint_dir)
+    if found:
+        return found, how
     return None, f"no adapter under {cfg.checkpoint_dir}: untuned backbone {cfg.model.backbone}"
 
 

@@ -29,6 +29,7 @@ from rayrec.train.deepspeed import build_ds_config
 log = logging.getLogger("rayrec.train")
 TRAIN_COLUMNS = ["history_text", "candidates", "candidate_texts", "labels"]
 RETRIEVAL_COLUMN = "retrieval_scores"  # mined examples (rayrec.seqrec.mining): the retriever's log-lift
+CHECKPOINT_SCORE = "checkpoint_score"  # what Ray ranks checkpoints by: the validation metric
 
 
 def ranking_metrics(scores: Sequence[np.ndarray], ks: Sequence[int] = (10,)) -> dict[str, list[float]]:
@@ -100,7 +101,7 @@ def _maybe_inject_failure(cfg: RayrecConfig, step: int, rank: int) -> None:
 
 def train_loop_per_worker(loop_cfg: dict) -> None:
     """Ray Train worker entry point. ``loop_cfg``: {"cfg": RayrecConfig dump, "total_steps": int,
-    "has_valid": bool, "item_prior": per-item popularity prior or None}."""
+    "has_valid": bool, "item_prior": per-item popularity prior or None, "examples": examples_source}."""
     import deepspeed
 
     cfg = RayrecConfig.model_validate(loop_cfg["cfg"])
@@ -113,6 +114,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         torch.set_num_threads(tc.torch_threads or os.cpu_count() or 1)
     torch.manual_seed(tc.seed)
     model, collator = build_ranker(cfg.model, seed=tc.seed)
+    if loop_cfg.get("examples") == "retriever":  # re-ordering the retriever's lists: start at its order
+        model.start_from_retrieval()
     if tc.init_from:
         warm_start(model, tc.init_from)
     model.train()  # from_pretrained returns eval mode; LoRA dropout needs train mode
@@ -185,6 +188,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                 log.warning("step %d/%d %s", step, total_steps, " ".join(
                     f"{k}={v:.4g}" for k, v in metrics.items() if k != "step"))
             if do_ckpt or stop:
+                # Ray keeps the keep_checkpoints best by this; one not validated ranks last.
+                metrics[CHECKPOINT_SCORE] = value if do_eval else -math.inf
                 with tempfile.TemporaryDirectory() as tmp:
                     write_checkpoint(tmp, engine, collator, cfg, dict(state), rank)
                     ray.train.report(

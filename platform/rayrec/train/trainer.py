@@ -10,8 +10,14 @@ from typing import Any
 from rayrec.config import RayrecConfig
 from rayrec.data.schema import EXAMPLES_DIR
 from rayrec.models.prior import load_item_prior
-from rayrec.runtime import init_ray, warn_if_busy
-from rayrec.train.loop import RETRIEVAL_COLUMN, TRAIN_COLUMNS, train_loop_per_worker
+from rayrec.runtime import ClusterResourceError, init_ray, warn_if_busy
+from rayrec.train.checkpoint import record_best
+from rayrec.train.loop import (
+    CHECKPOINT_SCORE,
+    RETRIEVAL_COLUMN,
+    TRAIN_COLUMNS,
+    train_loop_per_worker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,29 @@ def plan_steps(n_train: int, cfg: RayrecConfig) -> int:
     return min(total, tc.max_steps) if tc.max_steps else total
 
 
+def require_schedulable(cfg: RayrecConfig) -> None:
+    """Fail at once when the workers would hold every CPU the Ray Data read feeding them needs.
+
+    Each worker holds ``resources_per_worker`` (1 CPU by default) for the whole run, and the
+    examples stream to them through Ray Data tasks that need a CPU of their own: with no CPU
+    left over, the read is back-pressured forever and the run waits without a word.
+    """
+    import ray
+
+    tc = cfg.train
+    per_worker = {"CPU": 1.0, **({"GPU": 1.0} if tc.use_gpu else {}), **tc.resources_per_worker}
+    needs = {k: v * tc.num_workers for k, v in per_worker.items()}
+    needs["CPU"] = needs.get("CPU", 0.0) + 1.0  # one for the Ray Data read feeding the workers
+    have = ray.cluster_resources()
+    short = {k: v for k, v in needs.items() if v > 0 and have.get(k, 0.0) < v}
+    if short:
+        raise ClusterResourceError(
+            f"training with train.num_workers={tc.num_workers} x {per_worker} needs {needs} "
+            f"(workers + 1 CPU for the Ray Data read that feeds them) but the Ray cluster has "
+            f"{ {k: have.get(k, 0.0) for k in short} }: lower train.num_workers or "
+            "train.resources_per_worker, or add capacity (more nodes, `ray start --num-cpus N`)")
+
+
 def run_training(cfg: RayrecConfig) -> TrainResult:
     """Fine-tune the ranker on ``<data_dir>/examples`` with Ray Train + DeepSpeed.
 
@@ -80,6 +109,7 @@ def run_training(cfg: RayrecConfig) -> TrainResult:
 
     init_ray(cfg.ray)
     tc = cfg.train
+    require_schedulable(cfg)
     train_ds = _read_examples(cfg, "train")
     if train_ds is None:
         raise FileNotFoundError(
@@ -105,7 +135,7 @@ def run_training(cfg: RayrecConfig) -> TrainResult:
         train_loop_per_worker,
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"), "total_steps": total_steps,
-            "has_valid": "valid" in datasets, "item_prior": item_prior,
+            "has_valid": "valid" in datasets, "item_prior": item_prior, "examples": examples_source(cfg),
         },
         scaling_config=ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu,
@@ -116,7 +146,11 @@ def run_training(cfg: RayrecConfig) -> TrainResult:
         run_config=RunConfig(
             name=tc.run_name, storage_path=cfg.checkpoint_dir,
             failure_config=FailureConfig(max_failures=tc.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+            # Keep the best by validation (and Ray always keeps the latest, for resuming);
+            # without a validation split, the newest.
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=tc.keep_checkpoints, checkpoint_score_order="max",
+                checkpoint_score_attribute=CHECKPOINT_SCORE if "valid" in datasets else None),
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
@@ -129,7 +163,9 @@ def run_training(cfg: RayrecConfig) -> TrainResult:
     metric = f"valid_{tc.early_stopping_metric}"
     scored = [(m[metric], c) for c, m in (result.best_checkpoints or []) if metric in m]
     if scored:
-        best = _uri(max(scored, key=lambda t: t[0])[1], cfg.checkpoint_dir)
+        value, best_ckpt = max(scored, key=lambda t: t[0])
+        best = _uri(best_ckpt, cfg.checkpoint_dir)
+        record_best(cfg.checkpoint_dir, best, metric, float(value))
     return TrainResult(
         checkpoint=ckpt, metrics=dict(result.metrics or {}), run_dir=str(result.path),
         best_checkpoint=best,
