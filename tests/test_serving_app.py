@@ -296,6 +296,20 @@ def test_healthz_and_openapi_docs(app_url):
     assert r.status_code == 200 and "swagger" in r.text.lower()
     spec = httpx.get(f"{app_url}/openapi.json", timeout=10).json()
     assert {"/recommend", "/feedback", "/healthz"} <= set(spec["paths"])
+    # Every error status the routes return is documented, with the body they send (ErrorBody).
+    from rayrec.serving.api import ErrorBody
+
+    for path, codes in (("/recommend", {"401", "413", "422", "503"}), ("/feedback", {"401", "404", "413", "422", "503"})):
+        responses = spec["paths"][path]["post"]["responses"]
+        assert codes <= set(responses), (path, sorted(responses))
+        for code in codes:
+            assert responses[code]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    for path, body in (("/feedback", {"request_id": "nope", "item_id": "1", "reward": 1}),
+                       ("/feedback", {"request_id": "x", "item_id": "1", "reward": 1, "extra": 1}),
+                       ("/recommend", {"k": 100000})):
+        r = post(app_url, path, body)
+        assert r.status_code in (404, 422), r.text
+        ErrorBody.model_validate(r.json())
 
 
 # ---- bad input ----------------------------------------------------------------------------

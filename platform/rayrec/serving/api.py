@@ -70,6 +70,24 @@ class FeedbackRequest(BaseModel):
     reward: float = Field(ge=-1e6, le=1e6, allow_inf_nan=False)
 
 
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx body of the app: a short phrase and what was wrong (one line, or one
+    line per invalid field for 422 on the request schema)."""
+
+    error: str
+    detail: str | list[str]
+
+
+_ERRORS = {
+    401: "missing or invalid API key",
+    404: "unknown or expired request_id, or the item was not shown in it",
+    413: "request body larger than serve.max_body_bytes",
+    422: "invalid request: the fields named in detail",
+    503: "a dependency (event log storage, policy state) is unavailable; retry after Retry-After",
+}
+ERROR_RESPONSES = {code: {"model": ErrorBody, "description": text} for code, text in _ERRORS.items()}
+
+
 class FeedbackResponse(BaseModel):
     request_id: str
     item_id: str

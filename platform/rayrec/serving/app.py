@@ -21,6 +21,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
+from http import HTTPStatus
 from typing import Any
 
 import numpy as np
@@ -32,9 +33,11 @@ from ray import serve
 from ray.serve import metrics
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayrec.config import RayrecConfig, load_config, validate_config
 from rayrec.serving.api import (
+    ERROR_RESPONSES,
     BodySizeLimit,
     FeedbackRequest,
     FeedbackResponse,
@@ -67,6 +70,17 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
         msg = "unknown field" if e.get("type") == "extra_forbidden" else e.get("msg", "invalid")
         problems.append(f"{where}: {msg}")
     return JSONResponse(status_code=422, content={"error": "invalid request", "detail": problems})
+
+
+@fastapi_app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """HTTPException bodies in the one documented shape (ErrorBody), headers kept."""
+    try:
+        phrase = HTTPStatus(exc.status_code).phrase.lower()
+    except ValueError:
+        phrase = "error"
+    return JSONResponse(status_code=exc.status_code, content={"error": phrase, "detail": str(exc.detail)},
+                        headers=getattr(exc, "headers", None))
 
 
 @fastapi_app.exception_handler(EventLogFull)
@@ -212,7 +226,8 @@ class RecommenderIngress:
             out["status"] = "degraded"
         return JSONResponse(jsonable_encoder(out), status_code=200 if out["status"] == "ok" else 503)
 
-    @fastapi_app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(_require_key)])
+    @fastapi_app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(_require_key)],
+                      responses={c: ERROR_RESPONSES[c] for c in (401, 413, 422, 503)})
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         """Top-k items for a user and/or history and/or free-text query."""
         try:
@@ -223,7 +238,8 @@ class RecommenderIngress:
         self._requests.inc(tags={"route": "recommend", "status": "200"})
         return out
 
-    @fastapi_app.post("/feedback", response_model=FeedbackResponse, dependencies=[Depends(_require_key)])
+    @fastapi_app.post("/feedback", response_model=FeedbackResponse, dependencies=[Depends(_require_key)],
+                      responses={c: ERROR_RESPONSES[c] for c in (401, 404, 413, 422, 503)})
     async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
         """Record a reward for an item of a served slate and update the policy's state."""
         item_id = str(req.item_id)
@@ -264,9 +280,9 @@ class RecommenderIngress:
     # ---- pipeline ----------------------------------------------------------------------
     async def _recommend(self, req: RecommendRequest) -> RecommendResponse:
         sc = self.cfg.serve
-        self.events.check_capacity(req.k)  # storage down and buffer full: 503, nothing dropped
         if req.k > sc.max_k:
             raise _bad_request(f"k: must be <= {sc.max_k} (serve.max_k), got {req.k}")
+        self.events.check_capacity(req.k)  # storage down and buffer full: 503, nothing dropped
         if req.query is not None and len(req.query) > sc.max_text_length:
             raise _bad_request(f"query: longer than {sc.max_text_length} characters")
         if len(req.history) > sc.max_history_length:
