@@ -38,18 +38,14 @@ def _preprocess(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 def _train(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     """Both stages by default: the retriever (when enabled), then the ranker on its mined lists."""
-    from rayrec.runtime import init_ray, require_resources
-    from rayrec.train.trainer import run_training
+    from rayrec.runtime import init_ray
+    from rayrec.train.trainer import require_schedulable, run_training
 
     init_ray(cfg.ray)
     stage = getattr(args, "stage", "all")
     out: dict[str, Any] = {}
     if stage in ("all", "ranker"):  # fail before the retriever's minutes if the ranker cannot run
-        t = cfg.train
-        needs = {k: v * t.num_workers for k, v in t.resources_per_worker.items()}
-        if t.use_gpu:
-            needs["GPU"] = max(needs.get("GPU", 0.0), float(t.num_workers))
-        require_resources(needs, f"training ({t.num_workers} workers, use_gpu={t.use_gpu})")
+        require_schedulable(cfg)
     if stage in ("all", "retriever") and cfg.retriever.enabled:
         out["retriever"] = _train_retriever(cfg, args)
     if stage in ("all", "ranker"):

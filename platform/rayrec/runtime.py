@@ -48,8 +48,9 @@ class ClusterResourceError(UserFacingError):
     """The Ray cluster lacks a resource the config asks for."""
 
 
-def require_resources(needed: dict[str, float], what: str) -> None:
-    """Fail fast, with a clear message, when the cluster cannot ever satisfy ``needed``."""
+def require_resources(needed: dict[str, float], what: str, hint: str | None = None) -> None:
+    """Fail fast, with a clear message (``hint``: what to do instead), when the cluster cannot
+    ever satisfy ``needed``."""
     available = ray.cluster_resources()
     missing = {k: v for k, v in needed.items() if v > 0 and available.get(k, 0.0) < v}
     if missing:
@@ -57,7 +58,7 @@ def require_resources(needed: dict[str, float], what: str) -> None:
         raise ClusterResourceError(
             f"{what} needs {missing} but the Ray cluster only has {have} "
             f"(cluster total: CPU={available.get('CPU', 0)}, GPU={available.get('GPU', 0)}). "
-            "Use a config for this cluster (e.g. train.use_gpu=false) or add nodes."
+            + (hint or "Use a config for this cluster (e.g. train.use_gpu=false) or add nodes.")
         )
 
 

@@ -51,9 +51,9 @@ class RetrieverConfig(Section):
     mine_candidates: int = Field(10, ge=2)
     run_name: str = "retriever"
     seed: int = 0
+    out: str | None = None  # default: <run_dir>/retriever
 
     @property
     def stride(self) -> int:
         """The window stride in items (``window_stride`` with None resolved to max_len)."""
         return self.max_len if self.window_stride is None else self.window_stride
-    out: str | None = None  # default: <run_dir>/retriever

@@ -6,7 +6,7 @@ window, -1 on the others and for users without one). A history longer than a win
 into windows ending every ``stride`` items from the newest back, the oldest one shorter, so
 every transition of a long history is trained on, not only its newest max_len (LlamaRec's
 sliding windows); with stride = max_len consecutive windows share one item and each transition
-is trained exactly once (ml-latest-small: 610 users -> 899 windows).
+is trained exactly once (ml-latest-small: 610 users -> 892 windows).
 Built with Ray Data (group the interactions by user), so the same code reads a laptop's
 MovieLens and a cluster's S3 logs; workers turn their shard into padded tensors once.
 """

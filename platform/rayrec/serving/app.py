@@ -61,6 +61,11 @@ fastapi_app = FastAPI(
 fastapi_app.add_middleware(BodySizeLimit)
 
 
+def _error(status: int, error: str, detail, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Every error the app sends: the one documented body (``api.ErrorBody``)."""
+    return JSONResponse(status_code=status, content={"error": error, "detail": detail}, headers=headers)
+
+
 @fastapi_app.exception_handler(RequestValidationError)
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     _count(request, 422)
@@ -69,35 +74,33 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
         msg = "unknown field" if e.get("type") == "extra_forbidden" else e.get("msg", "invalid")
         problems.append(f"{where}: {msg}")
-    return JSONResponse(status_code=422, content={"error": "invalid request", "detail": problems})
+    return _error(422, "invalid request", problems)
 
 
 @fastapi_app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """HTTPException bodies in the one documented shape (ErrorBody), headers kept."""
+    """HTTPException bodies in the one documented shape, headers kept."""
     try:
         phrase = HTTPStatus(exc.status_code).phrase.lower()
     except ValueError:
         phrase = "error"
-    return JSONResponse(status_code=exc.status_code, content={"error": phrase, "detail": str(exc.detail)},
-                        headers=getattr(exc, "headers", None))
+    return _error(exc.status_code, phrase, str(exc.detail), getattr(exc, "headers", None))
 
 
-@fastapi_app.exception_handler(EventLogFull)
-async def _event_log_full(request: Request, exc: EventLogFull) -> JSONResponse:
-    """Storage for the event log is failing and the buffer is full: back-pressure, not loss."""
+# A dependency that is down answers 503 + Retry-After, never a 500: the event log's storage
+# (buffer full: back-pressure, not loss) or a policy's state (restarting: retrying is safe,
+# one reward per item).
+_UNAVAILABLE = {EventLogFull: ("event log unavailable", "5"), PolicyUnavailable: ("policy state unavailable", "2")}
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     _count(request, 503)
-    return JSONResponse(status_code=503, content={"error": "event log unavailable", "detail": str(exc)},
-                        headers={"Retry-After": "5"})
+    error, retry_after = _UNAVAILABLE[type(exc)]
+    return _error(503, error, str(exc), {"Retry-After": retry_after})
 
 
-@fastapi_app.exception_handler(PolicyUnavailable)
-async def _policy_unavailable(request: Request, exc: PolicyUnavailable) -> JSONResponse:
-    """Feedback while the policy's state is restarting: retry later (it is not lost by retrying:
-    one reward per item)."""
-    _count(request, 503)
-    return JSONResponse(status_code=503, content={"error": "policy state unavailable", "detail": str(exc)},
-                        headers={"Retry-After": "2"})
+for _exc in _UNAVAILABLE:
+    fastapi_app.add_exception_handler(_exc, _unavailable)
 
 
 def _count(request: Request, status: int) -> None:

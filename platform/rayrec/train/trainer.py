@@ -10,7 +10,7 @@ from typing import Any
 from rayrec.config import RayrecConfig
 from rayrec.data.schema import EXAMPLES_DIR
 from rayrec.models.prior import load_item_prior
-from rayrec.runtime import ClusterResourceError, init_ray, warn_if_busy
+from rayrec.runtime import init_ray, require_resources, warn_if_busy
 from rayrec.train.checkpoint import record_best
 from rayrec.train.loop import (
     CHECKPOINT_SCORE,
@@ -75,27 +75,27 @@ def plan_steps(n_train: int, cfg: RayrecConfig) -> int:
     return min(total, tc.max_steps) if tc.max_steps else total
 
 
+def worker_resources(cfg: RayrecConfig) -> dict[str, float]:
+    """What one training worker holds for the whole run."""
+    tc = cfg.train
+    return {"CPU": 1.0, **({"GPU": 1.0} if tc.use_gpu else {}), **tc.resources_per_worker}
+
+
 def require_schedulable(cfg: RayrecConfig) -> None:
     """Fail at once when the workers would hold every CPU the Ray Data read feeding them needs.
 
-    Each worker holds ``resources_per_worker`` (1 CPU by default) for the whole run, and the
-    examples stream to them through Ray Data tasks that need a CPU of their own: with no CPU
-    left over, the read is back-pressured forever and the run waits without a word.
+    The examples stream to the workers through Ray Data tasks that need a CPU of their own:
+    with none left over, the read is back-pressured forever and the run waits without a word.
     """
-    import ray
-
     tc = cfg.train
-    per_worker = {"CPU": 1.0, **({"GPU": 1.0} if tc.use_gpu else {}), **tc.resources_per_worker}
+    per_worker = worker_resources(cfg)
     needs = {k: v * tc.num_workers for k, v in per_worker.items()}
     needs["CPU"] = needs.get("CPU", 0.0) + 1.0  # one for the Ray Data read feeding the workers
-    have = ray.cluster_resources()
-    short = {k: v for k, v in needs.items() if v > 0 and have.get(k, 0.0) < v}
-    if short:
-        raise ClusterResourceError(
-            f"training with train.num_workers={tc.num_workers} x {per_worker} needs {needs} "
-            f"(workers + 1 CPU for the Ray Data read that feeds them) but the Ray cluster has "
-            f"{ {k: have.get(k, 0.0) for k in short} }: lower train.num_workers or "
-            "train.resources_per_worker, or add capacity (more nodes, `ray start --num-cpus N`)")
+    require_resources(
+        needs, f"training (train.num_workers={tc.num_workers} x {per_worker}, + 1 CPU for the Ray "
+        "Data read that feeds them)",
+        hint="Lower train.num_workers or train.resources_per_worker (or train.use_gpu=false), or add "
+        "capacity (more nodes, `ray start --num-cpus N`).")
 
 
 def run_training(cfg: RayrecConfig) -> TrainResult:
@@ -129,8 +129,7 @@ def run_training(cfg: RayrecConfig) -> TrainResult:
     item_prior = load_item_prior(cfg.data_dir) if cfg.model.popularity_prior else None
     log.warning("training %s for %d steps on %d worker(s), %s examples", cfg.model.backbone,
                 total_steps, tc.num_workers, examples_source(cfg))
-    per_worker = {"CPU": 1.0, **({"GPU": 1.0} if tc.use_gpu else {}), **tc.resources_per_worker}
-    warn_if_busy({k: v * tc.num_workers for k, v in per_worker.items()}, "training")
+    warn_if_busy({k: v * tc.num_workers for k, v in worker_resources(cfg).items()}, "training")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
