@@ -156,7 +156,7 @@ def endpoint_latency(cfg, users: list[str], n: int) -> dict:
     import httpx
     from ray import serve
     from rayrec.retrieval.index import build_index
-    from rayrec.serving.app import start_app, stop_app
+    from rayrec.serving.control import start_app, stop_app
 
     cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={
         "use_ranker": False, "port": _free_port(), "app_name": "bench_retriever",

@@ -241,3 +241,16 @@ def test_run_evaluation_uses_latest_checkpoint(tmp_path, tiny_bert):
     ranks = [int((s > s[0]).sum() + (s == s[0]).sum() - 1) for s in text_only]
     got = pd.read_parquet(res["files"]["per_user"]).query("model == 'ranker_text_only'").sort_values("user_idx")
     assert got["rank"].astype(int).tolist() == ranks
+
+
+def test_scoring_that_cannot_be_scheduled_fails_at_once(ray_cluster):
+    """Scoring actors the cluster can never hold: a clear error naming the fields, not a wait."""
+    from rayrec.config import load_config
+    from rayrec.evaluation.evaluate import scoring_on_ray
+    from rayrec.runtime import ClusterResourceError
+
+    cfg = load_config(None, {"evaluate.scoring": "ray", "evaluate.scoring_actors": 3, "evaluate.scoring_cpus": 2})
+    with pytest.raises(ClusterResourceError, match=r"evaluate.scoring_actors=3 x evaluate.scoring_cpus=2"):
+        scoring_on_ray(cfg, 10)
+    local = load_config(None, {"evaluate.scoring": "auto", "evaluate.local_max_users": 50})
+    assert scoring_on_ray(local, 10) is False

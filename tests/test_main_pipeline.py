@@ -50,7 +50,7 @@ def test_main_job_end_to_end_and_reuse(ray_cluster, tmp_path: Path) -> None:
     # -> promote -> switch the running endpoint, while requests keep flowing.
     from rayrec.data.store import load_users
     from rayrec.feedback import feedback_examples, run_feedback_loop
-    from rayrec.serving.app import start_app, stop_app
+    from rayrec.serving.control import start_app, stop_app
 
     examples = feedback_examples(cfg)
     assert len(examples) > 0

@@ -137,7 +137,7 @@ def test_endpoint_top_k_equals_offline_evaluation(trained, tmp_path) -> None:
     from rayrec.evaluation.fullcatalog import run_full_catalog
     from rayrec.models.tiny import make_tiny_backbone
     from rayrec.retrieval.index import build_index
-    from rayrec.serving.app import start_app, stop_app
+    from rayrec.serving.control import start_app, stop_app
 
     cfg, _ = trained
     backbone = make_tiny_backbone("bert", tmp_path / "tiny_bert")

@@ -4,19 +4,17 @@ exercised over HTTP with a tiny backbone, a tiny catalog and a tiny index."""
 from __future__ import annotations
 
 import contextlib
-import json
 import pickle
-import socket
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
+
+from serving_support import API_KEY, N_ITEMS, free_port, make_serving_env, post, wait_ranker  # noqa: E402
 
 pytestmark = pytest.mark.slow  # one app start-up (~50 s on 2 cores) shared by the module
 
@@ -24,100 +22,12 @@ APP = "rayrec_serving_test"
 PREFIX = "/rst"
 AUTH_APP = "rayrec_serving_auth_test"
 AUTH_PREFIX = "/rst_auth"
-API_KEY = "test-key-0123456789"
-CATEGORIES = ["Comedy", "Drama", "Sci-Fi", "Horror"]
-N_ITEMS, N_USERS = 40, 8
-
-
-def _needs(*modules: str) -> None:
-    import importlib
-
-    for m in modules:
-        try:
-            importlib.import_module(m)
-        except ImportError as e:
-            pytest.skip(f"{m} has not landed yet ({e})")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_tiny_dataset(data_dir: Path) -> None:
-    """A catalog, users and histories in the layout of rayrec.data.schema."""
-    from rayrec.data import schema
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    cats = [CATEGORIES[i % len(CATEGORIES)] for i in range(N_ITEMS)]
-    titles = [f"{c} Story {i}" for i, c in enumerate(cats)]
-    items = pd.DataFrame({
-        "item_idx": np.arange(N_ITEMS, dtype=np.int64),
-        "item_id": [str(1000 + i) for i in range(N_ITEMS)],
-        "title": titles,
-        "category": cats,
-        "text": [f"{t} | Genres: {c}" for t, c in zip(titles, cats, strict=True)],
-        "popularity": np.arange(N_ITEMS, 0, -1).astype(np.int64),  # item 0 most popular
-    })
-    items.to_parquet(data_dir / schema.ITEMS_FILE, index=False)
-    users = pd.DataFrame({
-        "user_idx": np.arange(N_USERS, dtype=np.int64),
-        "user_id": [f"u{i}" for i in range(N_USERS)],
-        "n_train": np.full(N_USERS, 5, dtype=np.int64),
-    })
-    users.to_parquet(data_dir / schema.USERS_FILE, index=False)
-    hist = pd.DataFrame({
-        "user_idx": np.arange(N_USERS, dtype=np.int64),
-        # user i likes category i % 4: five items of it
-        "history": [[int(j) for j in range(i % 4, N_ITEMS, 4)][:5] for i in range(N_USERS)],
-        "valid_item": np.full(N_USERS, -1, dtype=np.int64),
-        "test_item": np.full(N_USERS, -1, dtype=np.int64),
-    })
-    (data_dir / schema.HISTORIES_DIR).mkdir(exist_ok=True)
-    hist.to_parquet(data_dir / schema.HISTORIES_DIR / "part-0.parquet", index=False)
-    (data_dir / schema.MANIFEST_FILE).write_text(
-        json.dumps({"schema_version": schema.SCHEMA_VERSION, "counts": {"items": N_ITEMS, "users": N_USERS}})
-    )
 
 
 @pytest.fixture(scope="module")
 def serving_env(tmp_path_factory, ray_cluster):
     """Tiny dataset + backbone + index + two adapter versions; returns build_app overrides."""
-    _needs("rayrec.models.ranker", "rayrec.models.tiny", "rayrec.retrieval.index", "rayrec.data.text")
-    from rayrec.config import load_config
-    from rayrec.models.ranker import build_ranker, save_ranker
-    from rayrec.models.tiny import make_tiny_backbone
-    from rayrec.retrieval.index import build_index
-
-    root = tmp_path_factory.mktemp("serving")
-    backbone = make_tiny_backbone("bert", root / "tiny_bert")
-    overrides = {
-        "run_dir": str(root / "run"),
-        "model.backbone": str(backbone),
-        "model.max_length": 64,
-        "serve.ranking.num_cpus": 0.5,
-        "serve.ranking.autoscaling.min_replicas": 1,
-        "serve.ranking.autoscaling.max_replicas": 1,
-        "serve.retrieval_num_cpus": 0.25,
-        "serve.ingress_num_cpus": 0.1,
-        "serve.rank_candidates": 12,
-        "serve.max_k": 20,
-        "serve.max_body_bytes": 4096,
-        "serve.rank_timeout_s": 4.0,  # generous: the test machine is shared
-        "serve.event_flush_rows": 1000,
-        "serve.event_flush_interval_s": 60.0,  # only shutdown flushes: the test checks that path
-        "serve.api_keys_file": str(root / "keys.txt"),
-    }
-    cfg = load_config(None, overrides)
-    write_tiny_dataset(Path(cfg.data_dir))
-    build_index(cfg)
-    adapters = {}
-    for seed in (1, 2):
-        model, collator = build_ranker(cfg.model, seed=seed)
-        adapters[seed] = save_ranker(root / f"adapter_v{seed}", cfg.model, model, collator)
-    (root / "keys.txt").write_text(f"# test keys\n{API_KEY}\n")
-    return {"overrides": overrides, "cfg": cfg, "adapters": adapters, "root": root}
+    return make_serving_env(tmp_path_factory.mktemp("serving"))
 
 
 def _app_cfg(env: dict, checkpoint: str | None = None):
@@ -133,25 +43,10 @@ def _app_cfg(env: dict, checkpoint: str | None = None):
 def _deploy(env: dict, fault_injection: dict) -> None:
     """Redeploy the test app with test-only fault injection (a ranking user_config change:
     the replicas reconfigure in place)."""
-    from rayrec.serving.app import app_config, deploy_app
+    from rayrec.serving.app import app_config
+    from rayrec.serving.control import deploy_app
 
     deploy_app(app_config(_app_cfg(env), fault_injection), timeout_s=300)
-
-
-def _wait_ranker(url: str, pred, timeout: float = 90.0) -> dict:
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        try:
-            r = httpx.get(f"{url}/healthz", timeout=10)
-            if r.status_code in (200, 503):
-                last = r.json()
-                if pred(last["ranker"]):
-                    return last
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"ranker never reached the expected state; last healthz {last}")
 
 
 @pytest.fixture(scope="module")
@@ -160,24 +55,20 @@ def app_url(serving_env):
     from rayrec.explore.policies import POLICIES
     from rayrec.serving.bandit import kill_state_actors
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     from ray.serve.context import _get_global_client
 
     port = _get_global_client().http_config.port  # an already running Serve keeps its port
-    from rayrec.serving.app import start_app
+    from rayrec.serving.control import start_app
 
     start_app(_app_cfg(serving_env))
     url = f"http://127.0.0.1:{port}{PREFIX}"
-    _wait_ranker(url, lambda r: r["version"] == serving_env["adapters"][1])
+    wait_ranker(url, lambda r: r["version"] == serving_env["adapters"][1])
     yield url
     with contextlib.suppress(Exception):
         serve.delete(APP)
     kill_state_actors(APP, list(POLICIES))
-
-
-def post(url, path, body, **kw):
-    return httpx.post(f"{url}{path}", json=body, timeout=30, **kw)
 
 
 # ---- happy paths ---------------------------------------------------------------------------
@@ -254,39 +145,9 @@ def test_feedback_round_trip(app_url):
                                     "reward": 1000000})
     assert r.status_code == 422 and "serve.reward_min/max" in r.json()["detail"]
     r = post(app_url, "/feedback", {"request_id": body["request_id"], "item_id": "999999", "reward": 1})
-    assert r.status_code == 422 and "not shown" in r.json()["detail"]
+    assert r.status_code == 404 and "not shown" in r.json()["detail"]
     r = post(app_url, "/feedback", {"request_id": "nope", "item_id": item, "reward": 1})
     assert r.status_code == 404 and "unknown or expired request_id" in r.json()["detail"]
-
-
-def test_killed_policy_state_heals_and_keeps_its_learning(app_url):
-    """ray.kill of a policy's named state actor: the next requests succeed, the actor is
-    re-created from its persisted state, /healthz is ready again, feedback is still taken."""
-    import ray
-    from rayrec.serving.bandit import ACTOR_PREFIX, NAMESPACE
-
-    body = post(app_url, "/recommend", {"user_id": "u2", "k": 3, "policy": "ucb1"}).json()
-    assert post(app_url, "/feedback", {"request_id": body["request_id"], "item_id": body["items"][0]["item_id"],
-                                       "reward": 1}).status_code == 200
-    name = f"{ACTOR_PREFIX}:{APP}:ucb1"
-    actor = ray.get_actor(name, namespace=NAMESPACE)
-    assert ray.get(actor.close.remote())  # persist (as its persist_every would), then kill it
-    ray.kill(actor)
-    for _ in range(5):
-        r = post(app_url, "/recommend", {"user_id": "u2", "k": 3, "policy": "ucb1"})
-        assert r.status_code == 200, r.text
-        assert r.json()["degraded_reason"] in (None, "policy_unavailable") or \
-            r.json()["degraded_reason"].startswith("policy_unavailable"), r.json()
-    healed = ray.get_actor(name, namespace=NAMESPACE)
-    stats = ray.get(healed.stats.remote())
-    assert stats["restored"] and stats["total_updates"] >= 1, stats
-    last = r.json()
-    fb = post(app_url, "/feedback", {"request_id": last["request_id"], "item_id": last["items"][0]["item_id"],
-                                     "reward": 1})
-    assert fb.status_code == 200 and fb.json()["recorded"], fb.text
-    health = httpx.get(f"{app_url}/healthz", timeout=10)
-    assert health.status_code == 200 and "error" not in health.json()["policies"]["ucb1"], health.text
-    assert httpx.get(f"{app_url}/livez", timeout=10).json() == {"status": "alive"}
 
 
 def test_healthz_and_openapi_docs(app_url):
@@ -299,7 +160,11 @@ def test_healthz_and_openapi_docs(app_url):
     # Every error status the routes return is documented, with the body they send (ErrorBody).
     from rayrec.serving.api import ErrorBody
 
-    for path, codes in (("/recommend", {"401", "413", "422", "503"}), ("/feedback", {"401", "404", "413", "422", "503"})):
+    limits = spec["components"]["schemas"]["RecommendRequest"]["properties"]
+    assert limits["k"]["maximum"] == 20 and limits["history"]["maxItems"] == 200  # from the config
+    assert spec["components"]["schemas"]["FeedbackRequest"]["properties"]["reward"]["maximum"] == 1.0
+    for path in ("/recommend", "/feedback"):
+        codes = {"401", "404", "413", "422", "503"}
         responses = spec["paths"][path]["post"]["responses"]
         assert codes <= set(responses), (path, sorted(responses))
         for code in codes:
@@ -322,9 +187,9 @@ def test_healthz_and_openapi_docs(app_url):
         ({"user_id": "u1", "k": 21}, 422, "k: must be <= 20"),
         ({"user_id": "u1", "colour": "red"}, 422, "colour: unknown field"),
         ({"history": "1001"}, 422, "history: Input should be a valid list"),
-        ({"history": ["1001", "nope"]}, 422, "unknown item ids in history: ['nope']"),
+        ({"history": ["1001", "nope"]}, 404, "unknown item ids in history: ['nope']"),
         ({"query": "x" * 1001}, 422, "query: longer than 1000 characters"),
-        ({"category": "Opera"}, 422, "unknown category 'Opera'; known: ['Comedy', 'Drama'"),
+        ({"category": "Opera"}, 404, "unknown category 'Opera'; known: ['Comedy', 'Drama'"),
         ({"policy": "oracle"}, 422, "policy: Input should be"),
         ({"diversity": 2}, 422, "diversity: Input should be less than or equal to 1"),
     ],
@@ -346,7 +211,7 @@ def test_malformed_json_and_oversized_body(app_url):
 
 def test_auth_on_and_off(app_url, serving_env):
     from rayrec.config import load_config
-    from rayrec.serving.app import start_app, stop_app
+    from rayrec.serving.control import start_app, stop_app
 
     r = post(app_url, "/recommend", {"k": 1})  # the main app has auth off
     assert r.status_code == 200
@@ -371,7 +236,7 @@ def test_auth_on_and_off(app_url, serving_env):
 def test_ranking_failure_and_timeout_fall_back_to_retrieval(app_url, serving_env):
     try:
         _deploy(serving_env, {"raise": True})
-        _wait_ranker(app_url, lambda r: r["fault_injection"].get("raise"))
+        wait_ranker(app_url, lambda r: r["fault_injection"].get("raise"))
         body = post(app_url, "/recommend", {"user_id": "u1", "k": 5}).json()
         assert body["degraded"] is True and body["degraded_reason"] == "ranking_error: RuntimeError"
         assert all(it["scores"]["ranker"] is None for it in body["items"])
@@ -380,7 +245,7 @@ def test_ranking_failure_and_timeout_fall_back_to_retrieval(app_url, serving_env
         assert finals == [it["scores"]["retrieval"] for it in body["items"]]
 
         _deploy(serving_env, {"sleep_s": 30.0})
-        _wait_ranker(app_url, lambda r: r["fault_injection"].get("sleep_s") == 30.0)
+        wait_ranker(app_url, lambda r: r["fault_injection"].get("sleep_s") == 30.0)
         t0 = time.time()
         body = post(app_url, "/recommend", {"user_id": "u1", "k": 5}).json()
         assert time.time() - t0 < 20, "the timeout must cut the slow ranker short"
@@ -388,12 +253,12 @@ def test_ranking_failure_and_timeout_fall_back_to_retrieval(app_url, serving_env
         assert len(body["items"]) == 5
     finally:
         _deploy(serving_env, {})
-        _wait_ranker(app_url, lambda r: not r["fault_injection"])
+        wait_ranker(app_url, lambda r: not r["fault_injection"])
     assert post(app_url, "/recommend", {"user_id": "u1", "k": 5}).json()["degraded"] is False
 
 
 def test_adapter_switch_without_failed_requests(app_url, serving_env):
-    from rayrec.serving.app import switch_adapter
+    from rayrec.serving.control import switch_adapter
 
     v1, v2 = serving_env["adapters"][1], serving_env["adapters"][2]
     results: list[tuple[int, str | None]] = []
@@ -405,14 +270,14 @@ def test_adapter_switch_without_failed_requests(app_url, serving_env):
                 r = c.post(f"{app_url}/recommend", json={"user_id": "u5", "k": 3})
                 results.append((r.status_code, r.json().get("model_version") if r.status_code == 200 else r.text))
 
-    before = _wait_ranker(app_url, lambda r: r["version"] == v1)["ranker"]["replica"]
+    before = wait_ranker(app_url, lambda r: r["version"] == v1)["ranker"]["replica"]
     threads = [threading.Thread(target=load) for _ in range(2)]
     for t in threads:
         t.start()
     try:
         time.sleep(1.0)
         switch = switch_adapter(_app_cfg(serving_env), v2, timeout_s=300)  # what `rayrec feedback` calls
-        after = _wait_ranker(app_url, lambda r: r["version"] == v2)["ranker"]["replica"]
+        after = wait_ranker(app_url, lambda r: r["version"] == v2)["ranker"]["replica"]
         time.sleep(1.0)
     finally:
         stop.set()

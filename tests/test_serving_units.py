@@ -188,8 +188,8 @@ def test_serve_configs_validate_and_build(name, raw):
 
 def test_binding_beyond_loopback_requires_api_keys():
     from rayrec.runtime import UserFacingError
-    from rayrec.serving.app import check_exposure
     from rayrec.serving.config import ServeConfig
+    from rayrec.serving.control import check_exposure
 
     check_exposure(ServeConfig())  # 127.0.0.1, keys off: fine
     check_exposure(ServeConfig(host="0.0.0.0", require_api_key=True))

@@ -79,7 +79,7 @@ def _bandit(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 def _serve(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     from rayrec.runtime import init_ray, require_resources
-    from rayrec.serving.app import run_blocking
+    from rayrec.serving.control import run_blocking
 
     init_ray(cfg.ray)
     require_resources({"GPU": cfg.serve.ranking.num_gpus}, "the ranking deployment")

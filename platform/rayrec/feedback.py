@@ -3,7 +3,7 @@ fine-tuned from the current one → evaluated against it → promoted only when 
 
 Promotion records the new checkpoint in ``<run_dir>/feedback/promoted_checkpoint`` and, when
 the endpoint ``serve.app_name`` runs on the same Ray cluster, switches its ranking replicas to
-it in place (``rayrec.serving.app.switch_adapter``: a ranking user_config change, no dropped
+it in place (``rayrec.serving.control.switch_adapter``: a ranking user_config change, no dropped
 requests).
 
 Examples follow ``rayrec.data.schema.EXAMPLE_COLUMNS``: for every clicked item of a served
@@ -79,9 +79,12 @@ def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
     from rayrec.evaluation.evaluate import run_evaluation
     from rayrec.runtime import UserFacingError, init_ray
     from rayrec.train.checkpoint import best_checkpoint
-    from rayrec.train.trainer import run_training
+    from rayrec.train.trainer import require_schedulable, run_training
 
     init_ray(cfg.ray)
+    # Before any work: the round trains one worker (plus its data feed); evaluation checks its
+    # scoring actors when it starts (scoring_on_ray).
+    require_schedulable(cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 1})}))
     promoted_file = Path(cfg.run_dir).expanduser().resolve() / "feedback" / "promoted_checkpoint"
     current = (cfg.serve.checkpoint
                or (promoted_file.read_text().strip() if promoted_file.is_file() else None)
@@ -128,7 +131,7 @@ def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
         promoted_file.write_text(candidate)
         switch = {"switched": False, "reason": "feedback.switch_endpoint is false"}
         if cfg.feedback.switch_endpoint:
-            from rayrec.serving.app import switch_adapter
+            from rayrec.serving.control import switch_adapter
 
             switch = switch_adapter(cfg, candidate)
     result = {"examples": len(examples), "current": current, "candidate": candidate,

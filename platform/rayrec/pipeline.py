@@ -84,7 +84,7 @@ def serve_and_simulate(cfg: RayrecConfig, n_requests: int | None = None) -> dict
     import httpx
 
     from rayrec.data import store
-    from rayrec.serving.app import start_app, stop_app
+    from rayrec.serving.control import start_app, stop_app
 
     n_requests = cfg.serve.simulate_requests if n_requests is None else n_requests
     url = start_app(cfg)

@@ -156,6 +156,24 @@ def _prior_matrix(rows) -> np.ndarray:
     return np.stack([np.atleast_1d(np.asarray(r, dtype=np.float32)) for r in rows]).reshape(len(rows), -1)
 
 
+def scoring_on_ray(cfg, n_cases: int) -> bool:
+    """Whether ranker scoring runs on Ray Data actors (``evaluate.scoring``: ray, or auto above
+    ``local_max_users``); if so, connect to Ray and fail at once when the actors can never all
+    start (Ray Data would otherwise wait for them without a word)."""
+    from rayrec.runtime import init_ray, require_resources
+
+    ec = cfg.evaluate
+    if not (ec.scoring == "ray" or (ec.scoring == "auto" and n_cases > ec.local_max_users)):
+        return False
+    init_ray(cfg.ray)
+    require_resources(
+        {"CPU": ec.scoring_actors * ec.scoring_cpus},
+        f"ranker scoring (evaluate.scoring_actors={ec.scoring_actors} x evaluate.scoring_cpus={ec.scoring_cpus})",
+        hint="Lower evaluate.scoring_actors or evaluate.scoring_cpus, set evaluate.scoring=local, or add "
+        "capacity (more nodes, `ray start --num-cpus N`).")
+    return True
+
+
 def score_cases_with_ranker(
     cases: list[EvalCase], item_texts: np.ndarray, model_cfg, checkpoint: str | None,
     use_ray: bool, actors: int = 1, batch_size: int = 16, cpus_per_actor: float = 1.0,
@@ -291,7 +309,6 @@ def run_evaluation(cfg) -> dict[str, Any]:
 
         return run_full_catalog(cfg)
     from rayrec.evaluation.report import write_report
-    from rayrec.runtime import init_ray
 
     t0 = time.time()
     ec = cfg.evaluate
@@ -328,9 +345,7 @@ def run_evaluation(cfg) -> dict[str, Any]:
             "replaces the last candidate; candidate_order = popularity order"
         )
 
-    use_ray = ec.scoring == "ray" or (ec.scoring == "auto" and len(cases) > ec.local_max_users)
-    if use_ray:
-        init_ray(cfg.ray)
+    use_ray = scoring_on_ray(cfg, len(cases))
     t_score = time.time()
     item_prior = popularity_prior(popularity) if cfg.model.popularity_prior else None
     score_cases_with_ranker(cases, item_texts, cfg.model, checkpoint, use_ray,

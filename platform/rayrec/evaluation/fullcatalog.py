@@ -121,9 +121,8 @@ def ranker_lists(cfg, users: pd.DataFrame, retrieved: list[tuple[np.ndarray, np.
                  items: pd.DataFrame, checkpoint: str | None) -> list[np.ndarray]:
     """Re-score each user's retrieved candidates with the ranker (the one scoring path)."""
     from rayrec.data.text import render_history
-    from rayrec.evaluation.evaluate import EvalCase, score_cases_with_ranker
+    from rayrec.evaluation.evaluate import EvalCase, score_cases_with_ranker, scoring_on_ray
     from rayrec.models.prior import popularity_prior
-    from rayrec.runtime import init_ray
 
     ec = cfg.evaluate
     texts = items["text"].astype(str).to_numpy()
@@ -133,9 +132,7 @@ def ranker_lists(cfg, users: pd.DataFrame, retrieved: list[tuple[np.ndarray, np.
         recent = texts[h[-cfg.model.max_history_items :]].tolist()
         cases.append(EvalCase(int(u), h.tolist(), render_history(recent), cands, int(y),
                               retrieval_scores=scores))
-    use_ray = ec.scoring == "ray" or (ec.scoring == "auto" and len(cases) > ec.local_max_users)
-    if use_ray:
-        init_ray(cfg.ray)
+    use_ray = scoring_on_ray(cfg, len(cases))
     prior = popularity_prior(items["popularity"].to_numpy()) if cfg.model.popularity_prior else None
     score_cases_with_ranker(cases, texts, cfg.model, checkpoint, use_ray, ec.scoring_actors,
                             ec.score_batch_size, ec.scoring_cpus, prior)

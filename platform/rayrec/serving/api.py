@@ -6,25 +6,34 @@ from __future__ import annotations
 import hmac
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from rayrec.explore.config import PolicyName
 
 ItemId = str | int  # raw ids as the client knows them (MovieLens ids are numbers)
 
 
+def _whole_number(value):
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# JSON Schema's integer: 16 and 16.0 are, "16" and true are not (the request models are strict).
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+
+
 class RecommendRequest(BaseModel):
     """A recommendation request: who (user_id), what they just saw (history), what they ask (query)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no "5" for 5, no false for 0.0
 
     user_id: ItemId | None = Field(None, description="Raw user id; unknown ids take the cold-start path.")
     history: list[ItemId] = Field(default_factory=list, description="Recent item ids, oldest first.")
     query: str | None = Field(None, description="Free-text query (works for new users too).")
-    k: int = Field(10, ge=1, description="Number of items to return (at most serve.max_k).")
+    k: WholeNumber = Field(10, ge=1, description="Number of items to return (at most serve.max_k).")
     policy: PolicyName | None = Field(None, description="Exploration policy (default serve.default_policy).")
     diversity: float | None = Field(None, ge=0, le=1, description="Diversity weight: 0 relevance .. 1 diversity.")
     diversity_method: Literal["mmr", "dpp"] = "mmr"
@@ -63,7 +72,7 @@ class RecommendResponse(BaseModel):
 class FeedbackRequest(BaseModel):
     """A reward for one item of a served slate."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no "5" for 5, no false for 0.0
 
     request_id: str = Field(min_length=1, max_length=64)
     item_id: ItemId
@@ -79,13 +88,37 @@ class ErrorBody(BaseModel):
 
 
 _ERRORS = {
+    400: "the body could not be parsed at all (e.g. not UTF-8)",
     401: "missing or invalid API key",
-    404: "unknown or expired request_id, or the item was not shown in it",
     413: "request body larger than serve.max_body_bytes",
-    422: "invalid request: the fields named in detail",
+    422: "invalid request: the fields named in detail (the limits from the config are in this schema)",
     503: "a dependency (event log storage, policy state) is unavailable; retry after Retry-After",
 }
-ERROR_RESPONSES = {code: {"model": ErrorBody, "description": text} for code, text in _ERRORS.items()}
+_NOT_FOUND = {
+    "recommend": "the history names an item, or category a category, that is not in the catalog",
+    "feedback": "unknown or expired request_id, or the item was not shown in it",
+}
+
+
+def error_responses(route: str, codes: tuple[int, ...]) -> dict[int, dict]:
+    """The documented error statuses of one route, each with the one error body."""
+    text = _ERRORS | {404: _NOT_FOUND[route]}
+    return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
+
+
+def with_config_limits(schema: dict, sc) -> dict:
+    """Put the limits that come from the serving config (``sc``: ServeConfig) into the
+    published OpenAPI, so a schema-valid request is one the endpoint accepts."""
+    props = schema.get("components", {}).get("schemas", {})
+    rec = props.get("RecommendRequest", {}).get("properties", {})
+    if rec:
+        rec["k"]["maximum"] = sc.max_k
+        rec["history"]["maxItems"] = sc.max_history_length
+        rec["query"]["maxLength"] = sc.max_text_length
+    fb = props.get("FeedbackRequest", {}).get("properties", {})
+    if fb:
+        fb["reward"]["minimum"], fb["reward"]["maximum"] = sc.reward_min, sc.reward_max
+    return schema
 
 
 class FeedbackResponse(BaseModel):
@@ -121,19 +154,19 @@ def key_is_valid(presented: str | None, keys: list[str]) -> bool:
 class BodySizeLimit:
     """ASGI middleware: bodies over the limit get 413 before any parsing happens.
 
-    The limit is ``app.state.max_body_bytes`` (set by the ingress from its config), else
-    ``max_bytes``.
+    ``limit()`` gives the current replica's limit (``serve.max_body_bytes``); when it returns
+    None (no replica), ``max_bytes`` applies.
     """
 
-    def __init__(self, app, max_bytes: int = 65_536) -> None:
+    def __init__(self, app, limit: Callable[[], int | None] = lambda: None, max_bytes: int = 65_536) -> None:
         self.app = app
+        self.limit = limit
         self.default_max = max_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        owner = scope.get("app")
-        limit = getattr(getattr(owner, "state", None), "max_body_bytes", self.default_max)
+        limit = self.limit() or self.default_max
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await self._reject(send, int(declared), limit)

@@ -67,6 +67,9 @@ class ServeConfig(Section):
     event_log: str | None = None  # default: <run_dir>/events
     event_flush_rows: int = Field(64, ge=1)
     event_flush_interval_s: float = Field(2.0, gt=0)
+    # Rows an ingress replica holds while storage is failing; beyond it /recommend and
+    # /feedback answer 503 + Retry-After (back-pressure) instead of dropping what they logged.
+    event_max_buffered_rows: int = Field(100_000, ge=1)
     default_policy: str = "greedy"
     policy_timeout_s: float = Field(2.0, gt=0)  # each call to a policy's shared state actor
     # Accepted /feedback rewards (a click is 1); anything outside is a 422, never learned from.

@@ -1,0 +1,413 @@
+"""The public HTTP API of the endpoint: FastAPI ingress -> Retrieval -> Ranking -> policy.
+
+Per request: retrieval turns the user's history and/or free text into candidates, the
+ranking deployment scores them (batched), the exploration policy picks the slate (with
+optional MMR/DPP diversity) and logs its propensities; impressions and feedback go to the
+event log. If ranking fails or is slow the slate falls back to retrieval order with
+``degraded: true``; if the policy state is down, to greedy on the scores.
+
+Per-replica settings (API keys, body limit, counters) live on the ingress instance, found
+through Serve's replica context, not on the module-level FastAPI app.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real request model types
+# on the methods Serve rewrites into routes.
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from http import HTTPStatus
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve import metrics
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rayrec.config import RayrecConfig, validate_config
+from rayrec.serving.api import (
+    BodySizeLimit,
+    FeedbackRequest,
+    FeedbackResponse,
+    RecommendRequest,
+    RecommendResponse,
+    error_responses,
+    key_is_valid,
+    load_api_keys,
+    with_config_limits,
+)
+from rayrec.serving.bandit import BanditClient, PolicyUnavailable
+from rayrec.serving.eventlog import EventLogFull, EventLogWriter
+from rayrec.serving.retrieval import RetrievalRequest
+
+log = logging.getLogger("ray.serve")
+
+fastapi_app = FastAPI(
+    title="rayrec recommendations",
+    description="Retrieval + LLM ranking + exploration, served by Ray Serve.",
+    version="1",
+)
+
+
+def _ingress() -> "RecommenderIngress | None":
+    """This replica's ingress instance (its config, keys and counters), or None outside Serve."""
+    try:
+        return serve.get_replica_context().servable_object
+    except Exception:  # not inside a Serve replica (e.g. a unit test driving the FastAPI app)
+        return None
+
+
+def _max_body_bytes() -> int | None:
+    ingress = _ingress()
+    return None if ingress is None else ingress.cfg.serve.max_body_bytes
+
+
+fastapi_app.add_middleware(BodySizeLimit, limit=_max_body_bytes)
+_generated_openapi = fastapi_app.openapi  # FastAPI's own (cached after the first call)
+
+
+def _openapi() -> dict[str, Any]:
+    """The published schema, with this replica's configured limits (serve.max_k, ...)."""
+    ingress = _ingress()
+    schema = _generated_openapi()
+    return schema if ingress is None else with_config_limits(schema, ingress.cfg.serve)
+
+
+fastapi_app.openapi = _openapi
+
+
+def _error(status: int, error: str, detail, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Every error the app sends: the one documented body (``api.ErrorBody``)."""
+    return JSONResponse(status_code=status, content={"error": error, "detail": detail}, headers=headers)
+
+
+@fastapi_app.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    _count(request, 422)
+    problems = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        msg = "unknown field" if e.get("type") == "extra_forbidden" else e.get("msg", "invalid")
+        problems.append(f"{where}: {msg}")
+    return _error(422, "invalid request", problems)
+
+
+@fastapi_app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """HTTPException bodies in the one documented shape, headers kept."""
+    try:
+        phrase = HTTPStatus(exc.status_code).phrase.lower()
+    except ValueError:
+        phrase = "error"
+    return _error(exc.status_code, phrase, str(exc.detail), getattr(exc, "headers", None))
+
+
+# A dependency that is down answers 503 + Retry-After, never a 500: the event log's storage
+# (buffer full: back-pressure, not loss) or a policy's state (restarting: retrying is safe,
+# one reward per item).
+_UNAVAILABLE = {EventLogFull: ("event log unavailable", "5"), PolicyUnavailable: ("policy state unavailable", "2")}
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    _count(request, 503)
+    error, retry_after = _UNAVAILABLE[type(exc)]
+    return _error(503, error, str(exc), {"Retry-After": retry_after})
+
+
+for _exc in _UNAVAILABLE:
+    fastapi_app.add_exception_handler(_exc, _unavailable)
+
+
+def _count(request: Request, status: int) -> None:
+    """Count a request rejected before its route ran (validation, auth)."""
+    ingress = _ingress()
+    if ingress is not None:
+        ingress._requests.inc(tags={"route": request.url.path.rstrip("/").rsplit("/", 1)[-1], "status": str(status)})
+
+
+def _bad_request(msg: str, status: int = 422) -> HTTPException:
+    return HTTPException(status_code=status, detail=msg)
+
+
+async def _require_key(request: Request) -> None:
+    """API-key check (no-op unless serve.require_api_key); keys are never logged or echoed."""
+    ingress = _ingress()
+    if ingress is None or not ingress.cfg.serve.require_api_key:
+        return
+    presented = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if presented is None and auth.lower().startswith("bearer "):
+        presented = auth[7:].strip()
+    if not key_is_valid(presented, ingress.api_keys):
+        _count(request, 401)
+        raise HTTPException(status_code=401, detail="missing or invalid API key",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+def _rank_scores_or_reason(result: Any) -> tuple[np.ndarray | None, str | None, str | None]:
+    if isinstance(result, BaseException):
+        if isinstance(result, TimeoutError):
+            return None, None, "ranking_timeout"
+        if isinstance(result, BackPressureError):
+            return None, None, "ranking_overloaded"
+        cause = getattr(result, "cause", None) or result  # unwrap RayTaskError(...)
+        return None, None, f"ranking_error: {type(cause).__name__}"
+    return np.asarray(result["scores"], dtype=np.float64), result["version"], None
+
+
+async def _resolve(response):
+    return await response
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(fastapi_app)
+class RecommenderIngress:
+    """The public HTTP API; composes the retrieval and ranking deployments by handle."""
+
+    def __init__(self, cfg: dict[str, Any], retrieval: DeploymentHandle, ranking: DeploymentHandle) -> None:
+        self.cfg: RayrecConfig = validate_config(cfg, "serve ingress")
+        sc = self.cfg.serve
+        self.retrieval = retrieval
+        self.ranking = ranking
+        # Read by the route dependencies and middleware through the replica context (_ingress).
+        self.api_keys = load_api_keys(sc.api_keys_env, sc.api_keys_file) if sc.require_api_key else []
+        if sc.require_api_key and not self.api_keys:
+            raise ValueError(
+                f"serve.require_api_key is on but no keys were found in ${sc.api_keys_env} "
+                f"or serve.api_keys_file={sc.api_keys_file!r}"
+            )
+        try:
+            ctx = serve.get_replica_context()
+            replica, app_name = ctx.replica_id.unique_id, ctx.app_name
+        except Exception:  # constructed outside Serve
+            replica, app_name = uuid.uuid4().hex[:8], sc.app_name
+        self.events = EventLogWriter(
+            self.cfg.event_log_dir, sc.event_flush_rows, sc.event_flush_interval_s, writer_id=replica,
+            max_buffered_rows=sc.event_max_buffered_rows,
+        )
+        self.bandit = BanditClient(self.cfg, app_name)
+        self._slates: OrderedDict[str, dict[str, Any]] = OrderedDict()  # request_id -> served slate
+        self._requests = metrics.Counter(
+            "rayrec_requests_total", description="Requests by route and HTTP status.",
+            tag_keys=("route", "status"),
+        )
+        self._degraded = metrics.Counter(
+            "rayrec_degraded_total", description="Responses served in retrieval order, by reason.",
+            tag_keys=("reason",),
+        )
+        self._latency = metrics.Histogram(
+            "rayrec_stage_latency_ms", description="Latency per pipeline stage.",
+            boundaries=[1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
+            tag_keys=("stage",),
+        )
+        log.info("ingress ready: events -> %s, auth %s", self.cfg.event_log_dir,
+                 "on" if sc.require_api_key else "off")
+
+    def __del__(self) -> None:
+        # Serve calls __del__ on graceful shutdown: write out the buffered events.
+        events = getattr(self, "events", None)
+        if events is not None:
+            events.close()
+        bandit = getattr(self, "bandit", None)
+        if bandit is not None:
+            bandit.close()
+
+    # ---- routes ------------------------------------------------------------------------
+    @fastapi_app.get("/livez")
+    async def livez(self) -> dict[str, str]:
+        """Liveness only: the ingress answers (restart it if not); says nothing of its dependencies."""
+        return {"status": "alive"}
+
+    @fastapi_app.get("/healthz", responses={503: {"description": "a dependency is unavailable: the "
+                                                  "endpoint serves degraded (same body, status 'degraded')"}})
+    async def healthz(self) -> JSONResponse:
+        """Readiness at full quality: each dependency's state (catalog, ranker, the policy
+        states this replica uses, the event log). 200 when all are up, 503 with the same body
+        when any is not (requests are still answered, degraded)."""
+        out: dict[str, Any] = {"status": "ok"}
+        for key, call in (("catalog", self.retrieval.catalog_info), ("ranker", self.ranking.info)):
+            response = call.remote()
+            try:
+                out[key] = await asyncio.wait_for(_resolve(response), timeout=5.0)
+            except Exception as e:
+                response.cancel()
+                out[key], out["status"] = {"error": type(e).__name__}, "degraded"
+        ev = self.events
+        out["event_log"] = {"buffered_rows": ev.buffered, "max_buffered_rows": ev.max_buffered_rows,
+                            "rows_written": dict(ev.rows_written), "last_error": ev.last_error}
+        if ev.last_error:
+            out["status"] = "degraded"
+        out["policies"] = await self.bandit.stats()
+        if any("error" in s for s in out["policies"].values()):
+            out["status"] = "degraded"
+        return JSONResponse(jsonable_encoder(out), status_code=200 if out["status"] == "ok" else 503)
+
+    @fastapi_app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(_require_key)],
+                      responses=error_responses("recommend", (400, 401, 404, 413, 422, 503)))
+    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        """Top-k items for a user and/or history and/or free-text query."""
+        try:
+            out = await self._recommend(req)
+        except HTTPException as e:
+            self._requests.inc(tags={"route": "recommend", "status": str(e.status_code)})
+            raise
+        self._requests.inc(tags={"route": "recommend", "status": "200"})
+        return out
+
+    @fastapi_app.post("/feedback", response_model=FeedbackResponse, dependencies=[Depends(_require_key)],
+                      responses=error_responses("feedback", (400, 401, 404, 413, 422, 503)))
+    async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
+        """Record a reward for an item of a served slate and update the policy's state."""
+        item_id = str(req.item_id)
+        self.events.check_capacity()  # 503 before the policy learns what could not be logged
+        lo, hi = self.cfg.serve.reward_min, self.cfg.serve.reward_max
+        if not lo <= req.reward <= hi:
+            self._requests.inc(tags={"route": "feedback", "status": "422"})
+            raise _bad_request(f"reward: must be within [{lo}, {hi}] (serve.reward_min/max), got {req.reward}")
+        slate = self._slates.get(req.request_id)
+        if slate is not None:
+            if item_id not in slate["pos_of"]:
+                self._requests.inc(tags={"route": "feedback", "status": "404"})
+                raise _bad_request(f"item_id {item_id!r} was not shown in request {req.request_id!r}", 404)
+            policy, item_idx = slate["policy"], slate["item_idx"][slate["pos_of"][item_id]]
+            if slate["learned"]:
+                status = await self.bandit.feedback(policy, req.request_id, item_idx, float(req.reward))
+            else:  # served greedy while the policy was unavailable: logged, deduplicated here
+                status = "duplicate" if item_id in slate["rewarded"] else "recorded"
+            slate["rewarded"].add(item_id)
+        else:  # served by another ingress replica (or expired): the shared policy state knows
+            item_idx = await self.retrieval.lookup_item.remote(item_id)
+            policy, status = None, ""
+            if item_idx is not None:
+                policy, status = await self.bandit.feedback_any(req.request_id, item_idx, float(req.reward))
+        if not status:
+            self._requests.inc(tags={"route": "feedback", "status": "404"})
+            raise _bad_request(
+                f"unknown or expired request_id {req.request_id!r} (or item {item_id!r} not shown in it)", 404)
+        if status == "recorded":  # a duplicate was acknowledged, not learned or logged again
+            self.events.log_feedback([{
+                "request_id": req.request_id, "timestamp": time.time(), "item_idx": int(item_idx),
+                "item_id": item_id, "reward": float(req.reward),
+            }])
+        self._requests.inc(tags={"route": "feedback", "status": "200"})
+        return FeedbackResponse(request_id=req.request_id, item_id=item_id, reward=float(req.reward),
+                                policy=policy, recorded=status == "recorded", duplicate=status == "duplicate")
+
+    # ---- pipeline ----------------------------------------------------------------------
+    async def _recommend(self, req: RecommendRequest) -> RecommendResponse:
+        sc = self.cfg.serve
+        if req.k > sc.max_k:
+            raise _bad_request(f"k: must be <= {sc.max_k} (serve.max_k), got {req.k}")
+        self.events.check_capacity(req.k)  # storage down and buffer full: 503, nothing dropped
+        if req.query is not None and len(req.query) > sc.max_text_length:
+            raise _bad_request(f"query: longer than {sc.max_text_length} characters")
+        if len(req.history) > sc.max_history_length:
+            raise _bad_request(f"history: more than {sc.max_history_length} items")
+        policy = req.policy or sc.default_policy
+        t_start = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        n_cand = max(sc.rank_candidates, req.k)
+        user_id = None if req.user_id is None else str(req.user_id)
+        cand = await self.retrieval.retrieve.remote(RetrievalRequest(
+            user_id=user_id, history=[str(h) for h in req.history], query=req.query,
+            category=req.category, num_candidates=n_cand,
+        ))
+        if "error" in cand:  # the request names items or a category the catalog lacks
+            raise _bad_request(cand["error"], 404)
+        t_retrieved = time.perf_counter()
+        lat = {"retrieval": (t_retrieved - t_start) * 1000}
+
+        ranker_scores, version, reason = None, None, None
+        if cand["item_idx"] and sc.use_ranker:
+            ranker_scores, version, reason = _rank_scores_or_reason(await self._rank(cand, req.query))
+            lat["ranking"] = (time.perf_counter() - t_retrieved) * 1000
+        retrieval_scores = np.asarray(cand["score"], dtype=np.float64)
+        degraded = reason is not None
+        if degraded:
+            self._degraded.inc(tags={"reason": reason.split(":")[0]})
+            log.warning("request %s degraded to retrieval order: %s", request_id, reason)
+        final = retrieval_scores if ranker_scores is None else ranker_scores
+
+        t_policy = time.perf_counter()
+        weight = self.cfg.explore.diversity_weight if req.diversity is None else req.diversity
+        method = req.diversity_method if weight > 0 else "none"
+        features = np.asarray(cand["embeddings"], dtype=np.float64)
+        picks, props, policy_fallback = [], [], False
+        if len(final):
+            try:
+                slate = await self.bandit.select(policy, final, req.k, features, np.asarray(cand["item_idx"]),
+                                                 request_id, diversity=method, diversity_weight=weight)
+                picks, props = slate.indices.tolist(), slate.propensities.tolist()
+            except PolicyUnavailable as e:
+                # The policy's fallback: greedy on the scores, logged with propensity 1 as such.
+                picks = np.argsort(-final, kind="stable")[: req.k].tolist()
+                props, policy_fallback = [1.0] * len(picks), True
+                reason = f"policy_unavailable: {e}" if reason is None else f"{reason}; policy_unavailable"
+                degraded = True
+                self._degraded.inc(tags={"reason": "policy_unavailable"})
+                log.warning("request %s served greedy: %s", request_id, e)
+        lat["policy"] = (time.perf_counter() - t_policy) * 1000
+
+        items = []
+        for pos, (i, p) in enumerate(zip(picks, props, strict=True)):
+            items.append({
+                "item_id": cand["item_id"][i], "title": cand["title"][i], "category": cand["category"][i],
+                "position": pos, "propensity": float(p),
+                "scores": {"retrieval": float(retrieval_scores[i]),
+                           "ranker": None if ranker_scores is None else float(ranker_scores[i]),
+                           "final": float(final[i])},
+            })
+        now = time.time()
+        self.events.log_impressions([{
+            "request_id": request_id, "timestamp": now, "user_id": user_id or "",
+            "user_idx": int(cand["user_idx"]), "policy": policy, "position": it["position"],
+            "item_idx": int(cand["item_idx"][i]), "item_id": it["item_id"], "score": it["scores"]["final"],
+            "propensity": it["propensity"], "n_candidates": len(final), "degraded": degraded,
+        } for it, i in zip(items, picks, strict=True)])
+        self._remember(request_id, policy, [cand["item_id"][i] for i in picks],
+                       [int(cand["item_idx"][i]) for i in picks], learned=not policy_fallback)
+        lat["total"] = (time.perf_counter() - t_start) * 1000
+        for stage, ms in lat.items():
+            self._latency.observe(ms, tags={"stage": stage})
+        return RecommendResponse(
+            request_id=request_id, user_id=user_id, cold_start=not cand["known_user"] and not cand["history"],
+            retrieval_source=cand["source"], policy=policy, diversity=float(weight), degraded=degraded,
+            degraded_reason=reason, model_version=version, items=items,
+            latency_ms={k: round(v, 2) for k, v in lat.items()},
+        )
+
+    async def _rank(self, cand: dict[str, Any], query: str | None) -> dict[str, Any] | BaseException:
+        """Ranker scores for the candidates, or the exception/timeout that prevented them."""
+        from rayrec.data.text import render_history
+
+        texts = cand["history_texts"][-self.cfg.model.max_history_items :]
+        if query and query.strip():
+            texts = [*texts, query.strip()]  # the query reads as the most recent thing the user wants
+        response = self.ranking.score.remote(render_history(texts), cand["text"], cand.get("prior"))
+        try:
+            return await asyncio.wait_for(_resolve(response), timeout=self.cfg.serve.rank_timeout_s)
+        except TimeoutError:
+            response.cancel()
+            return TimeoutError(f"ranking took longer than {self.cfg.serve.rank_timeout_s}s")
+        except Exception as e:  # any ranking failure (replica error, overload) degrades the slate
+            log.warning("ranking failed: %s", str(e)[-2000:])
+            return e
+
+    def _remember(self, request_id: str, policy: str, item_ids: list[str], item_idx: list[int],
+                  learned: bool = True) -> None:
+        """``learned``: the policy's state holds the request (False: a greedy fallback slate,
+        whose feedback is logged for retraining but not learned by the policy)."""
+        self._slates[request_id] = {
+            "policy": policy, "item_idx": item_idx, "learned": learned, "rewarded": set(),
+            "pos_of": {iid: p for p, iid in enumerate(item_ids)},
+        }
+        while len(self._slates) > self.cfg.serve.request_cache_size:
+            self._slates.popitem(last=False)
+
