@@ -1,7 +1,8 @@
 from pathlib import Path
 
 import pytest
-from rayrec.config import ConfigError, load_config, parse_override
+from rayrec.config import load_config, parse_override
+from rayrec.errors import ConfigError
 
 
 def test_defaults_validate_and_resolve_paths(tmp_path: Path) -> None:
@@ -35,3 +36,20 @@ def test_override_parsing() -> None:
 def test_missing_file_is_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_turns_user_errors_into_one_line(tmp_path, capsys):
+    """A bad config and a bad input file: a message naming the problem, non-zero exit,
+    no traceback (ConfigError exits 2, DataError 1; both from rayrec.errors)."""
+    from rayrec.cli import main
+
+    assert main(["preprocess", "--set", "train.lr=fast"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rayrec preprocess: error: ") and "train.lr" in err and "Traceback" not in err
+    bad = tmp_path / "events.csv"
+    bad.write_text("")
+    assert main(["preprocess", "--data", str(bad), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # (Ray may log before it)
+    assert last.startswith("rayrec preprocess: error: ") and last.endswith("file is empty"), err
+    assert "Traceback" not in err

@@ -20,8 +20,8 @@ from rayrec.data.schema import (
     REJECT_COLUMNS,
     USER_COLUMNS,
 )
-from rayrec.data.sources import DataError
 from rayrec.data.world import SyntheticWorld
+from rayrec.errors import DataError
 from test_data_units import write_ml1m, write_ml100k, write_mllatest
 
 

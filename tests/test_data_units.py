@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from rayrec.data import build, idmap
 from rayrec.data.config import CatalogSource, ColumnMapping, DataConfig, SyntheticWorldConfig
-from rayrec.data.sources import DataError, detect_kind, plan_source, read_chunk
+from rayrec.data.sources import detect_kind, plan_source, read_chunk
 from rayrec.data.text import EMPTY_HISTORY, item_text, render_histories, render_history
 from rayrec.data.validate import label, parse_timestamps, user_buckets, validate
+from rayrec.errors import DataError
 
 
 def raw_table(rows: list[tuple]) -> pa.Table:

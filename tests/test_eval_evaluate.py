@@ -246,8 +246,8 @@ def test_run_evaluation_uses_latest_checkpoint(tmp_path, tiny_bert):
 def test_scoring_that_cannot_be_scheduled_fails_at_once(ray_cluster):
     """Scoring actors the cluster can never hold: a clear error naming the fields, not a wait."""
     from rayrec.config import load_config
+    from rayrec.errors import ClusterResourceError
     from rayrec.evaluation.evaluate import scoring_on_ray
-    from rayrec.runtime import ClusterResourceError
 
     cfg = load_config(None, {"evaluate.scoring": "ray", "evaluate.scoring_actors": 3, "evaluate.scoring_cpus": 2})
     with pytest.raises(ClusterResourceError, match=r"evaluate.scoring_actors=3 x evaluate.scoring_cpus=2"):

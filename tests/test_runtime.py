@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-from rayrec.runtime import ClusterResourceError, require_resources, warn_if_busy
+from rayrec.errors import ClusterResourceError
+from rayrec.runtime import require_resources, warn_if_busy
 
 
 def test_require_resources_names_what_is_missing(ray_cluster) -> None:

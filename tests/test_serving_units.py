@@ -152,7 +152,7 @@ def test_build_app_rejects_unknown_args():
 
     with pytest.raises(ValueError, match="unknown build_app args \\['colour'\\]"):
         build_app({"colour": "red"})
-    from rayrec.config import ConfigError
+    from rayrec.errors import ConfigError
 
     with pytest.raises(ConfigError, match="serve.max_k"):
         build_app({"serve.max_k": 0})
@@ -187,7 +187,7 @@ def test_serve_configs_validate_and_build(name, raw):
 
 
 def test_binding_beyond_loopback_requires_api_keys():
-    from rayrec.runtime import UserFacingError
+    from rayrec.errors import UserFacingError
     from rayrec.serving.config import ServeConfig
     from rayrec.serving.control import check_exposure
 

@@ -122,7 +122,7 @@ def test_zero_training_learns_and_checkpoint_reloads(ray_cluster, toy_run, stage
 def test_unschedulable_training_fails_at_once_saying_what_is_missing(ray_cluster, toy_run):
     """4 workers x 1 CPU + 1 CPU for the Ray Data read on a 4-CPU cluster: an error naming the
     fix, at once, instead of a read back-pressured forever behind workers holding every CPU."""
-    from rayrec.runtime import ClusterResourceError
+    from rayrec.errors import ClusterResourceError
     from rayrec.train.trainer import require_schedulable, run_training
 
     root, backbone = toy_run

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rayrec.config import ConfigError, RayrecConfig, load_config, parse_override
+from rayrec.config import RayrecConfig, load_config, parse_override
+from rayrec.errors import RayrecError
 
 
 @dataclass(frozen=True)
@@ -247,16 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"rayrec {args.command}: {exc}", file=sys.stderr)
-        return 2
-    from rayrec.runtime import ClusterResourceError, UserFacingError
-
-    try:
         result = COMMANDS[args.command].run(cfg, args)
-    except (ClusterResourceError, UserFacingError, FileNotFoundError) as exc:
+    except (RayrecError, FileNotFoundError) as exc:  # meant for the user: one line, no traceback
         print(f"rayrec {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return getattr(exc, "exit_code", 1)
     if result is not None:
         print(json.dumps(_summarise(result), indent=2, default=str))
     return 0

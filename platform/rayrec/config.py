@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError
 
 from rayrec.configbase import Section
 from rayrec.data.config import DataConfig, PreprocessConfig
+from rayrec.errors import ConfigError
 from rayrec.evaluation.config import EvalConfig
 from rayrec.explore.config import ExploreConfig
 from rayrec.models.config import ModelConfig
@@ -25,10 +26,6 @@ from rayrec.retrieval.config import RetrievalConfig
 from rayrec.seqrec.config import RetrieverConfig
 from rayrec.serving.config import ServeConfig
 from rayrec.train.config import TrainConfig
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names each bad field."""
 
 
 class RayConfig(Section):

@@ -63,7 +63,7 @@ def feedback_examples(cfg: RayrecConfig) -> pd.DataFrame:
 def _ndcg10(result: dict[str, Any]) -> float:
     """The ranker's NDCG@10: end to end on the full catalog (retrieval top-N re-ranked), or on
     the re-ranking diagnostic."""
-    from rayrec.runtime import UserFacingError
+    from rayrec.errors import UserFacingError
 
     models = result["models"]
     name = next((m for m in models if m.endswith("_ranker")), "ranker")
@@ -76,8 +76,9 @@ def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
     """One round: build examples from the log, fine-tune from the current adapter, evaluate
     both on the validation split, promote the new adapter when its NDCG@10 is higher by more
     than ``feedback.min_improvement``, and switch the running endpoint to it."""
+    from rayrec.errors import UserFacingError
     from rayrec.evaluation.evaluate import run_evaluation
-    from rayrec.runtime import UserFacingError, init_ray
+    from rayrec.runtime import init_ray
     from rayrec.train.checkpoint import best_checkpoint
     from rayrec.train.trainer import require_schedulable, run_training
 

@@ -10,6 +10,7 @@ import ray
 
 import rayrec
 from rayrec.config import RayConfig
+from rayrec.errors import ClusterResourceError
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,6 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     log.info("connected to Ray: %s", ray.cluster_resources())
 
 
-class UserFacingError(RuntimeError):
-    """An error whose message is meant for the person running the job (no traceback)."""
-
-
-class ClusterResourceError(UserFacingError):
-    """The Ray cluster lacks a resource the config asks for."""
 
 
 def require_resources(needed: dict[str, float], what: str, hint: str | None = None) -> None:

@@ -45,7 +45,6 @@ from rayrec.data.schema import (
 )
 from rayrec.data.sources import (
     REJECT_SCHEMA,
-    DataError,
     SourcePlan,
     detect_kind,
     join,
@@ -54,6 +53,7 @@ from rayrec.data.sources import (
     resolve_fs,
 )
 from rayrec.data.validate import GOOD_SCHEMA, label, user_buckets, validate
+from rayrec.errors import DataError
 from rayrec.runtime import init_ray
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from rayrec.data.config import DataConfig
 from rayrec.data.schema import REJECT_COLUMNS
 from rayrec.data.text import item_text
+from rayrec.errors import DataError
 
 RAW_COLUMNS = ("user_id", "item_id", "timestamp", "rating", "event")
 CATALOG_COLUMNS = ("item_id", "title", "category", "text")
@@ -36,9 +37,6 @@ ML100K_GENRES = (
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
                ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 
-
-class DataError(ValueError):
-    """Input that cannot be read at all; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def check_exposure(sc) -> None:
     """Refuse to bind beyond this machine without API keys (a safe default, not a warning)."""
-    from rayrec.runtime import UserFacingError
+    from rayrec.errors import UserFacingError
 
     if sc.host not in LOOPBACK and not sc.require_api_key:
         raise UserFacingError(
