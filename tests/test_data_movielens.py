@@ -14,6 +14,7 @@ from rayrec.data import store
 from rayrec.data.pipeline import run_preprocess
 
 
+@pytest.mark.slow  # preprocesses the 100k MovieLens ratings, ~30 s
 @pytest.mark.shared_data
 def test_ml_latest_small(tmp_path, ray_cluster, ml_latest_small):
     cfg = load_config(None, {"run_dir": str(tmp_path / "run"), "data.path": str(ml_latest_small),

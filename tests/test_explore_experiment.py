@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from rayrec.config import load_config
 from rayrec.data.config import SyntheticWorldConfig
 from rayrec.data.world import SyntheticWorld
@@ -43,6 +44,7 @@ def test_synthetic_experiment_on_ray(ray_cluster, tmp_path):
     assert len(reg[0]) == 40 and np.all(np.diff(reg[0]) >= -1e-9)  # cumulative regret grows
 
 
+@pytest.mark.slow  # MovieLens ratings, ~13 s
 def test_semi_synthetic_movielens_experiment(ray_cluster, ml_latest_small, tmp_path):
     policies = ["greedy", "ucb1", "thompson_beta"]
     cfg = load_config(None, {

@@ -22,6 +22,7 @@ def env():
 TARGET = ExploreConfig(epsilon=0.2)
 
 
+@pytest.mark.slow  # many simulated runs (~5-9 s each)
 @pytest.mark.parametrize("logging", ["uniform", "softmax"])
 def test_every_estimator_covers_the_true_value(env, logging):
     target = make_policy("epsilon_greedy", TARGET, seed=1)
@@ -37,6 +38,7 @@ def test_every_estimator_covers_the_true_value(env, logging):
     assert res["dr"]["se"] < res["ips"]["se"]
 
 
+@pytest.mark.slow  # many simulated runs (~5-9 s each)
 @pytest.mark.parametrize("logging,kwargs,seed", [("uniform", {}, 21), ("softmax", {"temperature": 1.0}, 22),
                                                  ("epsilon_greedy", {"epsilon": 0.6}, 23)])
 def test_ips_and_dr_stay_unbiased_for_slates_as_logging_changes(env, logging, kwargs, seed):

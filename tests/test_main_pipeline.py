@@ -1,4 +1,9 @@
-"""The main job end to end on a small synthetic world with a tiny model, on the session cluster."""
+"""The main job end to end on a small synthetic world with a tiny model, on the session cluster.
+
+The job runs once (module fixture); each test checks one feature of that run, so a failure
+names it: the report, the serving figures, the off-policy figures, stage reuse on a second
+run, and the feedback loop switching the live endpoint.
+"""
 
 from __future__ import annotations
 
@@ -10,48 +15,109 @@ from pathlib import Path
 import httpx
 import pytest
 from rayrec.config import load_config
+from rayrec.main_job import run_main
 from rayrec.models.tiny import make_tiny_backbone
-from rayrec.pipeline import run_main
 
 pytestmark = pytest.mark.slow
 
 
-def test_main_job_end_to_end_and_reuse(ray_cluster, tmp_path: Path) -> None:
-    backbone = make_tiny_backbone("bert", tmp_path / "tiny-bert")
+@pytest.fixture(scope="module")
+def main_run(ray_cluster, tmp_path_factory):
+    """(config, summary of the first run_main, the run directory)."""
+    tmp = tmp_path_factory.mktemp("main")
+    backbone = make_tiny_backbone("bert", tmp / "tiny-bert")
     cfg = load_config(overrides={
-        "run_dir": str(tmp_path / "run"),
+        "run_dir": str(tmp / "run"),
         "data.synthetic.n_users": 80, "data.synthetic.n_items": 60, "data.synthetic.n_events": 3000,
         "model.backbone": backbone,
         "retriever.max_epochs": 10, "retriever.dim": 16, "retriever.max_len": 20,
-        "train.max_steps": 4, "train.batch_size": 4, "train.eval_every_steps": 4,
+        "train.max_steps": 4, "train.batch_size": 4, "train.eval_every_steps": 2,
         "train.checkpoint_every_steps": 4, "train.max_valid_examples": 10,
         "evaluate.max_users": 10, "evaluate.num_candidates": 10, "evaluate.bootstrap": 50,
         "explore.seeds": 2, "explore.horizon": 100,
         "serve.simulate_requests": 6, "serve.app_name": "rayrec_main_test",
     })
-    summary = run_main(cfg)
+    return cfg, run_main(cfg), tmp / "run"
+
+
+def _results(run: Path) -> dict:
+    return json.loads((run / "report.json").read_text())
+
+
+def test_every_stage_runs(main_run) -> None:
+    _, summary, _ = main_run
     failed = [s for s in summary["stages"] if s["error"]]
     assert not failed, failed
-    run = tmp_path / "run"
+    assert [s["name"] for s in summary["stages"]] == [
+        "preprocess", "index", "train-retriever", "train", "evaluate", "serve", "bandit", "off-policy"]
+
+
+def test_report_is_tables_and_figures(main_run) -> None:
+    _, summary, run = main_run
+    assert summary["report"] == str(run / "report.md")
     report = (run / "report.md").read_text()
+    assert "```" not in report  # tables for people; the JSON is in report.json
     for section in ("## Data", "## Training", "## Offline evaluation", "## Serving",
                     "## Exploration experiment", "## Off-policy estimates"):
         assert section in report
-    assert "](eval/eval.png)" in report  # stage images are linked from the run directory
-    ope = json.loads(report.split("## Off-policy estimates from the endpoint's log")[1]
-                     .split("```json")[1].split("```")[0])
-    assert ope["decisions"] > 0 and "ips" in ope["greedy"]["estimates"]
+        assert "|---" in report.split(section)[1].split("\n## ")[0], f"{section} has no table"
+    for figure in ("training.png", "quality.png", "regret.png", "tradeoff.png"):
+        assert f"](report/{figure})" in report
+        assert (run / "report" / figure).stat().st_size > 1000
+    history = _results(run)["train"]["history"]
+    assert [r["step"] for r in history] == [2, 4]  # a report per validation (every 2 steps)
+    assert all("loss" in r and "valid_ndcg@10" in r for r in history)
 
-    again = run_main(cfg)  # a second run reuses every built stage
+
+def test_runs_are_tracked_in_mlflow(main_run) -> None:
+    """Training, evaluation and the bandit experiment log their own runs; the job's report and
+    stage times go in a run named main (<run_dir>/mlruns by default)."""
+    from mlflow import MlflowClient
+    from rayrec.tracking import store_uri
+
+    cfg, _, _ = main_run
+    client = MlflowClient(store_uri(cfg)[0])
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert {"main", "train-ranker", "train-retriever", "bandit"} <= set(runs), sorted(runs)
+    main = runs["main"]
+    assert main.data.metrics["seconds/total"] > 0
+    names = {a.path for a in client.list_artifacts(main.info.run_id, "report")}
+    assert {"report/report.md", "report/report.json"} <= names, names
+    history = client.get_metric_history(runs["train-ranker"].info.run_id, "loss")
+    assert len(history) >= 2, history
+
+
+def test_serving_figures(main_run) -> None:
+    traffic = _results(main_run[2])["serve"]["traffic"]
+    assert traffic["requests"] == 6 and traffic["errors"] == 0
+    assert traffic["impressions"] > 0 and 0 <= traffic["degraded_rate"] <= 1
+    assert 0 < traffic["latency_ms"]["p50"] <= traffic["latency_ms"]["p95"] <= traffic["latency_ms"]["p99"]
+
+
+def test_off_policy_figures(main_run) -> None:
+    ope = _results(main_run[2])["off-policy"]
+    assert ope["decisions"] > 0
+    for policy in ("logging", "greedy"):
+        assert {"ips", "snips"} <= set(ope[policy]["estimates"])
+        assert ope[policy]["true_value"] is not None
+
+
+def test_second_run_reuses_built_stages(main_run) -> None:
+    cfg = main_run[0]
+    again = run_main(cfg)
     reused = {s["name"] for s in again["stages"] if s["reused"]}
     assert {"preprocess", "index", "train-retriever", "train", "evaluate", "bandit"} <= reused
 
-    # The feedback loop: event log -> examples -> fine-tune from the current adapter -> compare
-    # -> promote -> switch the running endpoint, while requests keep flowing.
+
+def test_feedback_loop_switches_the_live_endpoint(main_run) -> None:
+    """Event log -> examples -> fine-tune from the current adapter -> compare -> promote ->
+    switch the running endpoint, while requests keep flowing."""
     from rayrec.data.store import load_users
     from rayrec.feedback import feedback_examples, run_feedback_loop
     from rayrec.serving.control import start_app, stop_app
 
+    cfg, _, run = main_run
     examples = feedback_examples(cfg)
     assert len(examples) > 0
     assert all(labels[0] == 1.0 and sum(labels) == 1.0 for labels in examples["labels"])
@@ -80,7 +146,7 @@ def test_main_job_end_to_end_and_reuse(ray_cluster, tmp_path: Path) -> None:
     assert fb["examples"] == len(examples) and Path(fb["candidate"]).exists()
     assert set(fb["valid_ndcg@10"]) == {"current", "candidate"}
     assert fb["promoted"], fb
-    assert (tmp_path / "run" / "feedback" / "promoted_checkpoint").read_text() == fb["candidate"]
+    assert (run / "feedback" / "promoted_checkpoint").read_text() == fb["candidate"]
     assert fb["endpoint"]["switched"], fb["endpoint"]
     assert health["ranker"]["version"] == fb["candidate"]
     assert responses and {code for code, _ in responses} == {200}, responses  # none dropped

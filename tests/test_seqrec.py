@@ -65,6 +65,7 @@ def trained(ray_cluster, tmp_path_factory):
     return cfg, run_retriever_training(cfg)
 
 
+@pytest.mark.slow  # trains the retriever on Ray Train (module fixture, ~1 min)
 def test_retriever_learns_next_item_pattern(trained) -> None:
     from rayrec.seqrec.data import load_sequences
     from rayrec.seqrec.scorer import SeqRetriever
@@ -77,6 +78,7 @@ def test_retriever_learns_next_item_pattern(trained) -> None:
     assert hr1 >= 0.95, hr1
 
 
+@pytest.mark.slow  # trains the retriever on Ray Train (module fixture, ~1 min)
 def test_checkpoint_reloads_into_identical_scorer(trained) -> None:
     from rayrec.seqrec.model import load_retriever
     from rayrec.seqrec.scorer import SeqRetriever
@@ -93,6 +95,7 @@ def test_checkpoint_reloads_into_identical_scorer(trained) -> None:
     np.testing.assert_array_equal(a.item_vectors(), b.item_vectors()[:N_ITEMS].detach().numpy())
 
 
+@pytest.mark.slow  # trains the retriever on Ray Train (module fixture, ~1 min)
 def test_index_returns_the_same_top_k_as_brute_force(trained) -> None:
     from rayrec.retrieval.index import ItemIndex
     from rayrec.seqrec.scorer import SeqRetriever
@@ -108,6 +111,7 @@ def test_index_returns_the_same_top_k_as_brute_force(trained) -> None:
         assert len(ie) == 10
 
 
+@pytest.mark.slow  # trains the retriever on Ray Train (module fixture, ~1 min)
 def test_full_catalog_evaluation_never_inserts_the_held_out_item(trained) -> None:
     from rayrec.evaluation.baselines import popularity_top
     from rayrec.evaluation.fullcatalog import run_full_catalog
@@ -130,6 +134,7 @@ def test_full_catalog_evaluation_never_inserts_the_held_out_item(trained) -> Non
     assert result["models"]["retriever"]["ndcg@10"] > 0.95 > result["models"]["popularity"]["ndcg@10"]
 
 
+@pytest.mark.slow  # trains the retriever on Ray Train (module fixture, ~1 min)
 def test_endpoint_top_k_equals_offline_evaluation(trained, tmp_path) -> None:
     """A known user's top-K from the Serve endpoint (retrieval order, greedy) is the list the
     full-catalog evaluation scored for that user."""
@@ -221,6 +226,7 @@ def test_cosine_schedule_decays_to_zero_at_the_planned_end() -> None:
     assert set_lr(opt, rc.model_copy(update={"lr_schedule": "constant"}), 0.9) == pytest.approx(0.01)
 
 
+@pytest.mark.slow  # trains the retriever on Ray Train (module fixture, ~1 min)
 def test_a_rerun_with_more_epochs_resumes_from_the_last_checkpoint(trained) -> None:
     """Same storage path and run name, 10 more epochs: Ray Train restores the last checkpoint
     (model, optimizer, early-stopping state) and goes on from its epoch. Last in this file:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -103,7 +102,7 @@ def _feedback(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 
 def _main(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
-    from rayrec.pipeline import run_main
+    from rayrec.main_job import run_main
 
     return run_main(cfg, rebuild=args.rebuild)
 
@@ -195,7 +194,10 @@ def _add_common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["auto", "csv", "parquet", "jsonl"], help="event file format")
     p.add_argument("--backbone", help="ranker backbone: 'minilm', a hub id or a local path")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
-    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="print every log line, Ray's included (default: one line per stage; "
+                   "Ray's logs go to its session log directory)")
+    p.add_argument("--json", action="store_true", help="print the command's result as JSON at the end")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,20 +243,41 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rayrec`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    from rayrec import console
+
+    console.setup_console(args.verbose)
+    error: RayrecError | FileNotFoundError | None = None
     try:
         cfg = config_from_args(args)
-        result = COMMANDS[args.command].run(cfg, args)
-    except (RayrecError, FileNotFoundError) as exc:  # meant for the user: one line, no traceback
-        print(f"rayrec {args.command}: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 1)
-    if result is not None:
+        result = _run(cfg, args)
+    except (RayrecError, FileNotFoundError) as exc:
+        error = exc
+    finally:
+        console.close_console()  # back to plain stderr: what follows is for the person
+    if error is not None:  # meant for the user: one line, no traceback
+        print(f"rayrec {args.command}: error: {error}", file=sys.stderr)
+        return getattr(error, "exit_code", 1)
+    if result is not None and (args.json or args.verbose):
         print(json.dumps(_summarise(result), indent=2, default=str))
     return 0
+
+
+# Long-running or multi-stage commands report their own lines; the others are one stage each.
+_NOT_A_STAGE = {"main", "serve"}
+
+
+def _run(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec import console
+    from rayrec.runtime import check_job_paths
+
+    check_job_paths(cfg)
+    run = COMMANDS[args.command].run
+    if args.command in _NOT_A_STAGE:
+        return run(cfg, args)
+    with console.stage(args.command):
+        result = run(cfg, args)
+    console.stage_done(result)
+    return result
 
 
 def _summarise(result: Any) -> Any:

@@ -25,6 +25,7 @@ from rayrec.models.config import ModelConfig
 from rayrec.retrieval.config import RetrievalConfig
 from rayrec.seqrec.config import RetrieverConfig
 from rayrec.serving.config import ServeConfig
+from rayrec.tracking.config import TrackingConfig
 from rayrec.train.config import TrainConfig
 
 
@@ -61,14 +62,18 @@ class RayrecConfig(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     explore: ExploreConfig = Field(default_factory=ExploreConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     # Resolved artifact locations: one place decides where each stage reads and writes.
-    def _under_run_dir(self, override: str | None, name: str) -> str:
-        if override:
-            return override
+    def path(self, *parts: str) -> str:
+        """A location under ``run_dir``: a URI (``s3://...``) joined with "/", a local path made
+        absolute. Read and write it with :mod:`rayrec.storage` (local or remote alike)."""
         if "://" in self.run_dir:
-            return f"{self.run_dir.rstrip('/')}/{name}"
-        return str(Path(self.run_dir).expanduser().resolve() / name)
+            return "/".join([self.run_dir.rstrip("/"), *parts])
+        return str(Path(self.run_dir).expanduser().resolve().joinpath(*parts))
+
+    def _under_run_dir(self, override: str | None, name: str) -> str:
+        return override or self.path(name)
 
     @property
     def data_dir(self) -> str:

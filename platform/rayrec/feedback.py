@@ -1,10 +1,10 @@
 """The feedback loop: served impressions and feedback → training examples → a new adapter,
 fine-tuned from the current one → evaluated against it → promoted only when it is better.
 
-Promotion records the new checkpoint in ``<run_dir>/feedback/promoted_checkpoint`` and, when
-the endpoint ``serve.app_name`` runs on the same Ray cluster, switches its ranking replicas to
-it in place (``rayrec.serving.control.switch_adapter``: a ranking user_config change, no dropped
-requests).
+Promotion records the new checkpoint in ``<run_dir>/feedback/promoted_checkpoint`` (the run
+directory may be local or remote) and, when the endpoint ``serve.app_name`` runs on the same Ray
+cluster, switches its ranking replicas to it in place (``rayrec.serving.control.switch_adapter``:
+a ranking user_config change, no dropped requests).
 
 Examples follow ``rayrec.data.schema.EXAMPLE_COLUMNS``: for every clicked item of a served
 slate, the clicked item is the positive and the slate's unclicked items are the negatives
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from rayrec import storage
 from rayrec.config import RayrecConfig
 from rayrec.data import store
 from rayrec.data.schema import EXAMPLE_COLUMNS, EXAMPLES_DIR, ITEMS_FILE
@@ -86,9 +86,9 @@ def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
     # Before any work: the round trains one worker (plus its data feed); evaluation checks its
     # scoring actors when it starts (scoring_on_ray).
     require_schedulable(cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 1})}))
-    promoted_file = Path(cfg.run_dir).expanduser().resolve() / "feedback" / "promoted_checkpoint"
+    promoted_file = cfg.path("feedback", "promoted_checkpoint")
     current = (cfg.serve.checkpoint
-               or (promoted_file.read_text().strip() if promoted_file.is_file() else None)
+               or (storage.read_text(promoted_file).strip() if storage.is_file(promoted_file) else None)
                or best_checkpoint(cfg.checkpoint_dir)[0])
     if current is None:
         raise UserFacingError(f"no current ranker under {cfg.checkpoint_dir}: run `rayrec train` first")
@@ -96,22 +96,19 @@ def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
     if examples.empty:
         raise UserFacingError(
             f"the event log at {cfg.event_log_dir} holds no clicked slates of known users yet")
-    round_dir = promoted_file.parent / time.strftime("%Y%m%d-%H%M%S")
-    data_dir = round_dir / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    round_dir = cfg.path("feedback", time.strftime("%Y%m%d-%H%M%S"))
+    data_dir = storage.join(round_dir, "data")
     # The round's dataset is self-contained: the catalog (popularity priors) comes along.
-    store.load_items(cfg.data_dir).to_parquet(data_dir / ITEMS_FILE, index=False)
+    storage.write_table(store.load_items(cfg.data_dir), storage.join(data_dir, ITEMS_FILE))
     for split, frame in (("train", examples), ("valid", None)):
-        out = data_dir / EXAMPLES_DIR / split
-        out.mkdir(parents=True, exist_ok=True)
         if frame is None:  # validate on the preprocessed validation examples
             frame = store.read_pandas(cfg.data_dir, "examples", split)
-        frame.to_parquet(out / "part-0.parquet", index=False)
+        storage.write_table(frame, storage.join(data_dir, EXAMPLES_DIR, split, "part-0.parquet"))
     batch = min(cfg.train.batch_size, len(examples))
     tuned_cfg = cfg.model_copy(update={
-        "data": cfg.data.model_copy(update={"out": str(data_dir)}),
+        "data": cfg.data.model_copy(update={"out": data_dir}),
         "train": cfg.train.model_copy(update={
-            "init_from": current, "storage_path": str(round_dir / "checkpoints"), "batch_size": batch,
+            "init_from": current, "storage_path": storage.join(round_dir, "checkpoints"), "batch_size": batch,
             "max_steps": cfg.feedback.max_steps or cfg.train.max_steps, "num_workers": 1,
             "examples": "sampled",  # the round's own examples, written above
         }),
@@ -122,14 +119,14 @@ def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
 
     def evaluate(checkpoint: str, name: str) -> float:
         ev = cfg.evaluate.model_copy(update={"split": "valid", "checkpoint": checkpoint, "baselines": False,
-                                             "rank_retrieved": True, "out": str(round_dir / f"eval_{name}")})
+                                             "rank_retrieved": True, "out": storage.join(round_dir, f"eval_{name}")})
         return _ndcg10(run_evaluation(cfg.model_copy(update={"evaluate": ev})))
 
     before, after = evaluate(current, "current"), evaluate(candidate, "candidate")
     promoted = after - before > cfg.feedback.min_improvement
     switch: dict[str, Any] = {"switched": False, "reason": "not promoted"}
     if promoted:
-        promoted_file.write_text(candidate)
+        storage.write_text(promoted_file, candidate)
         switch = {"switched": False, "reason": "feedback.switch_endpoint is false"}
         if cfg.feedback.switch_endpoint:
             from rayrec.serving.control import switch_adapter
@@ -137,6 +134,6 @@ def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
             switch = switch_adapter(cfg, candidate)
     result = {"examples": len(examples), "current": current, "candidate": candidate,
               "valid_ndcg@10": {"current": before, "candidate": after}, "promoted": promoted,
-              "endpoint": switch, "round_dir": str(round_dir)}
+              "endpoint": switch, "round_dir": round_dir}
     log.info("feedback: %s", result)
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -9,10 +10,12 @@ from pathlib import Path
 import ray
 
 import rayrec
-from rayrec.config import RayConfig
-from rayrec.errors import ClusterResourceError
+from rayrec import console
+from rayrec.config import RayConfig, RayrecConfig
+from rayrec.errors import ClusterResourceError, ConfigError
 
 log = logging.getLogger(__name__)
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for the entrypoint
 
 
 def init_ray(cfg: RayConfig | None = None) -> None:
@@ -22,13 +25,16 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     cfg = cfg or RayConfig()
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     # Job-submitted drivers and Serve replicas inherit RAY_ADDRESS; a laptop run starts Ray here.
-    kwargs: dict = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
+    # Quiet console: Ray's driver logs (INFO and up) go to the run's log file, not the terminal.
+    level = logging.INFO if console.is_quiet() else logging.WARNING
+    kwargs: dict = {"log_to_driver": True, "configure_logging": True, "logging_level": level}
+    # Every worker marks rayrec's log lines, so the driver's console can keep just those.
+    runtime_env: dict = {"worker_process_setup_hook": console.WORKER_HOOK}
     if address:
         # Ship this rayrec to the cluster's workers so every node runs the same code as the
         # driver, whether or not the cluster image has rayrec installed.
-        runtime_env = None
         if os.environ.get("RAYREC_SHIP_CODE", "1") == "1":
-            runtime_env = {"py_modules": [str(Path(rayrec.__file__).parent)]}
+            runtime_env["py_modules"] = [str(Path(rayrec.__file__).parent)]
         ray.init(address=address, runtime_env=runtime_env, **kwargs)
     else:
         ray.init(
@@ -36,11 +42,50 @@ def init_ray(cfg: RayConfig | None = None) -> None:
             num_cpus=cfg.num_cpus,
             object_store_memory=cfg.object_store_memory,
             include_dashboard=False,
+            runtime_env=runtime_env,
             **kwargs,
         )
+    console.after_ray_init()
     log.info("connected to Ray: %s", ray.cluster_resources())
 
 
+def submitted_job_working_dir() -> str | None:
+    """The uploaded --working-dir when this process is a job's entrypoint (``ray job submit``):
+    the job runs in Ray's copy of that directory, not where it was submitted from."""
+    raw = os.environ.get(JOB_CONFIG_ENV)
+    if not raw:
+        return None
+    try:
+        runtime_env = json.loads(raw).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return None
+    return runtime_env.get("working_dir")
+
+
+def check_job_paths(cfg: RayrecConfig) -> None:
+    """Inside a submitted job: fail at once on a relative ``data.path`` the job cannot see, and
+    warn about a relative ``run_dir``.
+
+    A relative path is resolved in the job's copy of --working-dir on the cluster, so
+    ``../shared/data/...`` (outside the uploaded directory) points nowhere there, and results
+    written under a relative run_dir go away with that copy.
+    """
+    if submitted_job_working_dir() is None:
+        return
+    if "://" not in cfg.run_dir and not os.path.isabs(os.path.expanduser(cfg.run_dir)):
+        log.warning("run_dir %r is relative: this job writes its results into its copy of "
+                    "--working-dir (%s), which Ray deletes later. Pass --out with an absolute path "
+                    "on shared storage or an s3:// URI to keep them.", cfg.run_dir, os.getcwd())
+    path = cfg.data.path
+    if not path or "://" in path or os.path.isabs(os.path.expanduser(path)) or os.path.exists(path):
+        return
+    raise ConfigError(
+        f"data.path {path!r} is relative, and a Ray job resolves it inside its copy of "
+        f"--working-dir ({os.getcwd()}), where it does not exist: the job only sees the files "
+        "under --working-dir. Give a location every node of the cluster can read: an absolute "
+        "path on shared storage (--data /mnt/shared/ml-latest-small) or a URI "
+        "(--data s3://bucket/ml-latest-small)."
+    )
 
 
 def require_resources(needed: dict[str, float], what: str, hint: str | None = None) -> None:

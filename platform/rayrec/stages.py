@@ -1,8 +1,8 @@
 """Stage bookkeeping for multi-stage runs: reuse what is built, rebuild what changed.
 
-A stage stamps ``<run_dir>/stages/<name>.json`` with a hash of the config sections it
-depends on and its result. A later run reuses the stage when the hash matches and its
-outputs still exist, unless told to rebuild.
+A stage stamps ``<run_dir>/stages/<name>.json`` (local or remote) with a hash of the config
+sections it depends on and its result. A later run reuses the stage when the hash matches and
+its outputs still exist, unless told to rebuild.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from rayrec import console, storage
 from rayrec.config import RayrecConfig
 
 log = logging.getLogger("rayrec")
@@ -46,45 +46,44 @@ class StageRunner:
     records: list[StageRecord] = field(default_factory=list)
 
     @property
-    def stamp_dir(self) -> Path:
-        return Path(self.cfg.run_dir).expanduser().resolve() / "stages"
+    def stamp_dir(self) -> str:
+        return self.cfg.path("stages")
 
     def run(
         self,
         name: str,
         fn: Callable[[], Any],
         depends_on: Sequence[str] = (),
-        outputs: Sequence[str | Path] = (),
+        outputs: Sequence[str] = (),
         reusable: bool = True,
         required: bool = True,
     ) -> Any:
         """Run (or reuse) one stage. A non-required stage that fails is recorded, not raised."""
-        stamp = self.stamp_dir / f"{name}.json"
+        stamp = storage.join(self.stamp_dir, f"{name}.json")
         digest = config_hash(self.cfg, depends_on)
         index = len(self.records) + 1
-        if reusable and not self.rebuild and stamp.is_file():
-            saved = json.loads(stamp.read_text())
-            if saved.get("hash") == digest and all(Path(o).exists() for o in outputs):
-                log.info("[%d] %s: reusing the result from %s", index, name, saved.get("finished"))
+        if reusable and not self.rebuild and storage.is_file(stamp):
+            saved = json.loads(storage.read_text(stamp))
+            if saved.get("hash") == digest and all(storage.exists(str(o)) for o in outputs):
+                console.stage_reused(name, index, saved.get("finished"), saved.get("result"))
                 self.records.append(StageRecord(name, 0.0, True, saved.get("result")))
                 return saved.get("result")
-        log.info("[%d] %s: running", index, name)
+        console.stage_start(name, index)
         start = time.perf_counter()
         try:
             result = fn()
         except Exception as exc:
             seconds = time.perf_counter() - start
             self.records.append(StageRecord(name, seconds, False, None, f"{type(exc).__name__}: {exc}"))
+            console.stage_failed(exc, continuing=not required)
             if required:
                 raise
-            log.exception("[%d] %s: FAILED after %.1fs (continuing; see the report)", index, name, seconds)
             return None
         seconds = time.perf_counter() - start
-        log.info("[%d] %s: done in %.1fs", index, name, seconds)
+        console.stage_done(result)
         self.records.append(StageRecord(name, seconds, False, result))
         if reusable:
-            self.stamp_dir.mkdir(parents=True, exist_ok=True)
-            stamp.write_text(json.dumps(
+            storage.write_text(stamp, json.dumps(
                 {"hash": digest, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "result": result},
                 default=str, indent=2,
             ))

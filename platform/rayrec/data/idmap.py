@@ -9,7 +9,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rayrec.data.schema import ID_MAP_DIR
-from rayrec.data.sources import join, resolve_fs
+from rayrec.storage import join, resolve_fs
 
 ID_MAP_SCHEMA = pa.schema([("raw_id", pa.string()), ("idx", pa.int64())])
 

@@ -43,18 +43,11 @@ from rayrec.data.schema import (
     USERS_FILE,
     WORLD_DIR,
 )
-from rayrec.data.sources import (
-    REJECT_SCHEMA,
-    SourcePlan,
-    detect_kind,
-    join,
-    plan_source,
-    read_chunk,
-    resolve_fs,
-)
+from rayrec.data.sources import REJECT_SCHEMA, SourcePlan, detect_kind, plan_source, read_chunk
 from rayrec.data.validate import GOOD_SCHEMA, label, user_buckets, validate
 from rayrec.errors import DataError
 from rayrec.runtime import init_ray
+from rayrec.storage import join, resolve_fs
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +93,12 @@ def run_preprocess(cfg: RayrecConfig) -> dict:
 
     data_cfg, kind = cfg.data, None
     if cfg.data.source == "synthetic" or (cfg.data.source == "auto" and cfg.data.path is None):
-        from rayrec.data.synthetic import generate_event_log, save_world, synthetic_data_config
+        from rayrec.data.synthetic import generate_event_log, synthetic_data_config
         from rayrec.data.world import SyntheticWorld
 
         raw = join(out, "raw")
         generate_event_log(cfg.data.synthetic, raw)
-        save_world(SyntheticWorld.generate(cfg.data.synthetic), join(out, WORLD_DIR))
+        SyntheticWorld.generate(cfg.data.synthetic).save(join(out, WORLD_DIR))
         data_cfg, kind = synthetic_data_config(cfg.data, raw), "synthetic"
         lap("generate")
     plan = plan_source(data_cfg)

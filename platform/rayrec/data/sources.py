@@ -26,6 +26,7 @@ from rayrec.data.config import DataConfig
 from rayrec.data.schema import REJECT_COLUMNS
 from rayrec.data.text import item_text
 from rayrec.errors import DataError
+from rayrec.storage import join, resolve_fs
 
 RAW_COLUMNS = ("user_id", "item_id", "timestamp", "rating", "event")
 CATALOG_COLUMNS = ("item_id", "title", "category", "text")
@@ -77,17 +78,6 @@ class SourcePlan:
 
 
 # ----------------------------------------------------------------------------- filesystem
-
-
-def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or a URI (s3://, gs://, file://, ...)."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), posixpath.abspath(uri)
-
-
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
 
 
 def _with_scheme(root_uri: str, path: str) -> str:

@@ -20,7 +20,7 @@ from rayrec.data.schema import (
     SPLITS,
     USERS_FILE,
 )
-from rayrec.data.sources import join, resolve_fs
+from rayrec.storage import join, resolve_fs
 
 KINDS = {"interactions": INTERACTIONS_DIR, "examples": EXAMPLES_DIR}
 

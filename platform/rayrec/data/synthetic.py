@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 
 import numpy as np
 import pyarrow as pa
@@ -37,8 +35,8 @@ import pyarrow.parquet as pq
 import ray
 
 from rayrec.data.config import CatalogSource, ColumnMapping, DataConfig, SyntheticWorldConfig
-from rayrec.data.sources import join, resolve_fs
 from rayrec.data.world import SyntheticWorld
+from rayrec.storage import join, resolve_fs
 
 T0 = 1_600_000_000  # 2020-09-13
 MALFORMED_KINDS = ("bad_user_id", "bad_timestamp", "missing_field", "duplicate",
@@ -140,7 +138,7 @@ def generate_event_log(cfg: SyntheticWorldConfig, raw_dir: str, world_dir: str |
             return info
     world = SyntheticWorld.generate(cfg)
     if world_dir is not None:
-        save_world(world, world_dir)
+        world.save(world_dir)
     fs.delete_dir_contents(root, missing_dir_ok=True)
     fs.create_dir(f"{root}/{EVENTS_DIR}", recursive=True)
     n_chunks = max(1, math.ceil(cfg.n_events / cfg.rows_per_chunk))
@@ -159,20 +157,6 @@ def generate_event_log(cfg: SyntheticWorldConfig, raw_dir: str, world_dir: str |
     with fs.open_output_stream(done) as f:
         f.write(json.dumps(info).encode())
     return info
-
-
-def save_world(world: SyntheticWorld, uri: str) -> None:
-    """``world.save`` to a local path or, through a local temp dir, to any pyarrow URI."""
-    if "://" not in uri:
-        world.save(uri)
-        return
-    fs, path = resolve_fs(uri)
-    fs.create_dir(path, recursive=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        world.save(tmp)
-        for name in os.listdir(tmp):
-            with open(os.path.join(tmp, name), "rb") as src, fs.open_output_stream(f"{path}/{name}") as dst:
-                dst.write(src.read())
 
 
 def synthetic_data_config(cfg: DataConfig, raw_dir: str) -> DataConfig:

@@ -73,14 +73,18 @@ MovieLens world) have ``s = F = 0`` and no series, so their chain is the static 
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from rayrec import storage
 from rayrec.data.config import SyntheticWorldConfig
 from rayrec.data.text import item_text as render_item_text
+
+WORLD_ARRAYS, WORLD_META = "world.npz", "world.json"
 
 CANDIDATE_DRAWS = 4  # M: popularity draws per static impression
 N_NEIGHBORS = 10  # K: the anchor's neighbourhood for sequential impressions
@@ -379,9 +383,8 @@ class SyntheticWorld:
         )
 
     def save(self, directory: str | Path) -> None:
-        """Write ``world.npz`` (arrays) and ``world.json`` (names, text, chain parameters)."""
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
+        """Write ``world.npz`` (arrays) and ``world.json`` (names, text, chain parameters) to a
+        local directory or a URI."""
         arrays = {
             "user_factors": self.user_factors, "item_factors": self.item_factors,
             "item_bias": self.item_bias, "item_category": self.item_category,
@@ -390,7 +393,9 @@ class SyntheticWorld:
         }
         if self.text_axes is not None:
             arrays["text_axes"] = self.text_axes
-        np.savez_compressed(path / "world.npz", **arrays)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        storage.write_bytes(storage.join(str(directory), WORLD_ARRAYS), buf.getvalue())
         meta = {"category_names": self.category_names, "titles": self.titles,
                 "descriptions": self.descriptions, "scale": self.scale, "offset": self.offset,
                 "sequential_strength": self.sequential_strength,
@@ -399,14 +404,13 @@ class SyntheticWorld:
                 "link": "p = sigmoid(scale * <user, item> + item_bias + offset)",
                 "next_click": "P(j|u,a) ~ F p(u,n)[j=n] + (1-F) D(j) p(u,j); "
                               "D = (1-s) T(.|u) + s N(.|u,a) (rayrec.data.world)"}
-        (path / "world.json").write_text(json.dumps(meta))
+        storage.write_text(storage.join(str(directory), WORLD_META), json.dumps(meta))
 
     @classmethod
     def load(cls, directory: str | Path) -> SyntheticWorld:
         """Read :meth:`save`'s files; worlds saved before text and series load without them."""
-        path = Path(directory)
-        arrays = np.load(path / "world.npz")
-        meta = json.loads((path / "world.json").read_text())
+        arrays = np.load(io.BytesIO(storage.read_bytes(storage.join(str(directory), WORLD_ARRAYS))))
+        meta = json.loads(storage.read_text(storage.join(str(directory), WORLD_META)))
 
         def opt(name: str) -> np.ndarray | None:
             return arrays[name] if name in arrays.files else None
@@ -421,6 +425,15 @@ class SyntheticWorld:
             sequential_strength=meta.get("sequential_strength", 0.0),
             series_follow=meta.get("series_follow", 0.0),
         )
+
+
+def saved_world(data_dir: str) -> SyntheticWorld | None:
+    """The synthetic world that generated a preprocessed dataset (``<data_dir>/world``, local or
+    remote), or None when the data is not synthetic."""
+    from rayrec.data.schema import WORLD_DIR
+
+    world_dir = storage.join(data_dir, WORLD_DIR)
+    return SyntheticWorld.load(world_dir) if storage.is_file(storage.join(world_dir, WORLD_ARRAYS)) else None
 
 
 # --- generation helpers --------------------------------------------------------------------

@@ -25,6 +25,7 @@ import pandas as pd
 
 from rayrec.evaluation import metrics as M
 from rayrec.evaluation.baselines import candidate_order_scores, popularity_scores, popularity_top
+from rayrec.evaluation.bootstrap import bootstrap, percentile_interval
 from rayrec.models.prior import popularity_prior, ranker_priors
 
 log = logging.getLogger(__name__)
@@ -243,9 +244,8 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> di
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     out = {"delta": float(d.mean()), "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
     if n_boot > 0 and len(d) > 1:
-        rng = np.random.default_rng(seed)
-        means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
-        out["ci95"] = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+        means = bootstrap(lambda c: float(c @ d) / len(d), len(d), n_boot, seed)  # sum(c) = n
+        out["ci95"] = list(percentile_interval(means))
     return out
 
 
@@ -308,7 +308,7 @@ def run_evaluation(cfg) -> dict[str, Any]:
         from rayrec.evaluation.fullcatalog import run_full_catalog
 
         return run_full_catalog(cfg)
-    from rayrec.evaluation.report import write_report
+    from rayrec.evaluation.report import track_evaluation, write_report
 
     t0 = time.time()
     ec = cfg.evaluate
@@ -327,8 +327,9 @@ def run_evaluation(cfg) -> dict[str, Any]:
         )
     elif ec.candidates == "retrieval":
         from rayrec.retrieval.index import ItemIndex, build_index
+        from rayrec.storage import is_file, join
 
-        if not (Path(cfg.index_dir) / "meta.json").is_file():
+        if not is_file(join(cfg.index_dir, "meta.json")):
             build_index(cfg)
         index = ItemIndex.load(cfg.index_dir)
         cases = retrieval_cases(rows, index, ec.num_candidates, cfg.retrieval.recency_decay)
@@ -432,4 +433,5 @@ def run_evaluation(cfg) -> dict[str, Any]:
         "timing": {"total_seconds": round(time.time() - t0, 2), "ranker_seconds": round(score_seconds, 2)},
     }
     result["files"] = write_report(result, per_user_df, cfg.eval_dir)
+    track_evaluation(cfg, result)
     return result

@@ -23,12 +23,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from rayrec import storage
 from rayrec.evaluation import metrics as M
 from rayrec.evaluation.baselines import popularity_top
 
@@ -93,12 +93,11 @@ def oracle_lists(cfg, users: pd.DataFrame, items: pd.DataFrame, n: int) -> list[
     last item (:meth:`SyntheticWorld.next_item_probability`), the best any system can rank.
     None when the data has no world ground truth."""
     from rayrec.data.store import load_users
-    from rayrec.data.world import SyntheticWorld
+    from rayrec.data.world import saved_world
 
-    world_dir = Path(cfg.data_dir) / "world"
-    if not (world_dir / "world.npz").is_file():
+    world = saved_world(cfg.data_dir)
+    if world is None:
         return None
-    world = SyntheticWorld.load(world_dir)
     world_item = items["item_id"].astype(int).to_numpy()  # item_idx -> the world's item id
     raw_user = load_users(cfg.data_dir).set_index("user_idx")["user_id"].astype(int)
     out = []
@@ -149,7 +148,7 @@ def run_full_catalog(cfg) -> dict[str, Any]:
     """Evaluate every available system on the full catalog; write the report to cfg.eval_dir."""
     from rayrec.data.store import load_items
     from rayrec.evaluation.evaluate import paired_bootstrap, resolve_checkpoint
-    from rayrec.evaluation.report import write_report
+    from rayrec.evaluation.report import track_evaluation, write_report
     from rayrec.seqrec.data import load_sequences
 
     t0 = time.time()
@@ -169,11 +168,11 @@ def run_full_catalog(cfg) -> dict[str, Any]:
         (lists["als"], notes["als"]), seconds["als"] = _timed(
             lambda: als_lists(cfg, all_users, users, len(items), depth))
     retrieved, source = None, None
-    if Path(cfg.retriever_model_dir).is_dir():
+    if storage.is_dir(cfg.retriever_model_dir):
         retriever = load_seq_retriever(cfg)
         retrieved, seconds["retriever"] = _timed(lambda: retriever.retrieve(histories, depth))
         lists["retriever"], source = [r[0] for r in retrieved], "retriever"
-    if (Path(cfg.index_dir) / "meta.json").is_file() and (ec.baselines or retrieved is None):
+    if storage.is_file(storage.join(cfg.index_dir, "meta.json")) and (ec.baselines or retrieved is None):
         lists["text_retrieval"], seconds["text_retrieval"] = _timed(
             lambda: text_retrieval_lists(cfg, histories, depth))
         if retrieved is None:  # no sequential retriever: the text index is the retrieval stage
@@ -236,6 +235,7 @@ def run_full_catalog(cfg) -> dict[str, Any]:
               "timing": {"total_seconds": round(time.time() - t0, 2),
                          **{f"{m}_seconds": round(s, 2) for m, s in seconds.items()}}}
     result["files"] = write_report(result, per_user, cfg.eval_dir)
+    track_evaluation(cfg, result)
     return result
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from rayrec import storage
 
 JSON_FILE = "eval.json"
 MARKDOWN_FILE = "eval.md"
@@ -43,8 +46,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_by_k(result: dict[str, Any], path: str | Path) -> None:
-    """HR@K and NDCG@K against K, one line per model."""
+def plot_by_k(result: dict[str, Any], path) -> None:
+    """HR@K and NDCG@K against K, one line per model (``path``: a file name or a binary file)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,18 +67,43 @@ def plot_by_k(result: dict[str, Any], path: str | Path) -> None:
     fig.suptitle(f"{p['split']} split, {p['users']} users, {p['candidates']} candidates "
                  f"(~{p['candidates_per_user']['mean']:.0f} per user)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
 def write_report(result: dict[str, Any], per_user: pd.DataFrame, out_dir: str | Path) -> dict[str, str]:
-    """Write eval.json, eval.md, eval.png and per_user.parquet into out_dir; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {k: str(out / f) for k, f in (("json", JSON_FILE), ("markdown", MARKDOWN_FILE),
-                                          ("plot", PLOT_FILE), ("per_user", PER_USER_FILE))}
-    per_user.to_parquet(files["per_user"], index=False)
-    plot_by_k(result, files["plot"])
-    (out / MARKDOWN_FILE).write_text(render_markdown(result))
-    (out / JSON_FILE).write_text(json.dumps({**result, "files": files}, indent=2, default=float))
+    """Write eval.json, eval.md, eval.png and per_user.parquet into out_dir (a local path or a
+    URI); returns their locations."""
+    files = {k: storage.join(str(out_dir), f) for k, f in (
+        ("json", JSON_FILE), ("markdown", MARKDOWN_FILE), ("plot", PLOT_FILE), ("per_user", PER_USER_FILE))}
+    storage.write_table(per_user, files["per_user"])
+    png = io.BytesIO()
+    plot_by_k(result, png)
+    storage.write_bytes(files["plot"], png.getvalue())
+    storage.write_text(files["markdown"], render_markdown(result))
+    storage.write_text(files["json"], json.dumps({**result, "files": files}, indent=2, default=float))
     return files
+
+
+def track_evaluation(cfg, result: dict[str, Any], name: str = "evaluate") -> None:
+    """One MLflow run (:mod:`rayrec.tracking`) of a finished evaluation: the evaluate section
+    and the protocol's short entries as params; ``<metric>/<model>`` and the comparisons
+    (``delta/<a>_vs_<b>``, ``ci95_lo/...``, ``ci95_hi/...``) as metrics; HR@K and NDCG@K also
+    as curves over K (``<metric>_by_k/<model>``, step = K); the report files as artifacts."""
+    from rayrec.tracking import start_run
+
+    p = result["protocol"]
+    short = {k: v for k, v in p.items()  # the protocol's counts and names, not its descriptions
+             if isinstance(v, int | float) or (isinstance(v, str) and len(v) <= 80 and k != "data_dir")}
+    params = {"evaluate": cfg.evaluate.model_dump(mode="json"), **short}
+    with start_run(cfg, name, params) as run:
+        run.log_metrics({f"{metric}/{model}": v for model, m in result["models"].items() for metric, v in m.items()})
+        for cmp, c in result.get("comparisons", {}).items():
+            lo, hi = c.get("ci95", (None, None))
+            run.log_metrics({f"delta/{cmp}": c["delta"], f"ci95_lo/{cmp}": lo, f"ci95_hi/{cmp}": hi})
+        run.log_metrics({f"timing/{k}": v for k, v in result.get("timing", {}).items()})
+        for model, m in result["models"].items():
+            run.log_series({f"{metric}_by_k/{model}": [m.get(f"{metric}@{k}") for k in p["ks"]]
+                            for metric in ("hr", "ndcg")}, p["ks"])
+        for path in result.get("files", {}).values():
+            run.log_artifacts(path, "report")

@@ -75,10 +75,9 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 def load_or_generate_world(cfg) -> SyntheticWorld:
     """The preprocessed world under ``<data_dir>/world`` when present, else a generated one."""
-    world_dir = Path(cfg.data_dir) / "world"
-    if (world_dir / "world.npz").is_file():
-        return SyntheticWorld.load(world_dir)
-    return SyntheticWorld.generate(cfg.data.synthetic)
+    from rayrec.data.world import saved_world
+
+    return saved_world(cfg.data_dir) or SyntheticWorld.generate(cfg.data.synthetic)
 
 
 # ---- semi-synthetic: a click model fit on a real rating log ----------------------------------
@@ -91,13 +90,20 @@ def fit_click_model(
 ) -> tuple[SyntheticWorld, dict]:
     """Fit a logistic matrix factorisation click model on a MovieLens-style ratings.csv.
 
-    Click model: p(click | u, i) = sigmoid(b0 + b_u + b_i + <P_u, Q_i>), fit by full-batch
-    Adam on: rated and rating >= like_threshold -> 1, rated below it -> 0, and as many
-    sampled unrated (user, item) pairs -> 0 (not watched = not clicked). Kept: the
-    ``n_items`` most-rated items and the users who rated any of them. Returned as a
-    SyntheticWorld (user = [P_u, b_u / c], item = [Q_i, c], item_bias = b_i, offset = b0,
-    scale = 1, c = 0.01) so the same environment code runs on it.
+    Click model: p(click | u, i) = sigmoid(z_ui), z_ui = b0 + b_u + b_i + <P_u, Q_i>, fit by
+    full-batch Adam (torch, float64) on the mean log-loss with an L2 penalty on the factors:
+
+        L = -1/n sum_(u,i,y) [y log sigmoid(z_ui) + (1 - y) log(1 - sigmoid(z_ui))]
+            + l2/2 (||P||^2 + ||Q||^2)
+
+    Labels: rated and rating >= like_threshold -> 1, rated below it -> 0, and as many
+    sampled unrated (user, item) pairs -> 0 (not watched = not clicked); 10% held out for
+    the reported held-out log-loss. Kept: the ``n_items`` most-rated items and the users who
+    rated any of them. Returned as a SyntheticWorld (user = [P_u, b_u / c], item = [Q_i, c],
+    item_bias = b_i, offset = b0, scale = 1, c = 0.01) so the same environment code runs on it.
     """
+    import torch
+
     path = Path(ratings_path)
     if not path.is_file():
         raise FileNotFoundError(f"ratings file not found: {path}")
@@ -116,59 +122,54 @@ def fit_click_model(
     rng = np.random.default_rng(seed)
     rated = set(zip(u.tolist(), i.tolist(), strict=True))
     nu, ni = rng.integers(len(users), size=3 * len(u)), rng.integers(len(items), size=3 * len(u))
-    keep = np.array([(a, b) not in rated for a, b in zip(nu.tolist(), ni.tolist(), strict=True)])
+    keep = np.array([(a, b) not in rated for a, b in zip(nu.tolist(), ni.tolist(), strict=True)], dtype=bool)
     nu, ni = nu[keep][: len(u)], ni[keep][: len(u)]
     U, I_ = np.concatenate([u, nu]), np.concatenate([i, ni])
     Y = np.concatenate([y, np.zeros(len(nu))])
     held = rng.random(len(Y)) < 0.1  # held-out 10%: reported, not trained on
-    Uv, Iv, Yv = U[held], I_[held], Y[held]
-    U, I_, Y = U[~held], I_[~held], Y[~held]
 
-    params = {
-        "P": 0.1 * rng.standard_normal((len(users), dim)), "Q": 0.1 * rng.standard_normal((len(items), dim)),
-        "bu": np.zeros(len(users)), "bi": np.zeros(len(items)), "b0": np.zeros(1),
-    }
-    adam = {k: (np.zeros_like(v), np.zeros_like(v)) for k, v in params.items()}
-    n = len(Y)
-    for step in range(1, steps + 1):
-        P, Q = params["P"], params["Q"]
-        logit = params["b0"][0] + params["bu"][U] + params["bi"][I_] + np.sum(P[U] * Q[I_], axis=1)
-        g = (1.0 / (1.0 + np.exp(-logit)) - Y) / n  # d(mean log-loss)/d logit
-        grads = {
-            "bu": np.bincount(U, g, len(users)),
-            "bi": np.bincount(I_, g, len(items)), "b0": np.array([g.sum()]),
-        }
-        gq, gp = g[:, None] * Q[I_], g[:, None] * P[U]
-        grads["P"] = np.stack([np.bincount(U, gq[:, d], len(users)) for d in range(dim)], axis=1)
-        grads["Q"] = np.stack([np.bincount(I_, gp[:, d], len(items)) for d in range(dim)], axis=1)
-        grads["P"] += l2 * P
-        grads["Q"] += l2 * Q
-        for k, gk in grads.items():
-            m, v = adam[k]
-            m[:] = 0.9 * m + 0.1 * gk
-            v[:] = 0.999 * v + 0.001 * gk**2
-            params[k] -= lr * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
-    def logloss(u_, i_, y_) -> float:
-        z = params["b0"][0] + params["bu"][u_] + params["bi"][i_] + np.sum(params["P"][u_] * params["Q"][i_], axis=1)
-        p = 1.0 / (1.0 + np.exp(-z))
-        return float(-np.mean(y_ * np.log(p + 1e-12) + (1 - y_) * np.log(1 - p + 1e-12)))
+    f64 = torch.float64
+    train = [torch.as_tensor(a[~held]) for a in (U, I_, Y)]
+    valid = [torch.as_tensor(a[held]) for a in (U, I_, Y)]
+    P = torch.as_tensor(0.1 * rng.standard_normal((len(users), dim)), dtype=f64).requires_grad_()
+    Q = torch.as_tensor(0.1 * rng.standard_normal((len(items), dim)), dtype=f64).requires_grad_()
+    bu, bi, b0 = (torch.zeros(k, dtype=f64, requires_grad=True) for k in (len(users), len(items), 1))
+
+    def logloss(u_: torch.Tensor, i_: torch.Tensor, y_: torch.Tensor) -> torch.Tensor:
+        z = b0 + bu[u_] + bi[i_] + (P[u_] * Q[i_]).sum(1)
+        return torch.nn.functional.binary_cross_entropy_with_logits(z, y_)
+
+    opt = torch.optim.Adam([P, Q, bu, bi, b0], lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ops of n x dim: more threads only add synchronisation
+    try:
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = logloss(*train) + 0.5 * l2 * (P.square().sum() + Q.square().sum())
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            train_logloss, heldout_logloss = float(logloss(*train)), float(logloss(*valid))
+    finally:
+        torch.set_num_threads(threads)
+    P, Q, bu, bi, b0 = (x.detach().numpy() for x in (P, Q, bu, bi, b0))
 
     cats, titles = _movie_meta(path.parent / "movies.csv", items)
     names = sorted(set(cats))
     c = _BIAS_COORD  # small, so item-item cosine (diversity) is driven by Q, not the constant
     world = SyntheticWorld(
-        user_factors=np.hstack([params["P"], params["bu"][:, None] / c]).astype(np.float32),
-        item_factors=np.hstack([params["Q"], np.full((len(items), 1), c)]).astype(np.float32),
-        item_bias=params["bi"].astype(np.float32),
+        user_factors=np.hstack([P, bu[:, None] / c]).astype(np.float32),
+        item_factors=np.hstack([Q, np.full((len(items), 1), c)]).astype(np.float32),
+        item_bias=bi.astype(np.float32),
         item_category=np.array([names.index(c) for c in cats], dtype=np.int64),
-        category_names=names, titles=titles, scale=1.0, offset=float(params["b0"][0]),
+        category_names=names, titles=titles, scale=1.0, offset=float(b0[0]),
     )
     info = {
-        "click_model": "p = sigmoid(b0 + b_u + b_i + <P_u, Q_i>), logistic MF (numpy, Adam)",
+        "click_model": "p = sigmoid(b0 + b_u + b_i + <P_u, Q_i>), logistic MF (torch, Adam)",
         "labels": f"rating >= {like_threshold} -> 1, rated below -> 0, sampled unrated -> 0",
-        "n_users": len(users), "n_items": len(items), "dim": dim, "n_train": n,
-        "train_logloss": logloss(U, I_, Y), "heldout_logloss": logloss(Uv, Iv, Yv),
-        "positive_rate": float(Y.mean()), "l2": l2, "steps": steps,
+        "n_users": len(users), "n_items": len(items), "dim": dim, "n_train": int((~held).sum()),
+        "train_logloss": train_logloss, "heldout_logloss": heldout_logloss,
+        "positive_rate": float(Y[~held].mean()), "l2": l2, "steps": steps,
     }
     return world, info
 

@@ -9,6 +9,7 @@ see the same request stream. Bands are mean +- 1.96 standard errors over seeds.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from rayrec import storage
 from rayrec.evaluation import metrics
 from rayrec.explore.config import ExploreConfig
 from rayrec.explore.environments import (
@@ -114,7 +116,7 @@ def summarise(runs: list[dict], cfg: ExploreConfig) -> dict:
     return out
 
 
-def _plot(summary: dict, path: Path, title: str) -> None:
+def _plot(summary: dict, path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,7 +137,7 @@ def _plot(summary: dict, path: Path, title: str) -> None:
         ax.legend(fontsize=8)
         ax.set_title(f"{title}: {key.replace('_', ' ')} (mean +- 1.96 se)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -171,6 +173,29 @@ def _markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+SCALARS = ("ctr", "catalog_coverage", "intra_list_diversity", "categories_per_slate", "novelty")
+MAX_CURVE_POINTS = 1000  # rounds logged per curve (evenly spaced, the last included)
+
+
+def _track(cfg, result: dict) -> None:
+    """One MLflow run (:mod:`rayrec.tracking`): the explore section as params; per policy the
+    mean cumulative reward and regret over seeds per round (``cum_reward/<policy>``, step =
+    round) and the scalar metrics (``ctr/<policy>``, ...); the click model's fit; the report."""
+    from rayrec.tracking import start_run
+
+    with start_run(cfg, "bandit", {"explore": result["config"], "environment": result["environment"]}) as run:
+        horizon = len(next(iter(result["policies"].values()))["cum_reward"][0])
+        rounds = np.unique(np.linspace(1, horizon, min(horizon, MAX_CURVE_POINTS)).round().astype(int))
+        curves = {f"{key}/{name}": np.asarray(s[key][0])[rounds - 1]
+                  for name, s in result["policies"].items() for key in ("cum_reward", "cum_regret") if key in s}
+        run.log_series(curves, rounds.tolist())
+        run.log_metrics({f"{k}/{name}": s[k]["mean"] for name, s in result["policies"].items() for k in SCALARS}
+                        | {f"click_model/{k}": v for k, v in (result["click_model"] or {}).items()}
+                        | {"wall_s": result["wall_s"]})
+        for path in result["files"].values():
+            run.log_artifacts(path, "report")
+
+
 def build_environment(cfg) -> tuple[WorldEnv, dict | None]:
     """The environment named by ``cfg.explore.environment`` (replay uses the synthetic world)."""
     ex = cfg.explore
@@ -199,15 +224,16 @@ def run_experiment(cfg) -> dict:
     t0 = time.perf_counter()
     runs = run_grid(env, ex, ex.parallel, "replay" if ex.environment == "replay" else "online")
     wall = time.perf_counter() - t0
-    out_dir = Path(cfg.explore_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {k: storage.join(cfg.explore_dir, f) for k, f in
+             (("json", "results.json"), ("plot", "curves.png"), ("report", "report.md"))}
     result = {
         "environment": env.name, "config": ex.model_dump(mode="json"), "wall_s": wall,
-        "click_model": click_model, "policies": summarise(runs, ex),
-        "files": {k: str(out_dir / f) for k, f in
-                  (("json", "results.json"), ("plot", "curves.png"), ("report", "report.md"))},
+        "click_model": click_model, "policies": summarise(runs, ex), "files": files,
     }
-    (out_dir / "results.json").write_text(json.dumps(result, indent=1))
-    _plot(result["policies"], out_dir / "curves.png", env.name)
-    (out_dir / "report.md").write_text(_markdown(result))
+    storage.write_text(files["json"], json.dumps(result, indent=1))
+    png = io.BytesIO()
+    _plot(result["policies"], png, env.name)
+    storage.write_bytes(files["plot"], png.getvalue())
+    storage.write_text(files["report"], _markdown(result))
+    _track(cfg, result)
     return result

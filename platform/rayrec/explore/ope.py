@@ -12,7 +12,8 @@ clipped at ``clip``). With V(pi) = E[sum of clicks of the slate pi shows]:
 
 IPS and DR are unbiased for any logging policy with full support (DR for any reward model,
 because its correction has mean E_pi[r - rhat]); DM is as good as ``rhat``. Confidence
-intervals: percentile bootstrap over decisions, refitting the reward model in every replicate.
+intervals: percentile bootstrap over decisions (:mod:`rayrec.evaluation.bootstrap`), refitting
+the reward model in every replicate (the resample counts are its sample weights).
 DM/DR need the target's candidate probabilities (``candidates`` frame); the endpoint log
 holds only shown items, so it supports IPS/SNIPS unless a candidates frame is supplied.
 """
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from rayrec.data.schema import FEEDBACK_COLUMNS, IMPRESSION_COLUMNS
+from rayrec.evaluation.bootstrap import bootstrap, percentile_interval
 
 ESTIMATORS = ("ips", "snips", "dm", "dr")
 
@@ -139,14 +141,12 @@ def evaluate(
         return out
 
     point = stats(np.ones(n))
-    rng = np.random.default_rng(seed)
-    boots = [stats(np.bincount(rng.integers(n, size=n), minlength=n).astype(np.float64))
-             for _ in range(n_boot)]
+    boots = bootstrap(stats, n, n_boot, seed)
     result = {}
     for name, est in point.items():
         b = np.array([x[name] for x in boots])
-        lo, hi = np.quantile(b, [alpha / 2, 1 - alpha / 2])
-        result[name] = {"estimate": float(est), "lo": float(lo), "hi": float(hi),
+        lo, hi = percentile_interval(b, alpha)
+        result[name] = {"estimate": float(est), "lo": lo, "hi": hi,
                         "se": float(b.std(ddof=1)), "n": n}
     return result
 

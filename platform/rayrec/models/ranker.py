@@ -206,7 +206,9 @@ def _load_head(model: RankerModel, art: Path) -> None:
 
 
 def _artifact_dir(checkpoint: str | Path) -> Path:
-    p = Path(checkpoint)
+    from rayrec.storage import local_copy
+
+    p = Path(local_copy(str(checkpoint)))  # a remote checkpoint is downloaded once
     for cand in (p, p / "model"):
         if (cand / ARTIFACT_FILE).is_file():
             return cand

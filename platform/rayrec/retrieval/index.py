@@ -1,6 +1,6 @@
 """The item vector index: Ray Data embeds the catalog, FAISS answers nearest-neighbour queries.
 
-On disk (``cfg.index_dir``):
+On disk (``cfg.index_dir``, a local path or a URI):
   index.faiss        the FAISS index (inner product on unit vectors = cosine)
   embeddings.npy     (n, dim) float32 item embeddings, row r is item ``item_idx[r]``
   items.parquet      item_idx, category per row
@@ -9,17 +9,19 @@ On disk (``cfg.index_dir``):
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
+from rayrec import storage
 from rayrec.retrieval.encoder import TextEncoder
 
 INDEX_FILE = "index.faiss"
@@ -158,30 +160,32 @@ class ItemIndex:
         """Embeddings of the given items, in the given order."""
         return self.item_embeddings[self.rows(item_idxs)]
 
-    def save(self, out_dir: str | Path) -> str:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(out / INDEX_FILE))
-        np.save(out / EMBEDDINGS_FILE, self.item_embeddings)
-        pd.DataFrame({"item_idx": self.item_idxs, "category": self.categories.astype(str)}).to_parquet(
-            out / ITEMS_FILE, index=False
-        )
-        (out / META_FILE).write_text(json.dumps(self.meta, indent=2))
-        return str(out)
+    def save(self, out_dir: str) -> str:
+        """Write the index files to ``out_dir`` (a local path or a URI)."""
+        storage.write_bytes(storage.join(out_dir, INDEX_FILE), faiss.serialize_index(self.index).tobytes())
+        buf = io.BytesIO()
+        np.save(buf, self.item_embeddings)
+        storage.write_bytes(storage.join(out_dir, EMBEDDINGS_FILE), buf.getvalue())
+        storage.write_table(pd.DataFrame({"item_idx": self.item_idxs, "category": self.categories.astype(str)}),
+                            storage.join(out_dir, ITEMS_FILE))
+        storage.write_text(storage.join(out_dir, META_FILE), json.dumps(self.meta, indent=2))  # last
+        return str(out_dir)
 
     @classmethod
-    def load(cls, index_dir: str | Path) -> ItemIndex:
-        """Load an index written by :func:`build_index` (or :meth:`save`)."""
-        d = Path(index_dir)
-        missing = [f for f in (INDEX_FILE, EMBEDDINGS_FILE, ITEMS_FILE, META_FILE) if not (d / f).is_file()]
+    def load(cls, index_dir: str) -> ItemIndex:
+        """Load an index written by :func:`build_index` (or :meth:`save`), local or remote."""
+        files = {f: storage.join(str(index_dir), f) for f in (INDEX_FILE, EMBEDDINGS_FILE, ITEMS_FILE, META_FILE)}
+        missing = [f for f, loc in files.items() if not storage.is_file(loc)]
         if missing:
-            raise FileNotFoundError(f"no item index at {d} (missing {', '.join(missing)}); run build_index")
-        items = pd.read_parquet(d / ITEMS_FILE)
-        meta = json.loads((d / META_FILE).read_text())
-        index = faiss.read_index(str(d / INDEX_FILE))
+            raise FileNotFoundError(f"no item index at {index_dir} (missing {', '.join(missing)}); run build_index")
+        fs, path = storage.resolve_fs(files[ITEMS_FILE])
+        items = pq.read_table(path, filesystem=fs).to_pandas()
+        meta = json.loads(storage.read_text(files[META_FILE]))
+        index = faiss.deserialize_index(np.frombuffer(storage.read_bytes(files[INDEX_FILE]), dtype=np.uint8))
         if meta.get("type") == "ivf":
             index.nprobe = int(meta.get("nprobe", 16))
-        return cls(index, items["item_idx"].to_numpy(), np.load(d / EMBEDDINGS_FILE), items["category"], meta)
+        embeddings = np.load(io.BytesIO(storage.read_bytes(files[EMBEDDINGS_FILE])))
+        return cls(index, items["item_idx"].to_numpy(), embeddings, items["category"], meta)
 
     def search(
         self,

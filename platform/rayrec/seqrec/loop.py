@@ -13,6 +13,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
+from rayrec.console import progress
 from rayrec.evaluation.metrics import ndcg_at_k
 from rayrec.seqrec.config import RetrieverConfig
 from rayrec.seqrec.data import training_tensors
@@ -89,7 +90,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         opt.load_state_dict(saved["optimizer"])
         state.update(saved["state"])
         if rank == 0:
-            log.warning("retriever resumed at epoch %d", state["epoch"])
+            log.info("retriever resumed at epoch %d", state["epoch"])
     resumed_at = state["epoch"]
     gen = torch.Generator().manual_seed(rc.seed * 1000 + rank)
     t0, t_start = time.perf_counter(), time.perf_counter()
@@ -116,6 +117,9 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             planned = min(planned, resumed_at + done_here * 60 * rc.max_minutes / max(elapsed, 1e-9))
         last = epoch >= rc.max_epochs or out_of_time
         if epoch % rc.eval_every_epochs and not last:
+            if rank == 0:  # the console's live line moves every epoch (max_minutes may shorten the run)
+                progress("epoch", epoch, max(epoch + 1, min(rc.max_epochs, math.ceil(planned))),
+                         loss=float(np.mean(losses)))
             continue
         dt = time.perf_counter() - t0
         metrics = {"epoch": epoch, "start_epoch": resumed_at, "loss": float(np.mean(losses)),
@@ -130,8 +134,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         metrics["best_" + rc.early_stopping_metric] = state["best"]
         stop = last or state["bad_evals"] >= rc.patience
         if rank == 0:
-            log.warning("retriever epoch %d/%d %s", epoch, rc.max_epochs,
-                        " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
+            total = epoch if stop else max(epoch + 1, min(rc.max_epochs, math.ceil(planned)))
+            progress("epoch", epoch, total, **{k: v for k, v in metrics.items() if k != "epoch"})
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:

@@ -16,11 +16,10 @@ Written in the examples layout of :mod:`rayrec.data.schema` (plus ``retrieval_sc
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
+from rayrec import storage
 from rayrec.data.schema import EXAMPLES_DIR
 from rayrec.data.text import render_history
 
@@ -72,8 +71,7 @@ def mine_ranker_examples(cfg) -> dict:
         out[split] = len(frame)
         if frame.empty:  # nothing the retriever found: train.examples auto falls back to sampled
             continue
-        d = Path(cfg.retriever_dir) / EXAMPLES_DIR / split
-        d.mkdir(parents=True, exist_ok=True)
-        frame.sample(frac=1.0, random_state=cfg.retriever.seed).to_parquet(d / "part-0.parquet", index=False)
+        storage.write_table(frame.sample(frac=1.0, random_state=cfg.retriever.seed),
+                            storage.join(cfg.retriever_dir, EXAMPLES_DIR, split, "part-0.parquet"))
     out["positions"] = len(pos)
-    return {"examples": str(Path(cfg.retriever_dir) / EXAMPLES_DIR), "candidates": n, **out}
+    return {"examples": storage.join(cfg.retriever_dir, EXAMPLES_DIR), "candidates": n, **out}

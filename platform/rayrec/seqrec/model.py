@@ -15,6 +15,7 @@ newest item and position embeddings count from the right, whatever the history's
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -133,13 +134,16 @@ def save_retriever(out_dir: str | Path, model: SASRec, cfg: RetrieverConfig, ext
 
 def load_retriever(model_dir: str | Path) -> tuple[SASRec, dict]:
     """The saved network in eval mode, and its metadata."""
-    d = Path(model_dir)
-    if not (d / META_FILE).is_file() or not (d / MODEL_FILE).is_file():
+    from rayrec import storage
+
+    d = str(model_dir)  # a local path or a URI
+    if not storage.is_file(storage.join(d, META_FILE)) or not storage.is_file(storage.join(d, MODEL_FILE)):
         raise FileNotFoundError(f"no trained retriever at {d} (missing {META_FILE} or {MODEL_FILE}); "
                                 "run `rayrec train-retriever` first")
-    meta = json.loads((d / META_FILE).read_text())
+    meta = json.loads(storage.read_text(storage.join(d, META_FILE)))
     cfg = RetrieverConfig.model_validate(meta["config"])
-    state = torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True)
+    state = torch.load(io.BytesIO(storage.read_bytes(storage.join(d, MODEL_FILE))), map_location="cpu",
+                       weights_only=True)
     text = state.get("text")
     model = SASRec(int(meta["n_items"]), cfg, None if text is None else text.numpy())
     model.load_state_dict(state)

@@ -20,6 +20,9 @@ from rayrec.runtime import init_ray, require_resources, warn_if_busy
 from rayrec.seqrec.data import sequence_dataset
 from rayrec.seqrec.loop import train_loop_per_worker
 from rayrec.seqrec.mining import mine_ranker_examples
+from rayrec.seqrec.model import META_FILE, MODEL_FILE
+from rayrec.tracking import start_run
+from rayrec.tracking.train import report_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -77,36 +80,41 @@ def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
     n_users = len(seqs.unique("user_idx"))
     text = _text_vectors(cfg, n_items) if rc.text_init else None
     warn_if_busy(needs, "retriever training")
-    log.warning("training the retriever on %d users (%d windows) x %d items, %d worker(s)", n_users,
-                n_windows, n_items, rc.num_workers)
+    log.info("training the retriever on %d users (%d windows) x %d items, %d worker(s)", n_users,
+             n_windows, n_items, rc.num_workers)
     metric = f"valid_{rc.early_stopping_metric}"
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"retriever": rc.model_dump(mode="json"), "n_items": n_items,
-                           "text_vectors": text},
-        scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu),
-        torch_config=TorchConfig(backend="nccl" if rc.use_gpu else "gloo"),
-        run_config=RunConfig(
-            name=rc.run_name, storage_path=cfg.retriever_dir + "/runs",
-            failure_config=FailureConfig(max_failures=rc.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=rc.keep_checkpoints,
-                                               checkpoint_score_attribute=metric,
-                                               checkpoint_score_order="max"),
-        ),
-        datasets={"train": seqs},
-    )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    scored = [(m[metric], c, m) for c, m in (result.best_checkpoints or []) if metric in m]
-    if not scored:
-        raise RuntimeError(f"retriever training reported no {metric}; nothing to publish")
-    value, best, best_metrics = max(scored, key=lambda t: t[0])
-    model_dir = _publish(best, cfg.retriever_model_dir)
-    index_dir = build_retriever_index(cfg)
-    mined = mine_ranker_examples(cfg)
-    return {"model": model_dir, "index": index_dir, "mined": mined, "best_epoch": best_metrics.get("epoch"),
-            metric: value, "users": n_users, "windows": n_windows, "items": n_items,
-            "sequences_per_s": best_metrics.get("sequences_per_s"),
-            "last": dict(result.metrics or {}), "run_dir": str(result.path),
-            "checkpoint": str(Path(best.path))}
+    params = {"retriever": rc.model_dump(mode="json"), "users": n_users, "windows": n_windows,
+              "items": n_items}
+    with start_run(cfg, "train-retriever", params) as run:
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"retriever": rc.model_dump(mode="json"), "n_items": n_items,
+                               "text_vectors": text},
+            scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu),
+            torch_config=TorchConfig(backend="nccl" if rc.use_gpu else "gloo"),
+            run_config=RunConfig(
+                name=rc.run_name, storage_path=cfg.retriever_dir + "/runs",
+                failure_config=FailureConfig(max_failures=rc.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=rc.keep_checkpoints,
+                                                   checkpoint_score_attribute=metric,
+                                                   checkpoint_score_order="max"),
+                callbacks=report_callbacks(run, "epoch"),  # rank 0's metrics per epoch -> MLflow
+            ),
+            datasets={"train": seqs},
+        )
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        scored = [(m[metric], c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+        if not scored:
+            raise RuntimeError(f"retriever training reported no {metric}; nothing to publish")
+        value, best, best_metrics = max(scored, key=lambda t: t[0])
+        model_dir = _publish(best, cfg.retriever_model_dir)
+        index_dir = build_retriever_index(cfg)
+        mined = mine_ranker_examples(cfg)
+        run.log_model(model_dir, [META_FILE] + ([MODEL_FILE] if cfg.tracking.log_model else []))
+        return {"model": model_dir, "index": index_dir, "mined": mined, "best_epoch": best_metrics.get("epoch"),
+                metric: value, "users": n_users, "windows": n_windows, "items": n_items,
+                "sequences_per_s": best_metrics.get("sequences_per_s"),
+                "last": dict(result.metrics or {}), "run_dir": str(result.path),
+                "checkpoint": str(Path(best.path))}

@@ -11,7 +11,6 @@ file lists); deploying and switching it is :mod:`rayrec.serving.control`.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from rayrec.config import RayrecConfig, load_config
@@ -23,7 +22,7 @@ from rayrec.serving.retrieval import RetrievalDeployment
 def _absolute_dirs(cfg: RayrecConfig) -> RayrecConfig:
     """Pin every artifact dir to an absolute path now: replicas run with another cwd."""
     return cfg.model_copy(update={
-        "run_dir": cfg.run_dir if "://" in cfg.run_dir else os.path.abspath(os.path.expanduser(cfg.run_dir)),
+        "run_dir": cfg.path(),
         "data": cfg.data.model_copy(update={"out": cfg.data_dir}),
         "train": cfg.train.model_copy(update={"storage_path": cfg.checkpoint_dir}),
         "retrieval": cfg.retrieval.model_copy(update={"out": cfg.index_dir}),
@@ -111,9 +110,10 @@ def app_config(
 
 def _shipped_code() -> dict[str, Any]:
     # Declarative apps do not inherit the driver's job runtime env: pass on the code that
-    # init_ray / `ray job submit --working-dir` uploaded (already gcs:// URIs by now).
+    # init_ray / `ray job submit --working-dir` uploaded (already gcs:// URIs by now), and the
+    # job's env_vars (e.g. the credentials and endpoint of a remote run_dir).
     import ray
 
     env = dict(ray.get_runtime_context().runtime_env or {})
-    return {k: env[k] for k in ("working_dir", "py_modules") if env.get(k)}
+    return {k: env[k] for k in ("working_dir", "py_modules", "env_vars") if env.get(k)}
 

@@ -33,6 +33,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rayrec.data.schema import FEEDBACK_COLUMNS, IMPRESSION_COLUMNS
+from rayrec.storage import resolve_fs
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,6 @@ assert tuple(FEEDBACK_SCHEMA.names) == FEEDBACK_COLUMNS
 _SCHEMAS = {IMPRESSIONS: IMPRESSION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA}
 
 
-def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in root:
-        return pafs.FileSystem.from_uri(root)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(root))
 
 
 class EventLogFull(RuntimeError):
@@ -105,7 +102,7 @@ class EventLogWriter:
         self.flush_rows = flush_rows
         self.flush_interval_s = flush_interval_s
         self.writer_id = writer_id or uuid.uuid4().hex[:12]
-        self._fs, self._base = _filesystem(root)
+        self._fs, self._base = resolve_fs(root)
         for kind in _SCHEMAS:
             self._fs.create_dir(f"{self._base}/{kind}", recursive=True)
         self._buffers: dict[str, list[Mapping[str, Any]]] = {k: [] for k in _SCHEMAS}
@@ -242,7 +239,7 @@ def _quarantine(fs: pafs.FileSystem, path: str, kind_dir: str, err: Exception) -
 
 def _read_kind(root: str, kind: str) -> pd.DataFrame:
     schema = _SCHEMAS[kind]
-    fs, base = _filesystem(root)
+    fs, base = resolve_fs(root)
     info = fs.get_file_info(pafs.FileSelector(f"{base}/{kind}", allow_not_found=True))
     files = sorted(
         i.path for i in info
@@ -262,7 +259,7 @@ def _read_kind(root: str, kind: str) -> pd.DataFrame:
 
 def read_report(root: str) -> dict[str, int]:
     """Part files read and quarantined per kind (what off-policy evaluation can trust)."""
-    fs, base = _filesystem(root)
+    fs, base = resolve_fs(root)
     out: dict[str, int] = {}
     for kind in _SCHEMAS:
         for sub, key in (("", f"{kind}_parts"), (f"/{QUARANTINE}", f"{kind}_quarantined")):

@@ -90,7 +90,6 @@ def _error(status: int, error: str, detail, headers: dict[str, str] | None = Non
 
 @fastapi_app.exception_handler(RequestValidationError)
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    _count(request, 422)
     problems = []
     for e in exc.errors():
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
@@ -116,20 +115,12 @@ _UNAVAILABLE = {EventLogFull: ("event log unavailable", "5"), PolicyUnavailable:
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-    _count(request, 503)
     error, retry_after = _UNAVAILABLE[type(exc)]
     return _error(503, error, str(exc), {"Retry-After": retry_after})
 
 
 for _exc in _UNAVAILABLE:
     fastapi_app.add_exception_handler(_exc, _unavailable)
-
-
-def _count(request: Request, status: int) -> None:
-    """Count a request rejected before its route ran (validation, auth)."""
-    ingress = _ingress()
-    if ingress is not None:
-        ingress._requests.inc(tags={"route": request.url.path.rstrip("/").rsplit("/", 1)[-1], "status": str(status)})
 
 
 def _bad_request(msg: str, status: int = 422) -> HTTPException:
@@ -146,7 +137,6 @@ async def _require_key(request: Request) -> None:
     if presented is None and auth.lower().startswith("bearer "):
         presented = auth[7:].strip()
     if not key_is_valid(presented, ingress.api_keys):
-        _count(request, 401)
         raise HTTPException(status_code=401, detail="missing or invalid API key",
                             headers={"WWW-Authenticate": "Bearer"})
 
@@ -194,10 +184,9 @@ class RecommenderIngress:
         )
         self.bandit = BanditClient(self.cfg, app_name)
         self._slates: OrderedDict[str, dict[str, Any]] = OrderedDict()  # request_id -> served slate
-        self._requests = metrics.Counter(
-            "rayrec_requests_total", description="Requests by route and HTTP status.",
-            tag_keys=("route", "status"),
-        )
+        # Requests and their latency by route and status code are Serve's own (its proxy exports
+        # serve_num_http_requests, serve_num_http_error_requests and serve_http_request_latency_ms,
+        # tagged route, method, application, status_code); these are what it cannot see.
         self._degraded = metrics.Counter(
             "rayrec_degraded_total", description="Responses served in retrieval order, by reason.",
             tag_keys=("reason",),
@@ -253,13 +242,7 @@ class RecommenderIngress:
                       responses=error_responses("recommend", (400, 401, 404, 413, 422, 503)))
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         """Top-k items for a user and/or history and/or free-text query."""
-        try:
-            out = await self._recommend(req)
-        except HTTPException as e:
-            self._requests.inc(tags={"route": "recommend", "status": str(e.status_code)})
-            raise
-        self._requests.inc(tags={"route": "recommend", "status": "200"})
-        return out
+        return await self._recommend(req)
 
     @fastapi_app.post("/feedback", response_model=FeedbackResponse, dependencies=[Depends(_require_key)],
                       responses=error_responses("feedback", (400, 401, 404, 413, 422, 503)))
@@ -269,12 +252,10 @@ class RecommenderIngress:
         self.events.check_capacity()  # 503 before the policy learns what could not be logged
         lo, hi = self.cfg.serve.reward_min, self.cfg.serve.reward_max
         if not lo <= req.reward <= hi:
-            self._requests.inc(tags={"route": "feedback", "status": "422"})
             raise _bad_request(f"reward: must be within [{lo}, {hi}] (serve.reward_min/max), got {req.reward}")
         slate = self._slates.get(req.request_id)
         if slate is not None:
             if item_id not in slate["pos_of"]:
-                self._requests.inc(tags={"route": "feedback", "status": "404"})
                 raise _bad_request(f"item_id {item_id!r} was not shown in request {req.request_id!r}", 404)
             policy, item_idx = slate["policy"], slate["item_idx"][slate["pos_of"][item_id]]
             if slate["learned"]:
@@ -288,7 +269,6 @@ class RecommenderIngress:
             if item_idx is not None:
                 policy, status = await self.bandit.feedback_any(req.request_id, item_idx, float(req.reward))
         if not status:
-            self._requests.inc(tags={"route": "feedback", "status": "404"})
             raise _bad_request(
                 f"unknown or expired request_id {req.request_id!r} (or item {item_id!r} not shown in it)", 404)
         if status == "recorded":  # a duplicate was acknowledged, not learned or logged again
@@ -296,7 +276,6 @@ class RecommenderIngress:
                 "request_id": req.request_id, "timestamp": time.time(), "item_idx": int(item_idx),
                 "item_id": item_id, "reward": float(req.reward),
             }])
-        self._requests.inc(tags={"route": "feedback", "status": "200"})
         return FeedbackResponse(request_id=req.request_id, item_id=item_id, reward=float(req.reward),
                                 policy=policy, recorded=status == "recorded", duplicate=status == "duplicate")
 

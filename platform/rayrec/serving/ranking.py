@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,24 +40,6 @@ def resolve_checkpoint(cfg: RayrecConfig, requested: str | None) -> tuple[str | 
     if found:
         return found, how
     return None, f"no adapter under {cfg.checkpoint_dir}: untuned backbone {cfg.model.backbone}"
-
-
-def localize_checkpoint(checkpoint: str) -> str:
-    """A local copy of a remote (s3://, gs://...) checkpoint; local paths pass through."""
-    if "://" not in checkpoint:
-        return checkpoint
-    import hashlib
-    import tempfile
-
-    import pyarrow.fs as pafs
-
-    dest = Path(tempfile.gettempdir()) / "rayrec_ckpt" / hashlib.sha1(checkpoint.encode()).hexdigest()[:16]
-    if not (dest / ".complete").is_file():
-        dest.mkdir(parents=True, exist_ok=True)
-        fs, src = pafs.FileSystem.from_uri(checkpoint)
-        pafs.copy_files(src, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        (dest / ".complete").touch()
-    return str(dest)
 
 
 def _device(num_gpus: float) -> str:
@@ -105,8 +86,7 @@ class RankingDeployment:
 
         checkpoint, why = resolve_checkpoint(self.cfg, requested)
         t0 = time.perf_counter()
-        local = localize_checkpoint(checkpoint) if checkpoint else None
-        ranker = load_ranker(self.cfg.model, local, device=self.device)
+        ranker = load_ranker(self.cfg.model, checkpoint, device=self.device)  # remote: downloaded
         # Swap only once the new ranker is fully loaded: in-flight batches keep the old one.
         self.ranker, self.version = ranker, checkpoint or f"untuned:{self.cfg.model.backbone}"
         log.info("ranker loaded in %.1fs on %s: %s (%s)", time.perf_counter() - t0, self.device, self.version, why)

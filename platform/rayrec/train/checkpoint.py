@@ -91,11 +91,9 @@ def restore_checkpoint(ckpt_dir: str, engine) -> dict:
 
 
 def _fs_and_path(uri: str):
-    import pyarrow.fs as pafs
+    from rayrec.storage import resolve_fs
 
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    return resolve_fs(uri)
 
 
 def latest_checkpoint(checkpoint_dir: str) -> str | None:

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from rayrec.config import RayrecConfig
+from rayrec.console import progress
 from rayrec.evaluation.metrics import hit_rate_at_k, ndcg_at_k, reciprocal_rank
 from rayrec.models.losses import ranking_loss
 from rayrec.models.prior import ranker_priors
@@ -130,7 +131,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             client = restore_checkpoint(d, engine)
         state.update({k: client[k] for k in state if k in client})
         if rank == 0:
-            log.warning("resumed from %s at step %d", ckpt.path, state["step"])
+            log.info("resumed from %s at step %d", ckpt.path, state["step"])
     valid_rows = list(ray.train.get_dataset_shard("valid").iter_rows()) if loop_cfg["has_valid"] else []
     train_shard = ray.train.get_dataset_shard("train")
     start_step = state["step"]
@@ -168,6 +169,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             do_eval = bool(valid_rows) and (step % tc.eval_every_steps == 0 or done)
             do_ckpt = step % tc.checkpoint_every_steps == 0 or done or do_eval
             if not (do_eval or do_ckpt or step % tc.log_every_steps == 0):
+                if rank == 0:  # the console's live line moves every step
+                    progress("step", step, total_steps, loss=losses[-1])
                 continue
             dt = time.perf_counter() - t0
             metrics = {
@@ -185,8 +188,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                 stop = state["bad_evals"] >= tc.early_stopping_patience
                 metrics["best_" + tc.early_stopping_metric] = state["best"]
             if rank == 0:
-                log.warning("step %d/%d %s", step, total_steps, " ".join(
-                    f"{k}={v:.4g}" for k, v in metrics.items() if k != "step"))
+                progress("step", step, total_steps, **{k: v for k, v in metrics.items() if k != "step"})
             if do_ckpt or stop:
                 # Ray keeps the keep_checkpoints best by this; one not validated ranks last.
                 metrics[CHECKPOINT_SCORE] = value if do_eval else -math.inf
@@ -206,5 +208,5 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             continue
         break
     if stop and rank == 0:
-        log.warning("early stop at step %d: best %s=%.4f", state["step"],
+        log.info("early stop at step %d: best %s=%.4f", state["step"],
                     tc.early_stopping_metric, state["best"])

@@ -11,7 +11,10 @@ from rayrec.config import RayrecConfig
 from rayrec.data.schema import EXAMPLES_DIR
 from rayrec.models.prior import load_item_prior
 from rayrec.runtime import init_ray, require_resources, warn_if_busy
-from rayrec.train.checkpoint import record_best
+from rayrec.tracking import start_run
+from rayrec.tracking.train import report_callbacks
+from rayrec.train.checkpoint import CONFIG_FILE, MANIFEST_FILE, MODEL_DIR, record_best
+from rayrec.train.history import MetricsHistory, history_location, read_history
 from rayrec.train.loop import (
     CHECKPOINT_SCORE,
     RETRIEVAL_COLUMN,
@@ -30,6 +33,7 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     run_dir: str = ""
     best_checkpoint: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # every report, oldest first
 
 
 def examples_source(cfg: RayrecConfig) -> str:
@@ -39,7 +43,7 @@ def examples_source(cfg: RayrecConfig) -> str:
         return cfg.train.examples
     import pyarrow.fs as pafs
 
-    from rayrec.data.sources import join, resolve_fs
+    from rayrec.storage import join, resolve_fs
 
     fs, path = resolve_fs(join(cfg.retriever_dir, EXAMPLES_DIR, "train"))
     return "retriever" if fs.get_file_info(path).type == pafs.FileType.Directory else "sampled"
@@ -127,47 +131,56 @@ def run_training(cfg: RayrecConfig) -> TrainResult:
     if valid_ds is not None:
         datasets["valid"] = valid_ds.materialize()
     item_prior = load_item_prior(cfg.data_dir) if cfg.model.popularity_prior else None
-    log.warning("training %s for %d steps on %d worker(s), %s examples", cfg.model.backbone,
-                total_steps, tc.num_workers, examples_source(cfg))
+    log.info("training %s for %d steps on %d worker(s), %s examples", cfg.model.backbone,
+             total_steps, tc.num_workers, examples_source(cfg))
     warn_if_busy({k: v * tc.num_workers for k, v in worker_resources(cfg).items()}, "training")
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "cfg": cfg.model_dump(mode="json"), "total_steps": total_steps,
-            "has_valid": "valid" in datasets, "item_prior": item_prior, "examples": examples_source(cfg),
-        },
-        scaling_config=ScalingConfig(
-            num_workers=tc.num_workers, use_gpu=tc.use_gpu,
-            resources_per_worker=tc.resources_per_worker or None,
-            placement_strategy=tc.placement_strategy,
-        ),
-        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
-        run_config=RunConfig(
-            name=tc.run_name, storage_path=cfg.checkpoint_dir,
-            failure_config=FailureConfig(max_failures=tc.max_failures),
-            # Keep the best by validation (and Ray always keeps the latest, for resuming);
-            # without a validation split, the newest.
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=tc.keep_checkpoints, checkpoint_score_order="max",
-                checkpoint_score_attribute=CHECKPOINT_SCORE if "valid" in datasets else None),
-        ),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-    )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    ckpt = _uri(result.checkpoint, cfg.checkpoint_dir)
-    best = None
-    metric = f"valid_{tc.early_stopping_metric}"
-    scored = [(m[metric], c) for c, m in (result.best_checkpoints or []) if metric in m]
-    if scored:
-        value, best_ckpt = max(scored, key=lambda t: t[0])
-        best = _uri(best_ckpt, cfg.checkpoint_dir)
-        record_best(cfg.checkpoint_dir, best, metric, float(value))
+    params = {"train": tc.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
+              "examples": examples_source(cfg), "total_steps": total_steps}
+    history = history_location(cfg.checkpoint_dir, tc.run_name)
+    with start_run(cfg, "train-ranker", params) as run:
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "cfg": cfg.model_dump(mode="json"), "total_steps": total_steps,
+                "has_valid": "valid" in datasets, "item_prior": item_prior, "examples": examples_source(cfg),
+            },
+            scaling_config=ScalingConfig(
+                num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+                resources_per_worker=tc.resources_per_worker or None,
+                placement_strategy=tc.placement_strategy,
+            ),
+            torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+            run_config=RunConfig(
+                name=tc.run_name, storage_path=cfg.checkpoint_dir,
+                failure_config=FailureConfig(max_failures=tc.max_failures),
+                # Keep the best by validation (and Ray always keeps the latest, for resuming);
+                # without a validation split, the newest.
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=tc.keep_checkpoints, checkpoint_score_order="max",
+                    checkpoint_score_attribute=CHECKPOINT_SCORE if "valid" in datasets else None),
+                callbacks=report_callbacks(run, "step")  # rank 0's metrics per step -> MLflow
+                + [MetricsHistory(history)],  # and -> history.json (the report's training curve)
+            ),
+            datasets=datasets,
+            dataset_config=DataConfig(datasets_to_split=["train"]),
+        )
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        ckpt = _uri(result.checkpoint, cfg.checkpoint_dir)
+        best = None
+        metric = f"valid_{tc.early_stopping_metric}"
+        scored = [(m[metric], c) for c, m in (result.best_checkpoints or []) if metric in m]
+        if scored:
+            value, best_ckpt = max(scored, key=lambda t: t[0])
+            best = _uri(best_ckpt, cfg.checkpoint_dir)
+            record_best(cfg.checkpoint_dir, best, metric, float(value))
+        if best or ckpt:  # its manifest and config (the servable model/ too: tracking.log_model)
+            run.log_model(best or ckpt, [MANIFEST_FILE, CONFIG_FILE]
+                          + ([MODEL_DIR] if cfg.tracking.log_model else []))
     return TrainResult(
         checkpoint=ckpt, metrics=dict(result.metrics or {}), run_dir=str(result.path),
-        best_checkpoint=best,
+        best_checkpoint=best, history=read_history(history),
     )
 
 

@@ -1,0 +1,59 @@
+"""Generated recommendation lists for many users: the full-catalog evaluation's view of the
+generator (and the benchmark's). One model, one trie, one prompt per user."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from rayrec.generative import prompts
+from rayrec.generative.decode import generate_items
+from rayrec.generative.trie import CatalogTrie
+
+
+@dataclass
+class Generator:
+    """A causal LM (optionally with a LoRA adapter) and the catalog it may name."""
+
+    model: object
+    tokenizer: object
+    trie: CatalogTrie
+    titles: np.ndarray
+    timings: list[tuple[float, int]] = field(default_factory=list)  # (seconds, decoding steps) per request
+
+    @classmethod
+    def load(cls, backbone: str, titles: np.ndarray, adapter: str | None = None) -> Generator:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from rayrec.models.backbone import resolve_backbone
+
+        path = resolve_backbone(backbone)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        return cls(model.eval(), tokenizer, CatalogTrie.from_titles(tokenizer, titles.tolist()), titles)
+
+    def recommend(self, history: np.ndarray, k: int, request: str | None = None,
+                  history_items: int = 10, beams: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k unseen items for one user (their last ``history_items`` titles and/or a request)."""
+        prompt = prompts.render(self.tokenizer, self.titles[history[-history_items:]].tolist(), request)
+        t0 = time.perf_counter()
+        out = generate_items(self.model, self.tokenizer, self.trie, [prompt], k, [history.tolist()], beams)[0]
+        self.timings.append((time.perf_counter() - t0, out.forward_passes))
+        return out.items, out.scores
+
+    def lists(self, histories: list[np.ndarray], k: int, **kw) -> list[np.ndarray]:
+        return [self.recommend(h, k, **kw)[0] for h in histories]
+
+    def latency(self) -> dict[str, float]:
+        """p50/p99 seconds per request and ms per decoding step, over the requests so far."""
+        secs = np.array([s for s, _ in self.timings])
+        per_step = np.array([s / max(n, 1) for s, n in self.timings])
+        return {"requests": len(secs), "p50_s": float(np.percentile(secs, 50)),
+                "p99_s": float(np.percentile(secs, 99)), "ms_per_step_p50": float(np.median(per_step) * 1000)}

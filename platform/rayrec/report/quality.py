@@ -1,0 +1,102 @@
+"""Report sections on recommendation quality: offline evaluation, exploration, off-policy.
+
+Like :mod:`rayrec.report.sections`: each takes a stage's result dict and returns markdown
+lines (heading, one sentence on what it shows, tables, figure links).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rayrec.evaluation.bootstrap import bootstrap, percentile_interval
+from rayrec.report.markdown import ci, image, num, table
+
+_BOOTSTRAP = 1000
+
+
+def main_k(evaluation: dict[str, Any]) -> int:
+    ks = evaluation.get("protocol", {}).get("ks") or [10]
+    return 10 if 10 in ks else ks[-1]
+
+
+def model_rows(evaluation: dict[str, Any], per_user=None) -> tuple[list[str], list[dict[str, Any]]]:
+    """(headline metrics, one row per model best first) with each headline metric's 95%
+    bootstrap CI over users when the per-user results (a DataFrame) are at hand."""
+    k = main_k(evaluation)
+    headline = [f"ndcg@{k}", f"hr@{k}"]
+    rows = []
+    for name, m in sorted(evaluation.get("models", {}).items(), key=lambda kv: -kv[1].get(headline[0], 0)):
+        row = {"model": name, **m}
+        for metric in headline:
+            values = None if per_user is None else per_user.loc[per_user["model"] == name, metric].to_numpy(float)
+            if values is not None and len(values) > 1:
+                means = bootstrap(lambda c, v=values: float(c @ v / c.sum()), len(values), _BOOTSTRAP)
+                row[f"{metric}_ci"] = percentile_interval(means)
+        rows.append(row)
+    return headline, rows
+
+
+def evaluation(result: dict[str, Any], per_user, plot: str | None) -> list[str]:
+    p = result.get("protocol", {})
+    headline, rows = model_rows(result, per_user)
+    full = p.get("candidates") == "full"
+    lines = ["", "## Offline evaluation", "",
+             (f"How well each system ranks the held-out item of {num(p.get('users'))} {p.get('split')} "
+              "users against " + ("every unseen catalog item (a miss scores 0)" if full
+                                  else f"{p.get('candidates')} candidates")
+              + "; intervals are 95% bootstrap CIs over users."), ""]
+    extra = [c for c in ("mrr", *(k for k in (rows[0] if rows else {}) if k.startswith("recall@")),
+                         *(k for k in (rows[0] if rows else {}) if k.startswith(("coverage@", "novelty@"))),
+                         "ms_per_user") if rows and c in rows[0]]
+    lines += table(["model", *[f"{m} (95% CI)" for m in headline], *[c.replace("ms_per_user", "ms/user") for c in extra]],
+                   [[r["model"], *[f"{num(r.get(m))} {ci(r.get(f'{m}_ci'))}".strip() for m in headline],
+                     *[num(r.get(c), 1 if c == "ms_per_user" else 4) for c in extra]] for r in rows])
+    comparisons = result.get("comparisons") or {}
+    if comparisons:
+        lines += ["", "Paired differences on the same users: a CI that excludes 0 is a real difference.", ""]
+        lines += table(["comparison", "metric", "difference", "95% CI", "better for", "worse for"],
+                       [[name.replace("_vs_", " vs "), c.get("metric"), f"{c.get('delta', float('nan')):+.4f}",
+                         ci(c.get("ci95"), signed=True), c.get("wins"), c.get("losses")]
+                        for name, c in comparisons.items()])
+    return lines + image("quality against the baselines", plot)
+
+
+def exploration(result: dict[str, Any], regret_plot: str | None, tradeoff_plot: str | None) -> list[str]:
+    c = result.get("config", {})
+    policies = result.get("policies", {})
+    lines = ["", "## Exploration experiment", "",
+             f"Bandit policies choosing slates of {c.get('slate_size')} in the `{result.get('environment')}` "
+             f"environment ({c.get('seeds')} seeds x {c.get('horizon')} rounds): the clicks they earn "
+             "(CTR), the clicks they lose to the best slate (regret) and how varied their slates are; "
+             "intervals are 95% over seeds.", ""]
+    rows = []
+    for name, s in policies.items():
+        reg = s.get("cum_regret")
+        rows.append([name, _mean_ci(s.get("ctr"), 3),
+                     f"{reg[0][-1]:.1f} ± {reg[1][-1]:.1f}" if reg else "n/a (replay)",
+                     *[_mean_ci(s.get(k), 3) for k in ("catalog_coverage", "intra_list_diversity", "novelty")]])
+    lines += table(["policy", "CTR", "cumulative regret", "catalog coverage", "intra-list diversity",
+                    "novelty"], rows)
+    return (lines + image("cumulative regret per policy", regret_plot)
+            + image("relevance against diversity per policy", tradeoff_plot))
+
+
+def _mean_ci(stat: dict[str, float] | None, digits: int) -> str:
+    return "n/a" if not stat else f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
+
+
+def off_policy(result: dict[str, Any]) -> list[str]:
+    lines = ["", "## Off-policy estimates from the endpoint's log", "",
+             f"The value (clicks per slate) of the logging policy (`{result.get('logging_policy')}`) and of "
+             f"greedy, estimated from {num(result.get('decisions'))} logged requests alone, beside the "
+             "true value from the click model: an estimator is trustworthy when its CI covers it.", ""]
+    rows = []
+    for policy in ("logging", "greedy"):
+        entry = result.get(policy) or {}
+        truth = entry.get("true_value")
+        for estimator, e in (entry.get("estimates") or {}).items():
+            covered = None if truth is None else bool(e["lo"] <= truth <= e["hi"])
+            rows.append([policy, estimator, num(e.get("estimate")), ci((e["lo"], e["hi"])),
+                         num(truth), num(covered)])
+    return lines + table(["policy", "estimator", "estimate", "95% CI", "true value", "CI covers truth"], rows,
+                         "llrrrl")

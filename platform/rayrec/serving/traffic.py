@@ -1,0 +1,140 @@
+"""Simulated clients against a running endpoint: sample requests, then logged traffic with clicks.
+
+``serve_and_simulate`` starts the endpoint, sends one request of each kind (known user, text
+query, exploration) and one feedback, replays ``serve.simulate_requests`` users through the
+stochastic logging policy with clicks drawn from a click model, and stops the endpoint. For
+each logged request it also asks for the greedy slate and saves it with both slates' expected
+clicks (``<run_dir>/serve/counterfactual.json``): the ground truth that the off-policy
+estimates from the event log (:mod:`rayrec.explore.logged_ope`) are compared with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from rayrec import storage
+from rayrec.config import RayrecConfig
+from rayrec.console import progress
+
+log = logging.getLogger("rayrec")
+
+COUNTERFACTUAL_FILE = ("serve", "counterfactual.json")  # under run_dir
+
+
+def counterfactual_location(cfg: RayrecConfig) -> str:
+    return cfg.path(*COUNTERFACTUAL_FILE)
+
+
+def serve_and_simulate(cfg: RayrecConfig, n_requests: int | None = None) -> dict[str, Any]:
+    """Start the endpoint, send the sample requests, replay simulated traffic with feedback, stop.
+
+    Feedback comes from the synthetic world's true click probabilities when the data is
+    synthetic, else from the users' held-out items (a click when the shown item is one).
+    """
+    import httpx
+
+    from rayrec.data import store
+    from rayrec.serving.control import start_app, stop_app
+
+    n_requests = cfg.serve.simulate_requests if n_requests is None else n_requests
+    url = start_app(cfg)
+    samples: dict[str, Any] = {}
+    try:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            users = store.load_users(cfg.data_dir)
+            known = str(users["user_id"].iloc[0])
+            samples["known_user"] = _post(http, "/recommend", {"user_id": known, "k": 5})
+            samples["new_user_query"] = _post(
+                http, "/recommend", {"query": "funny space adventures for kids", "k": 5})
+            samples["exploration"] = _post(
+                http, "/recommend", {"user_id": known, "k": 5, "policy": "epsilon_greedy",
+                                     "diversity": 0.3})
+            first = samples["known_user"]["items"][0]["item_id"] if samples["known_user"].get("items") else None
+            if first is not None:
+                samples["feedback"] = _post(http, "/feedback", {
+                    "request_id": samples["known_user"]["request_id"], "item_id": first, "reward": 1.0})
+            traffic = simulate_traffic(cfg, http, users, n_requests)
+    finally:
+        stop_app(cfg)
+    return {"url": url, "samples": samples, "traffic": traffic}
+
+
+def _post(http, path: str, body: dict) -> dict:
+    response = http.post(path, json=body)
+    if response.status_code >= 400 or "json" not in response.headers.get("content-type", ""):
+        raise RuntimeError(f"POST {path} {body} -> {response.status_code}: {response.text[:500]}")
+    out = response.json()
+    log.info("POST %s %s -> %d (%s)", path, body, response.status_code,
+             ", ".join(i["title"] for i in out.get("items", [])[:3]) or "ok")
+    return out
+
+
+def click_model(cfg: RayrecConfig) -> Callable[[str, str], float]:
+    """(user_id, item_id) -> click probability for simulated feedback."""
+    from rayrec.data import store
+    from rayrec.data.world import saved_world
+
+    world = saved_world(cfg.data_dir)
+    if world is not None:
+        return lambda u, i: float(world.click_probability(int(u), int(i)))
+    items = store.load_items(cfg.data_dir)
+    hist = store.load_histories(cfg.data_dir)
+    users = store.load_users(cfg.data_dir)
+    raw_item = items["item_id"].astype(str).to_numpy()
+    held_out: dict[str, set[str]] = {}
+    for uid, v, t in zip(users.set_index("user_idx").loc[hist["user_idx"], "user_id"].astype(str),
+                         hist["valid_item"], hist["test_item"], strict=True):
+        held_out[uid] = {raw_item[x] for x in (v, t) if x >= 0}
+    return lambda u, i: 1.0 if str(i) in held_out.get(str(u), set()) else 0.02
+
+
+def simulate_traffic(cfg: RayrecConfig, http, users, n_requests: int) -> dict[str, Any]:
+    """Logged traffic for off-policy evaluation, and its latency and degraded counts.
+
+    Each simulated user gets a slate from the stochastic logging policy (logged with its
+    propensities; clicks drawn from the click model are posted as feedback) and, for the
+    counterfactual, the greedy slate the same endpoint would have shown.
+    """
+    rng = np.random.default_rng(0)
+    click_p = click_model(cfg)
+    policy, k = cfg.serve.simulate_policy, cfg.explore.slate_size
+    shown = clicks = degraded = errors = 0
+    latencies, counterfactual = [], {}
+    for sent in range(n_requests):
+        progress("requests", sent, n_requests)  # the console's live line
+        uid = str(users["user_id"].iloc[rng.integers(len(users))])
+        t0 = time.perf_counter()
+        r = http.post("/recommend", json={"user_id": uid, "k": k, "policy": policy})
+        latencies.append(time.perf_counter() - t0)
+        if r.status_code != 200:
+            errors += 1
+            continue
+        body = r.json()
+        degraded += bool(body["degraded"])
+        for item in body["items"]:
+            shown += 1
+            if rng.random() < click_p(uid, item["item_id"]):
+                clicks += 1
+                http.post("/feedback", json={"request_id": body["request_id"],
+                                             "item_id": item["item_id"], "reward": 1.0})
+        g = http.post("/recommend", json={"user_id": uid, "k": k, "policy": "greedy"})
+        if g.status_code == 200:
+            greedy_items = [i["item_id"] for i in g.json()["items"]]
+            counterfactual[body["request_id"]] = {
+                "greedy": greedy_items,
+                "greedy_expected_clicks": float(sum(click_p(uid, i) for i in greedy_items)),
+                "logged_expected_clicks": float(sum(click_p(uid, i["item_id"]) for i in body["items"])),
+            }
+    storage.write_text(counterfactual_location(cfg), json.dumps({"policy": policy, "requests": counterfactual}))
+    lat = np.asarray(latencies) * 1000
+    return {"requests": n_requests, "policy": policy, "impressions": shown, "clicks": clicks,
+            "ctr": clicks / max(shown, 1), "degraded": degraded, "errors": errors,
+            "degraded_rate": degraded / max(n_requests - errors, 1),
+            "latency_ms": {q: float(np.percentile(lat, int(q[1:]))) for q in ("p50", "p95", "p99")}
+            if len(lat) else {}}

@@ -1,0 +1,122 @@
+"""Files of a run, local or remote: one way to name, read and write them.
+
+A location is a local path or a URI that pyarrow's filesystems read (``s3://bucket/prefix``,
+``gs://...``, ``file://...``). S3 endpoints and credentials come from the usual AWS variables
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for an S3-compatible
+server); Ray workers need them too (cluster environment, or the job's ``runtime_env``).
+
+Libraries that only write local files write to bytes here (FAISS ``serialize_index``, numpy,
+matplotlib) or into a temporary directory that is uploaded (Ray Train checkpoints); readers
+that need a local directory (``from_pretrained``) get :func:`local_copy`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+def is_uri(location: str) -> bool:
+    return "://" in str(location)
+
+
+def resolve_fs(location: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path in it) for a local path (made absolute) or a URI."""
+    location = str(location)
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` for a local path or a URI alike."""
+    return "/".join([str(base).rstrip("/"), *parts])
+
+
+def _type(location: str) -> pafs.FileType:
+    fs, path = resolve_fs(location)
+    return fs.get_file_info(path).type
+
+
+def exists(location: str) -> bool:
+    return _type(location) != pafs.FileType.NotFound
+
+
+def is_file(location: str) -> bool:
+    return _type(location) == pafs.FileType.File
+
+
+def is_dir(location: str) -> bool:
+    return _type(location) == pafs.FileType.Directory
+
+
+def read_bytes(location: str) -> bytes:
+    """The whole file; FileNotFoundError when there is none."""
+    fs, path = resolve_fs(location)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise FileNotFoundError(f"{location}: no such file")
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def read_text(location: str) -> str:
+    return read_bytes(location).decode()
+
+
+def write_bytes(location: str, data: bytes) -> str:
+    """Write a whole file, creating its directory. Local files appear atomically (temp + rename);
+    object stores publish an object only when its upload completes."""
+    fs, path = resolve_fs(location)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+    return str(location)
+
+
+def write_text(location: str, text: str) -> str:
+    return write_bytes(location, text.encode())
+
+
+def write_table(table, location: str) -> str:
+    """A pyarrow Table or pandas DataFrame as one Parquet file."""
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    fs, path = resolve_fs(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(table, path, filesystem=fs)
+    return str(location)
+
+
+def local_copy(location: str) -> str:
+    """A local directory with ``location``'s files: local paths pass through; a URI is
+    downloaded once per host into the temp dir (for artifacts that do not change once
+    written, such as checkpoints)."""
+    if not is_uri(location):
+        return resolve_fs(location)[1]
+    fs, path = resolve_fs(location)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"{location}: no such directory")
+    cache = os.path.join(tempfile.gettempdir(), "rayrec_cache")
+    dest = os.path.join(cache, hashlib.sha1(str(location).encode()).hexdigest()[:16])
+    if not os.path.isdir(dest):
+        os.makedirs(cache, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix="download_", dir=cache)
+        pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        try:
+            os.replace(tmp, dest)  # atomic: a concurrent reader sees all of it or nothing
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest

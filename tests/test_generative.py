@@ -1,0 +1,93 @@
+"""Catalog-constrained generation: the trie and beam search with tiny random causal LMs."""
+
+from __future__ import annotations
+
+import pytest
+from rayrec.generative.trie import CatalogTrie
+
+# Shared long prefixes, a title that is a prefix of another, a duplicate title, long titles.
+TITLES = [
+    "Star Wars (1977)",
+    "Star Wars: Episode II - Attack of the Clones (2002)",
+    "Star Wars: Episode III - Revenge of the Sith (2005)",
+    "Star Trek (2009)",
+    "Alien (1979)",
+    "Aliens (1986)",
+    "Alien (1979)",  # a second item with the same title
+    "Toy Story (1995)",
+    "Toy Story 2 (1999)",
+    "The Lord of the Rings: The Fellowship of the Ring (2001)",
+    "The Lord of the Rings: The Two Towers (2002)",
+    "Heat (1995)",
+]
+
+
+def test_trie_allows_only_catalog_paths_and_respects_bans():
+    seqs = [[1, 2, 3], [1, 2], [1, 2, 3, 4], [5], [1, 2]]  # [1, 2] twice: items 1 and 4
+    trie = CatalogTrie(seqs, end_id=0)
+    view = trie.view()
+    assert sorted(view.allowed([])) == [1, 5]
+    assert sorted(view.allowed([1, 2])) == [0, 3]  # end here ([1, 2]) or go on
+    assert view.allowed([9]) == [] and view.item([1, 2, 0]) == 1 and view.item([1, 2]) is None
+    assert trie.max_depth == 5
+    banned = trie.view([1, 4, 2])  # both [1, 2] items and [1, 2, 3, 4]: only [1, 2, 3] is left
+    assert banned.allowed([1, 2]) == [3] and banned.allowed([1, 2, 3]) == [0]
+    assert banned.item([1, 2, 0]) is None and banned.item([1, 2, 3, 4, 0]) is None
+    assert banned.item([1, 2, 3, 0]) == 0
+    assert trie.view([1]).item([1, 2, 0]) == 4  # the duplicate title still names an open item
+    assert sorted(trie.view([0, 1, 2, 3, 4]).allowed([])) == []
+    with pytest.raises(ValueError):
+        CatalogTrie([], end_id=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    from rayrec.models.tiny import make_tiny_backbone
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = make_tiny_backbone("llama", tmp_path_factory.mktemp("gen") / "tiny_llama")
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+@pytest.mark.parametrize("k,beams", [(3, 3), (5, 8), (12, 12)])
+def test_generation_yields_distinct_unseen_catalog_items(tiny_lm, k, beams):
+    from rayrec.generative import prompts
+    from rayrec.generative.decode import generate_items
+
+    model, tok = tiny_lm
+    trie = CatalogTrie.from_titles(tok, TITLES)
+    assert trie.max_depth > beams  # titles longer than the beam
+    seen = [[0, 4], [], [7, 8, 9]]
+    batch = [prompts.render(tok, [TITLES[i] for i in s], "something fun") for s in seen]
+    out = generate_items(model, tok, trie, batch, k=k, banned=seen, num_beams=beams)
+    for got, s in zip(out, seen, strict=True):
+        items = got.items.tolist()
+        assert len(items) == len(set(items)) and not set(items) & set(s)
+        assert all(0 <= i < len(TITLES) for i in items)
+        assert got.scores.tolist() == sorted(got.scores.tolist(), reverse=True)
+        assert (got.scores < 0).all()
+        open_titles = len({t for i, t in enumerate(TITLES) if i not in s})  # a duplicate title is one path
+        assert len(items) == min(k, open_titles), (items, k, open_titles)
+
+
+def test_wide_beam_search_equals_scoring_every_title(tiny_lm):
+    """With as many beams as titles the search is exhaustive: its top k and their scores equal
+    log p(title, end | prompt) computed title by title."""
+    import torch
+    from rayrec.generative import prompts
+    from rayrec.generative.decode import generate_items
+
+    model, tok = tiny_lm
+    trie = CatalogTrie.from_titles(tok, TITLES)
+    prompt = prompts.render(tok, ["Heat (1995)"])
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    exact = {}
+    for title in TITLES:
+        t_ids = [*tok(title, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([p_ids + t_ids])).logits[0].float(), -1)
+        exact.setdefault(title, sum(logp[len(p_ids) - 1 + j, t].item() for j, t in enumerate(t_ids)))
+    got = generate_items(model, tok, trie, [prompt], k=5, banned=[[11]], num_beams=len(TITLES))[0]
+    best = sorted((s, t) for t, s in exact.items() if t != "Heat (1995)")[::-1][:5]
+    assert [TITLES[i] for i in got.items] == [t for _, t in best]
+    assert got.scores == pytest.approx([s for s, _ in best], abs=1e-4)
