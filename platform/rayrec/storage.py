@@ -102,15 +102,18 @@ def write_table(table, location: str) -> str:
 
 def local_copy(location: str) -> str:
     """A local directory with ``location``'s files: local paths pass through; a URI is
-    downloaded once per host into the temp dir (for artifacts that do not change once
-    written, such as checkpoints)."""
+    downloaded once per host into the temp dir, keyed by the URI and every file's path, size
+    and modification time (a URI written again, e.g. a new run in the same bucket prefix,
+    is downloaded again, never served stale)."""
     if not is_uri(location):
         return resolve_fs(location)[1]
     fs, path = resolve_fs(location)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         raise FileNotFoundError(f"{location}: no such directory")
+    files = sorted((i.path, i.size, i.mtime_ns) for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                   if i.type == pafs.FileType.File)
     cache = os.path.join(tempfile.gettempdir(), "rayrec_cache")
-    dest = os.path.join(cache, hashlib.sha1(str(location).encode()).hexdigest()[:16])
+    dest = os.path.join(cache, hashlib.sha1(repr((str(location), files)).encode()).hexdigest()[:16])
     if not os.path.isdir(dest):
         os.makedirs(cache, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix="download_", dir=cache)
