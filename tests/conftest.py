@@ -8,6 +8,7 @@ spread over nodes) and single-node ones (Ray Data, Serve) share one start-up cos
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -49,8 +50,28 @@ def ray_cluster():
         serve.shutdown()
     except Exception:
         pass
-    ray.shutdown()
-    cluster.shutdown()
+    _shutdown(cluster)
+
+
+def _shutdown(cluster) -> None:
+    """Disconnect this driver, then stop the cluster's nodes.
+
+    A Serve handle created in this process keeps a background thread that pushes metrics every
+    couple of seconds; a push after ``ray.shutdown()`` goes through Ray's auto-init and connects
+    the driver again, and ``Cluster.shutdown`` then refuses to remove the head node it is
+    connected to. Disconnect again and retry until the nodes are gone.
+    """
+    import ray
+
+    for attempt in range(10):
+        ray.shutdown()
+        try:
+            cluster.shutdown()
+            return
+        except ValueError:
+            if attempt == 9:
+                raise
+            time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
