@@ -28,6 +28,14 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: item.get_closest_marker("cluster_jobs") is not None)  # stable
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A two-node local Ray cluster (2 logical CPUs each), connected for the whole session."""
@@ -38,7 +46,10 @@ def ray_cluster():
         ray.shutdown()
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 2, "object_store_memory": 400 * 1024**2, "include_dashboard": False},
+        # With a dashboard: the endpoint is deployed (and its adapter switched) through Serve's
+        # REST API, as on a real cluster.
+        head_node_args={"num_cpus": 2, "object_store_memory": 400 * 1024**2,
+                        "include_dashboard": True, "dashboard_port": _free_port()},
     )
     cluster.add_node(num_cpus=2, object_store_memory=400 * 1024**2)
     cluster.wait_for_nodes()

@@ -135,15 +135,18 @@ def test_full_catalog_evaluation_never_inserts_the_held_out_item(trained) -> Non
 
 
 @pytest.mark.slow  # trains the retriever on Ray Train (module fixture, ~1 min)
-def test_endpoint_top_k_equals_offline_evaluation(trained, tmp_path) -> None:
+def test_endpoint_top_k_equals_offline_evaluation(trained, tmp_path, monkeypatch) -> None:
     """A known user's top-K from the Serve endpoint (retrieval order, greedy) is the list the
     full-catalog evaluation scored for that user."""
     import httpx
+    from ray import serve
     from rayrec.evaluation.fullcatalog import run_full_catalog
     from rayrec.models.tiny import make_tiny_backbone
     from rayrec.retrieval.index import build_index
-    from rayrec.serving.control import start_app, stop_app
+    from rayrec.serving.control import serve_admin, start_app, stop_app
 
+    serve.start()  # a no-op when the session's Serve runs: then its port is the one to use
+    port = serve_admin().get_serve_details()["http_options"].get("port", 8000)
     cfg, _ = trained
     backbone = make_tiny_backbone("bert", tmp_path / "tiny_bert")
     cfg = load_config(overrides=cfg.model_dump(mode="json") | {
@@ -152,12 +155,14 @@ def test_endpoint_top_k_equals_offline_evaluation(trained, tmp_path) -> None:
         "serve.app_name": "rayrec_seqrec_test", "serve.route_prefix": "/seqrec",
         "serve.use_ranker": False, "serve.ranking.num_cpus": 0.25, "serve.retrieval_num_cpus": 0.25,
         "serve.ingress_num_cpus": 0.1, "serve.ranking.autoscaling.max_replicas": 1,
-        "serve.rank_candidates": 10, "serve.default_policy": "greedy",
+        "serve.rank_candidates": 10, "serve.default_policy": "greedy", "serve.port": port,
     })
     build_index(cfg)  # the text index: free text and the endpoint's item metadata
     per_user = pd.read_parquet(run_full_catalog(cfg)["files"]["per_user"])
     offline = per_user[per_user["model"] == "retriever"].set_index("user_idx")["top"]
-    url = start_app(cfg)  # joins the session's Serve instance when one runs
+    # As on a cluster without a dashboard: deployed with serve.run (no Serve REST API).
+    monkeypatch.setenv("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:9")  # nothing listens there
+    url = start_app(cfg)
     try:
         for u in (0, 7, 42):
             r = httpx.post(f"{url}/recommend",

@@ -55,15 +55,11 @@ def app_url(serving_env):
     from rayrec.explore.policies import POLICIES
     from rayrec.serving.bandit import kill_state_actors
 
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    from ray.serve.context import _get_global_client
-
-    port = _get_global_client().http_config.port  # an already running Serve keeps its port
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})  # unless one runs
     from rayrec.serving.control import start_app
 
-    start_app(_app_cfg(serving_env))
-    url = f"http://127.0.0.1:{port}{PREFIX}"
+    url = start_app(_app_cfg(serving_env))  # the port of the running Serve instance
+    assert url.endswith(PREFIX)
     wait_ranker(url, lambda r: r["version"] == serving_env["adapters"][1])
     yield url
     with contextlib.suppress(Exception):
@@ -303,6 +299,11 @@ def test_adapter_switch_without_failed_requests(app_url, serving_env):
     missing.serve.app_name = "rayrec_not_running"
     assert switch_adapter(missing, v1) == {
         "switched": False, "reason": "no Serve app 'rayrec_not_running' is running on this cluster"}
+    # Without a dashboard (Serve's REST API) there is no declarative switch, and it says why.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_DASHBOARD_ADDRESS", f"http://127.0.0.1:{free_port()}")  # nothing listens
+        no_api = switch_adapter(_app_cfg(serving_env), v2)
+    assert no_api["switched"] is False and "dashboard" in no_api["reason"], no_api
 
 
 # ---- event log (last: deletes the app) -----------------------------------------------------

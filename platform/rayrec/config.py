@@ -35,6 +35,9 @@ class RayConfig(Section):
     address: str | None = None
     num_cpus: int | None = Field(None, ge=1)
     object_store_memory: int | None = Field(None, ge=78_643_200)
+    # A local Ray's dashboard (~1 GB of processes): Serve's declarative API needs it, i.e.
+    # switching a local endpoint's adapter in place. Off: the endpoint is deployed with serve.run.
+    include_dashboard: bool = False
 
 
 class FeedbackConfig(Section):

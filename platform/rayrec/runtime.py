@@ -41,7 +41,7 @@ def init_ray(cfg: RayConfig | None = None) -> None:
             address="local",  # a new local cluster, never another process's cluster on this host
             num_cpus=cfg.num_cpus,
             object_store_memory=cfg.object_store_memory,
-            include_dashboard=False,
+            include_dashboard=cfg.include_dashboard,
             runtime_env=runtime_env,
             **kwargs,
         )

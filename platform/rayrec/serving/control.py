@@ -1,13 +1,17 @@
 """The control plane: deploy the endpoint, switch its adapter in place, stop it, and
 `rayrec serve`'s blocking run with a clean shutdown on Ctrl-C/SIGTERM.
 
-Deployment is declarative (as `serve deploy` would apply a config file), so the ranking
-adapter can change later by a user_config update, without a redeploy.
+Deployment is declarative, through Serve's REST API on the Ray dashboard (what `serve deploy`
+and `serve status` use), so the ranking adapter can change later by a user_config update,
+without a redeploy. A cluster without a dashboard (a local run, by default) gets the same app
+imperatively (``serve.run``); it serves the same, but its adapter cannot be switched in place,
+and :func:`switch_adapter` says so.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -15,24 +19,53 @@ from typing import Any
 from ray import serve
 
 from rayrec.config import RayrecConfig
-from rayrec.serving.app import RANKING, app_config
+from rayrec.errors import UserFacingError
+from rayrec.serving.app import RANKING, app_config, compose
+
+log = logging.getLogger(__name__)
+
+NO_DASHBOARD = ("this Ray cluster runs without a dashboard, and Serve's declarative API (its REST "
+                "API on the dashboard) needs one: start Ray with it (`ray start --head` does by "
+                "default; locally set ray.include_dashboard=true) or set RAY_DASHBOARD_ADDRESS")
 
 
-def deploy_app(app: dict[str, Any], timeout_s: float = 600.0) -> None:
+def serve_admin():
+    """Serve's REST API client on the connected cluster's dashboard (``RAY_DASHBOARD_ADDRESS``
+    when set, as for the `serve` CLI), or None when no dashboard answers."""
+    import ray
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    address = os.environ.get("RAY_DASHBOARD_ADDRESS")
+    if not address and ray.is_initialized():
+        address = ray.init(ignore_reinit_error=True).dashboard_url  # the connected cluster's
+    if not address:
+        return None
+    if "://" not in address:
+        address = f"http://{address}"
+    try:
+        return ServeSubmissionClient(address)
+    except Exception as e:  # not reachable, or not a dashboard
+        log.warning("the Ray dashboard at %s does not answer (%s): %s", address, e, NO_DASHBOARD)
+        return None
+
+
+def deploy_app(app: dict[str, Any], timeout_s: float = 600.0, admin=None) -> None:
     """Apply one application declaratively, keeping the cluster's other declarative apps, and
     wait until it is RUNNING (raising with Serve's message when it fails to deploy)."""
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    client = _get_global_client()
-    apps = client.get_serve_details()["applications"]
+    admin = admin or serve_admin()
+    if admin is None:
+        raise UserFacingError(f"cannot deploy Serve app {app['name']!r} declaratively: {NO_DASHBOARD}")
+    details = admin.get_serve_details()
+    apps = details["applications"]
     others = [a["deployed_app_config"] for name, a in apps.items()
               if name != app["name"] and a.get("deployed_app_config")]
     before = apps.get(app["name"], {}).get("last_deployed_time_s", -1.0)
-    client.deploy_apps(ServeDeploySchema(applications=[*others, app]))
+    # The running instance's HTTP options, so the API has nothing to warn about.
+    admin.deploy_applications({"http_options": details.get("http_options") or {},
+                               "applications": [*others, app]})
     deadline = time.time() + timeout_s
     while True:
-        now = client.get_serve_details()["applications"].get(app["name"])
+        now = admin.get_serve_details()["applications"].get(app["name"])
         if now is not None and now["last_deployed_time_s"] != before:  # our config is applied
             if now["status"] == "RUNNING" and all(
                 d["status"] == "HEALTHY" for d in now["deployments"].values()
@@ -64,15 +97,20 @@ def start_app(cfg: RayrecConfig, fault_injection: dict[str, Any] | None = None) 
     """Deploy the endpoint on the connected Ray cluster (HTTP on serve.host:serve.port);
     returns its base URL. An already running Serve instance keeps its HTTP settings.
 
-    The app is deployed declaratively (as `serve deploy` would), so its adapter can be
-    switched later without a redeploy (:func:`switch_adapter`)."""
+    Declarative (as `serve deploy` would) when the cluster has a dashboard, so the adapter can
+    be switched later without a redeploy (:func:`switch_adapter`); otherwise ``serve.run``."""
     sc = cfg.serve
     check_exposure(sc)
     serve.start(http_options={"host": sc.host, "port": sc.port})
-    deploy_app(app_config(cfg, fault_injection))
-    from ray.serve.context import _get_global_client
-
-    port = _get_global_client().http_config.port
+    admin = serve_admin()
+    if admin is not None:
+        deploy_app(app_config(cfg, fault_injection), admin=admin)
+        port = (admin.get_serve_details().get("http_options") or {}).get("port", sc.port)
+    else:
+        log.warning("Serve app %r deployed with serve.run: its adapter cannot be switched in place "
+                    "(%s)", sc.app_name, NO_DASHBOARD)
+        serve.run(compose(cfg, fault_injection), name=sc.app_name, route_prefix=sc.route_prefix)
+        port = sc.port  # (a Serve instance started earlier with another port keeps that one)
     host = "127.0.0.1" if sc.host in ("0.0.0.0", "::") else sc.host
     return f"http://{host}:{port}{sc.route_prefix.rstrip('/')}"
 
@@ -86,11 +124,12 @@ def switch_adapter(cfg: RayrecConfig, checkpoint: str, timeout_s: float = 600.0)
     app to switch (none running, or one deployed with ``serve.run``), or
     when the replicas could not load the adapter (they keep serving the current one).
     """
-    from ray.serve.context import _get_global_client
-
     name = cfg.serve.app_name
+    admin = serve_admin()
+    if admin is None:
+        return {"switched": False, "reason": f"cannot switch Serve app {name!r} in place: {NO_DASHBOARD}"}
     try:
-        apps = _get_global_client().get_serve_details()["applications"]
+        apps = admin.get_serve_details()["applications"]
     except Exception as e:  # no Serve instance on this cluster
         return {"switched": False, "reason": f"no Serve instance on this Ray cluster ({e})"}
     if name not in apps:
@@ -110,7 +149,7 @@ def switch_adapter(cfg: RayrecConfig, checkpoint: str, timeout_s: float = 600.0)
     previous = dict(ranking.get("user_config") or {})
     ranking["user_config"] = previous | {"checkpoint": checkpoint}
     t0 = time.time()
-    deploy_app(app, timeout_s)
+    deploy_app(app, timeout_s, admin=admin)
     result = {"app": name, "from": previous.get("checkpoint"), "to": checkpoint}
     # Confirm through the replicas themselves (a handle call reaches one replica at a time).
     handle = serve.get_deployment_handle(RANKING, app_name=name)
