@@ -4,8 +4,12 @@
    against the same retrieval + ranking + policy pipeline called in-process (Serve overhead).
 2. Ranking deployment throughput with ``@serve.batch`` (max_batch_size N) vs without (1).
 3. Autoscaling: ranking replica count over time (``serve.status()``) under load and after.
+4. Precision: the endpoint with fp32 vs int8 ranking (``model.precision``), batched vs not,
+   at each concurrency level: p50/p95/p99, throughput and the fraction of degraded answers.
 
     python benchmarks/bench_serving.py --out bench_serving.json [--backbone minilm]
+    python benchmarks/bench_serving.py --out p.json --backbone minilm --sections precision \
+        --concurrency 1 4 16 64 --rank-candidates 50
 
 Builds its own small synthetic world (preprocess + index) in a temp dir and starts its own
 local Ray instance, which it shuts down at the end.
@@ -36,10 +40,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _summary(lat_s: list[float], wall_s: float, errors: int) -> dict:
+def _summary(lat_s: list[float], wall_s: float, errors: int, degraded: int = 0) -> dict:
+    """Latency over every answer; throughput counts full-quality (not degraded) answers only."""
     ms = np.asarray(lat_s) * 1000
     return {
-        "requests": len(lat_s), "errors": errors, "throughput_rps": round(len(lat_s) / wall_s, 2),
+        "requests": len(lat_s), "errors": errors, "degraded": degraded,
+        "degraded_fraction": round(degraded / len(lat_s), 3) if len(lat_s) else None,
+        "throughput_rps": round((len(lat_s) - degraded) / wall_s, 2),
         "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
         "p95_ms": round(float(np.percentile(ms, 95)), 2) if len(ms) else None,
         "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
@@ -49,18 +56,21 @@ def _summary(lat_s: list[float], wall_s: float, errors: int) -> dict:
 async def _http_load(url: str, users: list[str], concurrency: int, seconds: float, k: int) -> dict:
     import httpx
 
-    lat, errors = [], 0
+    lat, errors, degraded, stages = [], 0, 0, []
     deadline = time.perf_counter() + seconds
     rng = np.random.default_rng(concurrency)
 
     async def worker(client):
-        nonlocal errors
+        nonlocal errors, degraded
         while time.perf_counter() < deadline:
             body = {"user_id": users[int(rng.integers(len(users)))], "k": k}
             t0 = time.perf_counter()
             r = await client.post(url, json=body)
-            if r.status_code == 200 and not r.json()["degraded"]:
+            if r.status_code == 200:
                 lat.append(time.perf_counter() - t0)
+                body = r.json()
+                degraded += bool(body["degraded"])
+                stages.append(body.get("latency_ms") or {})
             else:
                 errors += 1
 
@@ -69,7 +79,12 @@ async def _http_load(url: str, users: list[str], concurrency: int, seconds: floa
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return _summary(lat, wall, errors)
+    out = _summary(lat, wall, errors, degraded)
+    # Where the time went, as the ingress measured it (the rest of the client's time is the
+    # HTTP proxy, the ingress' own work around the calls and the JSON response).
+    names = sorted({k for st in stages for k in st})
+    out["stage_p50_ms"] = {k: round(float(np.median([st[k] for st in stages if k in st])), 2) for k in names}
+    return out
 
 
 def _inprocess_load(pipeline, users: list[str], concurrency: int, seconds: float, k: int) -> dict:
@@ -171,7 +186,11 @@ def main() -> None:
     ap.add_argument("--num-cpus", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of the batching comparison")
     ap.add_argument("--sections", nargs="+", default=["latency", "batching", "autoscaling", "overload"],
-                    choices=["latency", "batching", "autoscaling", "overload"])
+                    choices=["latency", "batching", "autoscaling", "overload", "precision"])
+    ap.add_argument("--rank-candidates", type=int, default=20, help="serve.rank_candidates")
+    ap.add_argument("--max-length", type=int, default=128, help="model.max_length (tokens per sequence)")
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
+    ap.add_argument("--ranking-cpus", type=float, default=1.0, help="serve.ranking.num_cpus")
     args = ap.parse_args()
 
     import ray
@@ -189,16 +208,18 @@ def main() -> None:
 
         backbone = str(make_tiny_backbone("bert", tmp / "tiny_bert"))
     base = {
-        "run_dir": str(tmp / "run"), "model.backbone": backbone, "model.max_length": 128,
+        "run_dir": str(tmp / "run"), "model.backbone": backbone, "model.max_length": args.max_length,
         "data.synthetic.n_users": 300, "data.synthetic.n_items": 400, "data.synthetic.n_events": 9000,
-        "serve.rank_candidates": 20, "serve.ranking.num_cpus": 1, "serve.retrieval_num_cpus": 0.5,
+        "serve.rank_candidates": args.rank_candidates, "serve.ranking.num_cpus": args.ranking_cpus,
+        "serve.retrieval_num_cpus": 0.5,
         "serve.ingress_num_cpus": 0.5, "serve.ranking.max_batch_size": 16,
         "serve.ranking.autoscaling.min_replicas": 1, "serve.ranking.autoscaling.max_replicas": 1,
         "serve.event_flush_interval_s": 5.0,
     }
     cfg = load_config(None, base)
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    results: dict = {"backbone": args.backbone, "k": args.k, "rank_candidates": 20,
+    results: dict = {"backbone": args.backbone, "k": args.k, "rank_candidates": args.rank_candidates,
+                     "max_length": args.max_length, "ranking_cpus": args.ranking_cpus,
                      "num_cpus": args.num_cpus, "os_cpus": os.cpu_count(), "seconds_per_level": args.seconds}
     try:
         t0 = time.time()
@@ -211,6 +232,9 @@ def main() -> None:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         url = f"http://127.0.0.1:{port}/bench/recommend"
+        if args.sections == ["precision"]:
+            _precision(base, port, users, args, results)
+            return
         serve.run(build_app(base), name="bench", route_prefix="/bench")
         asyncio.run(_http_load(url, users, 2, 2.0, args.k))  # warm-up
 
@@ -246,11 +270,36 @@ def main() -> None:
             _autoscaling(base, port, users, args.k, results)
         if "overload" in args.sections:
             _overload(base, port, users, args.k, results)
+        if "precision" in args.sections:
+            _precision(base, port, users, args, results)
     finally:
         serve.shutdown()
         ray.shutdown()
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.out}")
+
+
+def _precision(base: dict, port: int, users: list[str], args, results: dict) -> None:
+    """fp32 vs int8 ranking, batched (max_batch_size 16) vs not (1), one app at a time (each
+    holds the same CPUs): per concurrency level p50/p95/p99, throughput, degraded fraction."""
+    from ray import serve
+    from rayrec.serving.app import build_app
+
+    rows = results.setdefault("precision", [])
+    for precision in args.precisions:
+        for mbs in (16, 1):
+            name = f"p_{precision}_b{mbs}"
+            serve.run(build_app({**base, "model.precision": precision,
+                                 "serve.ranking.max_batch_size": mbs}), name=name, route_prefix=f"/{name}")
+            url = f"http://127.0.0.1:{port}/{name}/recommend"
+            asyncio.run(_http_load(url, users, 2, 3.0, args.k))  # warm-up
+            for c in args.concurrency:
+                r = asyncio.run(_http_load(url, users, c, max(args.seconds, 2.0 * c * 0.3), args.k))
+                rows.append({"precision": precision, "max_batch_size": mbs, "concurrency": c, **r})
+                print(f"{precision:>5} batch<={mbs:<2} c={c:>3}  p50/p95/p99 {r['p50_ms']}/{r['p95_ms']}/"
+                      f"{r['p99_ms']} ms  {r['throughput_rps']} rps  degraded {r['degraded']}/"
+                      f"{r['requests']}  errors {r['errors']}", flush=True)
+            serve.delete(name)
 
 
 def _latency(cfg, url: str, users: list[str], args) -> list[dict]:
@@ -265,6 +314,7 @@ def _latency(cfg, url: str, users: list[str], args) -> list[dict]:
                "p50_ratio": round(served["p50_ms"] / inproc["p50_ms"], 2),
                "throughput_ratio": round(served["throughput_rps"] / inproc["throughput_rps"], 2)}
         levels.append(row)
+        print(f"c={c:>3}  ingress stage p50 ms {served['stage_p50_ms']}", flush=True)
         print(f"c={c:>3}  serve p50/p95/p99 {served['p50_ms']}/{served['p95_ms']}/{served['p99_ms']} ms "
               f"{served['throughput_rps']} rps | in-process p50/p95/p99 {inproc['p50_ms']}/"
               f"{inproc['p95_ms']}/{inproc['p99_ms']} ms {inproc['throughput_rps']} rps | "

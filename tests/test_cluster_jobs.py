@@ -131,6 +131,18 @@ class Cluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _idle_session_serve() -> None:
+    """These tests run last and use a cluster of their own: stop the session cluster's Serve
+    apps first (their controller, proxies and replicas would share the 2 CPUs with the jobs)."""
+    import ray
+
+    if ray.is_initialized():
+        from ray import serve
+
+        serve.shutdown()
+
+
 @pytest.fixture(scope="module")
 def job_cluster(tmp_path_factory) -> Iterator[Cluster]:
     """A head (2 CPUs) and a second node (1 CPU), in a home where a local rayrec run came first."""

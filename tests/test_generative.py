@@ -91,3 +91,35 @@ def test_wide_beam_search_equals_scoring_every_title(tiny_lm):
     best = sorted((s, t) for t, s in exact.items() if t != "Heat (1995)")[::-1][:5]
     assert [TITLES[i] for i in got.items] == [t for _, t in best]
     assert got.scores == pytest.approx([s for s, _ in best], abs=1e-4)
+
+
+def test_generator_is_a_system_of_the_full_catalog_evaluation(tmp_path):
+    """evaluate.generative: the generator's lists sit beside popularity and ALS on the same users,
+    with paired comparisons; every list holds distinct catalog items the user has not seen."""
+    import numpy as np
+    import pandas as pd
+    from rayrec.config import load_config
+    from rayrec.evaluation.fullcatalog import run_full_catalog
+    from rayrec.models.tiny import make_tiny_backbone
+    from rayrec.seqrec.data import load_sequences
+    from test_seqrec import write_cyclic_dataset
+
+    write_cyclic_dataset(tmp_path / "data")
+    backbone = make_tiny_backbone("llama", tmp_path / "tiny_llama")
+    cfg = load_config(overrides={
+        "run_dir": str(tmp_path), "evaluate.max_users": 6, "evaluate.bootstrap": 20,
+        "evaluate.generative.enabled": True, "evaluate.generative.backbone": str(backbone),
+        "evaluate.generative.k": 5, "evaluate.generative.beams": 5, "tracking.enabled": False,
+    })
+    result = run_full_catalog(cfg)
+    assert {"popularity", "als", "generative"} <= set(result["models"])
+    assert "generative_vs_popularity" in result["comparisons"]
+    assert "zero-shot" in result["protocol"]["models"]["generative"]
+    per_user = pd.read_parquet(result["files"]["per_user"])
+    seen = load_sequences(cfg.data_dir, "test").set_index("user_idx")["history"]
+    gen = per_user[per_user["model"] == "generative"]
+    assert len(gen) == 6
+    for u, top in zip(gen["user_idx"], gen["top"], strict=True):
+        top = np.asarray(top)
+        assert len(top) == 5 and len(set(top.tolist())) == 5
+        assert not set(top.tolist()) & set(np.asarray(seen[u]).tolist())

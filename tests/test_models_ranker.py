@@ -190,3 +190,32 @@ def test_ranker_on_mined_lists_starts_as_the_retrievers_order(tiny_dir):
     popularity_only = load_ranker(ModelConfig(backbone=cfg.backbone, max_length=40, retrieval_prior=False), None)
     popularity_only.model.start_from_retrieval()  # no retrieval prior: nothing to start from
     np.testing.assert_allclose(popularity_only.prior_weights, [1.0])
+
+
+@pytest.mark.parametrize("family,kind", [("bert", "cross_encoder"), ("llama", "causal_yesno")])
+def test_int8_scores_follow_fp32(tiny_dir, family, kind):
+    """model.precision=int8: the adapter is merged, every backbone Linear is int8, and the scores
+    stay close to fp32's (same candidates, same order for clearly separated ones)."""
+    from rayrec.models.ranker import for_inference
+
+    cfg = ModelConfig(backbone=make_tiny_backbone(family, tiny_dir / family), kind=kind,
+                      max_length=40, lora={"r": 4, "dropout": 0.0})
+    model, collator = build_ranker(cfg, seed=3)
+    with torch.no_grad():  # a non-zero adapter, so merging it matters
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    out = tiny_dir / f"int8_{family}"
+    save_ranker(out, cfg, model, collator)
+    fp32 = load_ranker(cfg, str(out))
+    int8 = load_ranker(cfg.model_copy(update={"precision": "int8"}), str(out))
+    assert (fp32.precision, int8.precision) == ("fp32", "int8")
+    modules = list(int8.model.backbone.modules())
+    assert not any(type(m) is torch.nn.Linear for m in modules)  # no fp32 matmul left
+    assert sum(type(m) is torch.ao.nn.quantized.dynamic.Linear for m in modules) >= 4
+    assert not any("lora" in name for name, _ in int8.model.named_parameters())  # merged
+    a, b = fp32.score(HIST, CANDS, PRIORS), int8.score(HIST, CANDS, PRIORS)
+    for x, y in zip(a, b, strict=True):
+        assert np.abs(x - y).max() < 0.05 * (np.abs(x).max() + 1e-3) + 0.02, (x, y)
+    with pytest.raises(ValueError, match="CPU path"):
+        for_inference(model, "int8", torch.device("cuda"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import pytest
 from rayrec.config import load_config
 from rayrec.explore.experiment import run_experiment
 from rayrec.tracking import metric_key, store_uri
@@ -76,27 +75,3 @@ def test_log_report_opens_a_run_when_none_is_active(tmp_path):
 def test_metric_names_are_mlflow_legal():
     assert metric_key("valid_ndcg@10") == "valid_ndcg_at_10"
     assert metric_key("cum_reward/thompson_beta") == "cum_reward/thompson_beta"
-
-
-@pytest.mark.slow
-def test_retriever_training_is_tracked_per_epoch(ray_cluster, tmp_path):
-    """Ray Train's reports reach MLflow from the driver side: one point per epoch."""
-    from rayrec.seqrec.trainer import run_retriever_training
-    from test_seqrec import write_cyclic_dataset
-
-    write_cyclic_dataset(tmp_path / "data")
-    cfg = load_config(overrides={
-        "run_dir": str(tmp_path), "retriever.max_len": 8, "retriever.dim": 16, "retriever.layers": 1,
-        "retriever.batch_size": 16, "retriever.max_epochs": 3, "retriever.eval_every_epochs": 1,
-        "retriever.num_workers": 2, "retriever.torch_threads": 1,
-    })
-    out = run_retriever_training(cfg)
-    client, runs = _runs(cfg)
-    (run,) = runs
-    assert run.info.status == "FINISHED" and run.data.tags["rayrec.job"] == "train-retriever"
-    assert run.data.params["retriever.max_epochs"] == "3"
-    history = client.get_metric_history(run.info.run_id, "valid_ndcg_at_10")
-    assert [m.step for m in history] == [1, 2, 3]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {"model/retriever.json"}
-    assert run.data.tags["rayrec.model"] == out["model"]

@@ -9,6 +9,19 @@ from pydantic import Field
 from rayrec.configbase import Section
 
 
+class GenerativeEval(Section):
+    """The generator as a system of the full-catalog evaluation (rayrec.generative): a causal LM
+    names items through the catalog trie, seen items banned. Off by default: ~3 s per user for
+    SmolLM2-135M on 2 CPU cores, so cap the users (evaluate.max_users) on a laptop."""
+
+    enabled: bool = False
+    backbone: str = "smollm2-135m"
+    adapter: str | None = None  # a LoRA adapter directory (tuned); None = zero-shot
+    k: int = Field(10, ge=1)  # items generated per user (metrics beyond k count them as misses)
+    beams: int = Field(10, ge=1)  # beam width (at least k is used)
+    history_items: int = Field(10, ge=1)  # newest titles in the prompt
+
+
 class EvalConfig(Section):
     """Which split, which candidates, which metrics."""
 
@@ -33,3 +46,4 @@ class EvalConfig(Section):
     bootstrap: int = Field(1000, ge=0)  # resamples for paired confidence intervals
     seed: int = 0
     out: str | None = None  # default: <run_dir>/eval
+    generative: GenerativeEval = Field(default_factory=GenerativeEval)

@@ -9,6 +9,8 @@ Protocol, for every user of the split (the reference protocol of ../shared/READM
              retriever    the sequential retriever's top-K (its FAISS index)
              retriever_ranker  the retriever's top-N re-scored by the LoRA ranker, top-K of that
                           (text_retrieval_ranker when no sequential retriever is trained)
+             generative   evaluate.generative: a causal LM names k catalog titles (trie-
+                          constrained beam search, rayrec.generative), zero-shot or tuned
              oracle       synthetic data only: the world's true next-click probability
   a miss     a held-out item that a system did not put in its list scores 0: nothing is
              inserted, so a retrieval miss is a ranking miss
@@ -108,6 +110,17 @@ def oracle_lists(cfg, users: pd.DataFrame, items: pd.DataFrame, n: int) -> list[
     return out
 
 
+def generative_lists(cfg, histories: list[np.ndarray], items: pd.DataFrame) -> tuple[list[np.ndarray], dict]:
+    """The generator's k items per user (catalog-constrained beam search, seen items banned)
+    and its latency per request and per decoding step."""
+    from rayrec.generative.lists import Generator
+
+    gc = cfg.evaluate.generative
+    gen = Generator.load(gc.backbone, items["title"].astype(str).to_numpy(), gc.adapter)
+    lists = gen.lists(histories, gc.k, beams=max(gc.beams, gc.k), history_items=gc.history_items)
+    return lists, gen.latency()
+
+
 def load_seq_retriever(cfg):
     """The trained retriever with its FAISS index (the endpoint's history path)."""
     from rayrec.retrieval.index import ItemIndex
@@ -177,6 +190,9 @@ def run_full_catalog(cfg) -> dict[str, Any]:
             lambda: text_retrieval_lists(cfg, histories, depth))
         if retrieved is None:  # no sequential retriever: the text index is the retrieval stage
             retrieved, source = [(t, None) for t in lists["text_retrieval"]], "text_retrieval"
+    if ec.generative.enabled:
+        (lists["generative"], notes["generative"]), seconds["generative"] = _timed(
+            lambda: generative_lists(cfg, histories, items))
     checkpoint = resolve_checkpoint(cfg, required=False) if ec.rank_retrieved else None
     if retrieved is not None and checkpoint is not None:
         top_n = [(c[: ec.rank_depth], None if s is None else s[: ec.rank_depth]) for c, s in retrieved]
@@ -225,6 +241,10 @@ def run_full_catalog(cfg) -> dict[str, Any]:
             "text_retrieval": "MiniLM item-text embeddings, recency-weighted history query (FAISS)",
             "oracle": "synthetic world's true next-click probability (the best possible ranking)",
             "retriever": f"sequential retriever (SASRec) at {cfg.retriever_model_dir}",
+            "generative": (f"{ec.generative.backbone} "
+                           f"{'+ adapter ' + ec.generative.adapter if ec.generative.adapter else 'zero-shot'}"
+                           f" generating {ec.generative.k} catalog titles (trie-constrained beam search, "
+                           f"{max(ec.generative.beams, ec.generative.k)} beams); latency {notes.get('generative')}"),
             f"{source}_ranker": f"{source} top-{ec.rank_depth} re-scored by {cfg.model.kind} on "
                                 f"{cfg.model.backbone}, checkpoint {checkpoint}",
         },

@@ -34,6 +34,10 @@ class ModelConfig(Section):
     pooling: Literal["mean", "cls"] = "mean"  # cross_encoder: how the head reads the encoder
     listwise_window: int = Field(20, ge=2, le=26)  # causal_listwise: candidates per prompt
     score_batch_size: int = Field(64, ge=1)  # sequences per forward pass in Ranker.score
+    # Scoring precision (inference only; training is fp32): "auto" = bf16 on GPU, fp32 on CPU;
+    # "int8" = on CPU, LoRA merged into the weights and every backbone Linear quantised to int8
+    # (dynamic: weights int8 once, activations per batch), ~2x faster scoring on CPU.
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     lora: LoraSettings = Field(default_factory=LoraSettings)
     # The backbone's own dropout while fine-tuning. Off by default: LoRA has its own, and on
     # CPU the backbone's makes every step ~30% slower for no measured gain in a short run.

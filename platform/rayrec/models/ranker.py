@@ -230,7 +230,8 @@ def load_ranker(
         log.warning("checkpoint ranker (%s, %s) differs from config; using the checkpoint's",
                     saved.kind, saved.backbone)
     # Inference-time knobs come from the caller's config; the structure from the checkpoint.
-    cfg = saved.model_copy(update={"score_batch_size": model_cfg.score_batch_size})
+    cfg = saved.model_copy(update={"score_batch_size": model_cfg.score_batch_size,
+                                   "precision": model_cfg.precision})
     if meta["format"] in ("full", "merged"):
         model, collator = build_ranker(
             cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": False})}),
@@ -242,6 +243,39 @@ def load_ranker(
         model.backbone = PeftModel.from_pretrained(model.backbone, str(art / "adapter"))
     _load_head(model, art)
     return Ranker(model, collator, cfg, device)
+
+
+def _resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError("model.precision=int8 is the CPU path (dynamic int8 kernels); on GPU use "
+                         "bf16 or auto")
+    return precision
+
+
+def for_inference(model: RankerModel, precision: str, device: torch.device) -> RankerModel:
+    """``model`` on ``device`` in eval mode at ``precision`` (see ModelConfig.precision).
+
+    int8: merge the LoRA adapter (W + BA, exact up to float rounding) so each layer is one
+    matmul again, then ``quantize_dynamic`` swaps every backbone ``nn.Linear`` for an int8 one:
+    weights quantised per tensor once, activations per batch at run time. The head and the
+    prior weights stay fp32 (a handful of parameters, and the scores' last step).
+    """
+    precision = _resolve_precision(precision, device)
+    if precision == "int8":
+        import warnings
+
+        model = model.eval()
+        if isinstance(model.backbone, PeftModel):
+            model.backbone = model.backbone.merge_and_unload()
+        with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated for torchao
+            warnings.simplefilter("ignore")
+            model.backbone = torch.ao.quantization.quantize_dynamic(
+                model.backbone, {nn.Linear}, dtype=torch.qint8)
+        return model
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    return model.to(device, dtype=dtype).eval()
 
 
 @torch.no_grad()
@@ -280,13 +314,17 @@ def train_scores(
 
 
 class Ranker:
-    """Batched no-grad scorer around a RankerModel (offline evaluation, serving, validation)."""
+    """Batched no-grad scorer around a RankerModel (offline evaluation, serving, validation).
+
+    ``cfg.precision`` picks the arithmetic (:func:`for_inference`); the model it wraps is not
+    trained further (use the RankerModel for that).
+    """
 
     def __init__(self, model: RankerModel, collator: RankerCollator, cfg: ModelConfig, device: str):
         self.device = torch.device(device)
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model = model.to(self.device, dtype=dtype).eval()
+        self.model = for_inference(model, cfg.precision, self.device)
         self.collator, self.cfg = collator, cfg
+        self.precision = _resolve_precision(cfg.precision, self.device)
 
     @property
     def tokenizer(self):

@@ -107,7 +107,7 @@ def start_app(cfg: RayrecConfig, fault_injection: dict[str, Any] | None = None) 
         deploy_app(app_config(cfg, fault_injection), admin=admin)
         port = (admin.get_serve_details().get("http_options") or {}).get("port", sc.port)
     else:
-        log.warning("Serve app %r deployed with serve.run: its adapter cannot be switched in place "
+        log.info("Serve app %r deployed with serve.run: its adapter cannot be switched in place "
                     "(%s)", sc.app_name, NO_DASHBOARD)
         serve.run(compose(cfg, fault_injection), name=sc.app_name, route_prefix=sc.route_prefix)
         port = sc.port  # (a Serve instance started earlier with another port keeps that one)

@@ -32,6 +32,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayrec.config import RayrecConfig, validate_config
+from rayrec.explore.policies import POLICIES
 from rayrec.serving.api import (
     BodySizeLimit,
     FeedbackRequest,
@@ -317,7 +318,10 @@ class RecommenderIngress:
         t_policy = time.perf_counter()
         weight = self.cfg.explore.diversity_weight if req.diversity is None else req.diversity
         method = req.diversity_method if weight > 0 else "none"
-        features = np.asarray(cand["embeddings"], dtype=np.float64)
+        # The candidates' embeddings go to the policy's state actor only when something there
+        # reads them (a diversity re-ranker, a linear policy): 50 x 384 float64 is ~150 KB per call.
+        features = (np.asarray(cand["embeddings"], dtype=np.float64)
+                    if method != "none" or getattr(POLICIES.get(policy), "needs_features", True) else None)
         picks, props, policy_fallback = [], [], False
         if len(final):
             try:

@@ -56,6 +56,12 @@ class RankingDeployment:
         self.cfg = validate_config(cfg, "serve ranking")
         rc = self.cfg.serve.ranking
         self.device = _device(rc.num_gpus)
+        if self.device == "cpu":
+            # Every core the replica reserves, no more: intra-op threads beyond its CPUs would
+            # fight the other replicas on the node (Ray sets OMP_NUM_THREADS=1 below 1 CPU).
+            import torch
+
+            torch.set_num_threads(max(1, int(rc.num_cpus)))
         self._score_batch.set_max_batch_size(rc.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(rc.batch_wait_timeout_s)
         self.ranker = None
@@ -89,7 +95,8 @@ class RankingDeployment:
         ranker = load_ranker(self.cfg.model, checkpoint, device=self.device)  # remote: downloaded
         # Swap only once the new ranker is fully loaded: in-flight batches keep the old one.
         self.ranker, self.version = ranker, checkpoint or f"untuned:{self.cfg.model.backbone}"
-        log.info("ranker loaded in %.1fs on %s: %s (%s)", time.perf_counter() - t0, self.device, self.version, why)
+        log.info("ranker loaded in %.1fs on %s (%s): %s (%s)", time.perf_counter() - t0, self.device,
+                 ranker.precision, self.version, why)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply ``{"checkpoint": path|None, "fault_injection": {...}}`` without a restart."""
@@ -121,7 +128,9 @@ class RankingDeployment:
             replica = serve.get_replica_context().replica_id.unique_id
         except Exception:
             replica = None
-        return {"version": self.version, "device": self.device, "fault_injection": self.fault,
+        precision = self.ranker.precision if self.ranker is not None else None
+        return {"version": self.version, "device": self.device, "precision": precision,
+                "fault_injection": self.fault,
                 "replica": replica, "switch_error": self.switch_error}
 
     async def score(
