@@ -120,7 +120,7 @@ def main() -> None:
     _paired(rows, ref, args.bootstrap)
     _plot(rows, out.with_suffix(".png"))
     lines = [f"Reference: {ref['precision']}, {ref['max_length']} tokens, top-{ref['depth']} "
-             f"({ref['users']} users, seeded sample; {args.threads} torch threads).", "",
+             f"({ref['users']} users, the same for every setting; {args.threads} torch threads).", "",
              "| precision | tokens | candidates | NDCG@10 | Δ vs ref [95% CI] | HR@10 | ms/request |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -191,6 +191,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128, help="model.max_length (tokens per sequence)")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
     ap.add_argument("--ranking-cpus", type=float, default=1.0, help="serve.ranking.num_cpus")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 1], help="precision: max_batch_size values")
     args = ap.parse_args()
 
     import ray
@@ -287,7 +288,7 @@ def _precision(base: dict, port: int, users: list[str], args, results: dict) -> 
 
     rows = results.setdefault("precision", [])
     for precision in args.precisions:
-        for mbs in (16, 1):
+        for mbs in args.batch_sizes:
             name = f"p_{precision}_b{mbs}"
             serve.run(build_app({**base, "model.precision": precision,
                                  "serve.ranking.max_batch_size": mbs}), name=name, route_prefix=f"/{name}")

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -251,6 +252,23 @@ def test_ranking_failure_and_timeout_fall_back_to_retrieval(app_url, serving_env
         _deploy(serving_env, {})
         wait_ranker(app_url, lambda r: not r["fault_injection"])
     assert post(app_url, "/recommend", {"user_id": "u1", "k": 5}).json()["degraded"] is False
+
+
+def test_ranking_sheds_requests_it_cannot_finish_in_time(app_url):
+    """A request whose deadline cannot be met is skipped ({"shed": True}), not computed for a
+    caller that stopped waiting (the ingress then serves the retrieval order, reason
+    ranking_overloaded); the others in its batch are scored."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Ranking", app_name=APP)
+    cands = ["red car", "blue cup", "green lamp"]
+    calls = [handle.score.remote("red boat", cands, None, time.time() + 60),
+             handle.score.remote("red boat", cands, None, time.time() - 1),  # already given up
+             handle.score.remote("red boat", cands, None)]  # no deadline: always scored
+    on_time, late, whenever = (c.result(timeout_s=60) for c in calls)
+    assert late == {"scores": None, "version": on_time["version"], "shed": True}
+    assert len(on_time["scores"]) == 3 and not on_time.get("shed")
+    np.testing.assert_allclose(whenever["scores"], on_time["scores"], atol=1e-5)  # (padding may differ)
 
 
 def test_adapter_switch_without_failed_requests(app_url, serving_env):

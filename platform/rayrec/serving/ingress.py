@@ -150,6 +150,8 @@ def _rank_scores_or_reason(result: Any) -> tuple[np.ndarray | None, str | None, 
             return None, None, "ranking_overloaded"
         cause = getattr(result, "cause", None) or result  # unwrap RayTaskError(...)
         return None, None, f"ranking_error: {type(cause).__name__}"
+    if result.get("shed"):  # the ranker could not have finished it in time and did not start it
+        return None, None, "ranking_overloaded"
     return np.asarray(result["scores"], dtype=np.float64), result["version"], None
 
 
@@ -373,7 +375,10 @@ class RecommenderIngress:
         texts = cand["history_texts"][-self.cfg.model.max_history_items :]
         if query and query.strip():
             texts = [*texts, query.strip()]  # the query reads as the most recent thing the user wants
-        response = self.ranking.score.remote(render_history(texts), cand["text"], cand.get("prior"))
+        # The ranker gets the time this request gives up (wall clock): under overload it skips
+        # requests that can no longer make it instead of computing answers nobody waits for.
+        deadline = time.time() + self.cfg.serve.rank_timeout_s
+        response = self.ranking.score.remote(render_history(texts), cand["text"], cand.get("prior"), deadline)
         try:
             return await asyncio.wait_for(_resolve(response), timeout=self.cfg.serve.rank_timeout_s)
         except TimeoutError:

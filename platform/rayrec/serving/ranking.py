@@ -73,6 +73,9 @@ class RankingDeployment:
             "rayrec_rank_batch_size", description="Requests scored per ranker call.",
             boundaries=[1, 2, 4, 8, 16, 32, 64],
         )
+        self._shed = metrics.Counter(
+            "rayrec_rank_shed", description="Requests skipped: they could not finish before their deadline.")
+        self._s_per_candidate = 0.0  # running mean of scoring seconds per candidate (shedding)
         self._score_latency = metrics.Histogram(
             "rayrec_rank_batch_latency_ms", description="Ranker forward time per batch.",
             boundaries=[5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000],
@@ -135,29 +138,52 @@ class RankingDeployment:
 
     async def score(
         self, history_text: str, candidate_texts: list[str], candidate_priors: list | None = None,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
         """Ranker scores for one request's candidates (with their priors, one value or F-vector
-        each, see rayrec.models.prior.ranker_priors), plus the adapter version that made them."""
+        each, see rayrec.models.prior.ranker_priors), plus the adapter version that made them.
+
+        ``deadline`` (wall clock, when the caller stops waiting): a request still queued when it
+        could no longer finish in time is skipped, ``{"shed": True}``, so an overloaded replica
+        spends its CPU on answers someone is still waiting for."""
         if self.fault.get("raise"):
             raise RuntimeError("fault injection: ranking failure")
         if self.fault.get("sleep_s"):
             await asyncio.sleep(float(self.fault["sleep_s"]))
-        scores, version = await self._score_batch((history_text, candidate_texts, candidate_priors))
+        scores, version = await self._score_batch((history_text, candidate_texts, candidate_priors, deadline))
+        if scores is None:
+            return {"scores": None, "version": version, "shed": True}
         return {"scores": scores, "version": version}
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # real values set in __init__
     async def _score_batch(
-        self, requests: list[tuple[str, list[str], list[float] | None]]
-    ) -> list[tuple[np.ndarray, str]]:
+        self, requests: list[tuple[str, list[str], list[float] | None, float | None]]
+    ) -> list[tuple[np.ndarray | None, str]]:
         ranker, version = self.ranker, self.version
         t0 = time.perf_counter()
-        histories = [h for h, _, _ in requests]
-        candidates = [c for _, c, _ in requests]
+        # Shed what cannot finish in time: now + this batch's expected compute (seconds per
+        # candidate, a running mean) past its deadline. The rest is scored as one batch.
+        expected = self._s_per_candidate * sum(len(c) for _, c, _, _ in requests)
+        now = time.time()
+        keep = [i for i, (_, _, _, d) in enumerate(requests) if d is None or now + expected < d]
+        if len(keep) < len(requests):
+            self._shed.inc(len(requests) - len(keep))
+        out: list[tuple[np.ndarray | None, str]] = [(None, version)] * len(requests)
+        if not keep:
+            return out
+        histories = [requests[i][0] for i in keep]
+        candidates = [requests[i][1] for i in keep]
         # A request without priors (an older ingress) scores with neutral priors of 0.
         n_priors = 0 if ranker.prior_weights is None else len(ranker.prior_weights)
-        priors = [np.asarray(p, dtype=np.float32).reshape(len(c), -1) if p is not None
-                  else np.zeros((len(c), max(n_priors, 1)), dtype=np.float32) for _, c, p in requests]
+        priors = [np.asarray(requests[i][2], dtype=np.float32).reshape(len(requests[i][1]), -1)
+                  if requests[i][2] is not None
+                  else np.zeros((len(requests[i][1]), max(n_priors, 1)), dtype=np.float32) for i in keep]
         scores = await asyncio.to_thread(ranker.score, histories, candidates, priors)
-        self._score_latency.observe((time.perf_counter() - t0) * 1000)
-        self._batch_size.observe(len(requests))
-        return [(np.asarray(s, dtype=np.float32), version) for s in scores]
+        elapsed = time.perf_counter() - t0
+        n = max(1, sum(len(c) for c in candidates))
+        self._s_per_candidate = 0.8 * self._s_per_candidate + 0.2 * elapsed / n  # EWMA
+        self._score_latency.observe(elapsed * 1000)
+        self._batch_size.observe(len(keep))
+        for i, s in zip(keep, scores, strict=True):
+            out[i] = (np.asarray(s, dtype=np.float32), version)
+        return out
