@@ -304,6 +304,9 @@ def _precision(base: dict, port: int, users: list[str], args, results: dict) -> 
 
 
 def _latency(cfg, url: str, users: list[str], args) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(max(1, int(args.ranking_cpus)))  # the ranking replica's threads
     pipeline = make_inprocess_pipeline(cfg)
     for _ in range(5):
         pipeline(users[0], args.k)

@@ -229,9 +229,11 @@ def load_ranker(
     if saved.kind != model_cfg.kind or saved.backbone != model_cfg.backbone:
         log.warning("checkpoint ranker (%s, %s) differs from config; using the checkpoint's",
                     saved.kind, saved.backbone)
-    # Inference-time knobs come from the caller's config; the structure from the checkpoint.
+    # Inference-time knobs come from the caller's config (batching, arithmetic, the token budget
+    # per scored sequence: a ranker trained at 96 tokens may serve at 64); the structure from
+    # the checkpoint.
     cfg = saved.model_copy(update={"score_batch_size": model_cfg.score_batch_size,
-                                   "precision": model_cfg.precision})
+                                   "precision": model_cfg.precision, "max_length": model_cfg.max_length})
     if meta["format"] in ("full", "merged"):
         model, collator = build_ranker(
             cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": False})}),
