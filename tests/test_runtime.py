@@ -21,3 +21,21 @@ def test_warn_if_busy(ray_cluster, caplog) -> None:
         assert not caplog.records
         assert warn_if_busy({"CPU": 1000.0}, "training") is True
     assert "training needs {'CPU': 1000.0} but only" in caplog.text
+
+
+def test_reading_the_dashboard_url_keeps_the_callers_sigterm_handler(ray_cluster):
+    """ray.init(ignore_reinit_error=True) re-installs Ray's SIGTERM handler (sys.exit); reading
+    the dashboard address must not take `rayrec serve`'s clean-shutdown handler away."""
+    import signal
+
+    from rayrec.runtime import dashboard_url
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert dashboard_url()  # the session cluster runs a dashboard
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -49,6 +49,27 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     log.info("connected to Ray: %s", ray.cluster_resources())
 
 
+def dashboard_url() -> str | None:
+    """The connected cluster's dashboard address (``host:port``), or None without one.
+
+    ``ray.init(ignore_reinit_error=True)`` is the public way to read it once connected, but it
+    also re-installs Ray's own SIGTERM handler (``sys.exit(15)``), which would cut short a clean
+    shutdown (``rayrec serve``): the caller's handler is put back.
+    """
+    import signal
+    import threading
+
+    if not ray.is_initialized():
+        return None
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        return ray.init(ignore_reinit_error=True).dashboard_url or None
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def submitted_job_working_dir() -> str | None:
     """The uploaded --working-dir when this process is a job's entrypoint (``ray job submit``):
     the job runs in Ray's copy of that directory, not where it was submitted from."""

@@ -32,12 +32,11 @@ NO_DASHBOARD = ("this Ray cluster runs without a dashboard, and Serve's declarat
 def serve_admin():
     """Serve's REST API client on the connected cluster's dashboard (``RAY_DASHBOARD_ADDRESS``
     when set, as for the `serve` CLI), or None when no dashboard answers."""
-    import ray
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    address = os.environ.get("RAY_DASHBOARD_ADDRESS")
-    if not address and ray.is_initialized():
-        address = ray.init(ignore_reinit_error=True).dashboard_url  # the connected cluster's
+    from rayrec.runtime import dashboard_url
+
+    address = os.environ.get("RAY_DASHBOARD_ADDRESS") or dashboard_url()
     if not address:
         return None
     if "://" not in address:
