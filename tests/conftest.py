@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# No implicit ray.init() in this process: a Serve handle's background metrics thread would
+# otherwise re-connect the driver right after a test's ray.shutdown() and race the next
+# explicit ray.init() ("called ray.init twice") or the session teardown.
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
