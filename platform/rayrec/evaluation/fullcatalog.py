@@ -117,8 +117,9 @@ def generative_lists(cfg, histories: list[np.ndarray], items: pd.DataFrame) -> t
 
     gc = cfg.evaluate.generative
     gen = Generator.load(gc.backbone, items["title"].astype(str).to_numpy(), gc.adapter)
-    lists = gen.lists(histories, gc.k, beams=max(gc.beams, gc.k), history_items=gc.history_items)
-    return lists, gen.latency()
+    beams = max(gc.beams, gc.k)
+    lists = gen.lists(histories, gc.k, beams=beams, history_items=gc.history_items)
+    return lists, {"beams": beams, **gen.latency()}
 
 
 def load_seq_retriever(cfg):
@@ -243,8 +244,8 @@ def run_full_catalog(cfg) -> dict[str, Any]:
             "retriever": f"sequential retriever (SASRec) at {cfg.retriever_model_dir}",
             "generative": (f"{ec.generative.backbone} "
                            f"{'+ adapter ' + ec.generative.adapter if ec.generative.adapter else 'zero-shot'}"
-                           f" generating {ec.generative.k} catalog titles (trie-constrained beam search, "
-                           f"{max(ec.generative.beams, ec.generative.k)} beams); latency {notes.get('generative')}"),
+                           f" generating {ec.generative.k} catalog titles (trie-constrained beam search); "
+                           f"beams and latency {notes.get('generative')}"),
             f"{source}_ranker": f"{source} top-{ec.rank_depth} re-scored by {cfg.model.kind} on "
                                 f"{cfg.model.backbone}, checkpoint {checkpoint}",
         },

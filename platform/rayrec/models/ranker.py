@@ -324,9 +324,9 @@ class Ranker:
 
     def __init__(self, model: RankerModel, collator: RankerCollator, cfg: ModelConfig, device: str):
         self.device = torch.device(device)
-        self.model = for_inference(model, cfg.precision, self.device)
-        self.collator, self.cfg = collator, cfg
         self.precision = _resolve_precision(cfg.precision, self.device)
+        self.model = for_inference(model, self.precision, self.device)
+        self.collator, self.cfg = collator, cfg
 
     @property
     def tokenizer(self):

@@ -48,9 +48,10 @@ def serve_admin():
         return None
 
 
-def deploy_app(app: dict[str, Any], timeout_s: float = 600.0, admin=None) -> None:
+def deploy_app(app: dict[str, Any], timeout_s: float = 600.0, admin=None) -> dict[str, Any]:
     """Apply one application declaratively, keeping the cluster's other declarative apps, and
-    wait until it is RUNNING (raising with Serve's message when it fails to deploy)."""
+    wait until it is RUNNING (raising with Serve's message when it fails to deploy); returns
+    the Serve instance's details as last read (its ``http_options`` hold the running port)."""
     admin = admin or serve_admin()
     if admin is None:
         raise UserFacingError(f"cannot deploy Serve app {app['name']!r} declaratively: {NO_DASHBOARD}")
@@ -64,12 +65,13 @@ def deploy_app(app: dict[str, Any], timeout_s: float = 600.0, admin=None) -> Non
                                "applications": [*others, app]})
     deadline = time.time() + timeout_s
     while True:
-        now = admin.get_serve_details()["applications"].get(app["name"])
+        details = admin.get_serve_details()
+        now = details["applications"].get(app["name"])
         if now is not None and now["last_deployed_time_s"] != before:  # our config is applied
             if now["status"] == "RUNNING" and all(
                 d["status"] == "HEALTHY" for d in now["deployments"].values()
             ):
-                return
+                return details
             if now["status"] == "DEPLOY_FAILED":
                 raise RuntimeError(f"Serve app {app['name']!r} failed to deploy: {now['message']}")
         if time.time() > deadline:
@@ -103,11 +105,11 @@ def start_app(cfg: RayrecConfig, fault_injection: dict[str, Any] | None = None) 
     serve.start(http_options={"host": sc.host, "port": sc.port})
     admin = serve_admin()
     if admin is not None:
-        deploy_app(app_config(cfg, fault_injection), admin=admin)
-        port = (admin.get_serve_details().get("http_options") or {}).get("port", sc.port)
+        details = deploy_app(app_config(cfg, fault_injection), admin=admin)
+        port = (details.get("http_options") or {}).get("port", sc.port)
     else:
         log.info("Serve app %r deployed with serve.run: its adapter cannot be switched in place "
-                    "(%s)", sc.app_name, NO_DASHBOARD)
+                 "(%s)", sc.app_name, NO_DASHBOARD)
         serve.run(compose(cfg, fault_injection), name=sc.app_name, route_prefix=sc.route_prefix)
         port = sc.port  # (a Serve instance started earlier with another port keeps that one)
     host = "127.0.0.1" if sc.host in ("0.0.0.0", "::") else sc.host

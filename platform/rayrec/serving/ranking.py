@@ -171,13 +171,13 @@ class RankingDeployment:
         out: list[tuple[np.ndarray | None, str]] = [(None, version)] * len(requests)
         if not keep:
             return out
-        histories = [requests[i][0] for i in keep]
-        candidates = [requests[i][1] for i in keep]
+        kept = [requests[i] for i in keep]
+        histories = [h for h, _, _, _ in kept]
+        candidates = [c for _, c, _, _ in kept]
         # A request without priors (an older ingress) scores with neutral priors of 0.
         n_priors = 0 if ranker.prior_weights is None else len(ranker.prior_weights)
-        priors = [np.asarray(requests[i][2], dtype=np.float32).reshape(len(requests[i][1]), -1)
-                  if requests[i][2] is not None
-                  else np.zeros((len(requests[i][1]), max(n_priors, 1)), dtype=np.float32) for i in keep]
+        priors = [np.asarray(p, dtype=np.float32).reshape(len(c), -1) if p is not None
+                  else np.zeros((len(c), max(n_priors, 1)), dtype=np.float32) for _, c, p, _ in kept]
         scores = await asyncio.to_thread(ranker.score, histories, candidates, priors)
         elapsed = time.perf_counter() - t0
         n = max(1, sum(len(c) for c in candidates))
