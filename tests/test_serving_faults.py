@@ -12,7 +12,6 @@ end of the module (``pytest tests/test_serving_faults.py -s``).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import signal
@@ -29,9 +28,6 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
 schemathesis = pytest.importorskip("schemathesis")
-# Imported now, at a shallow stack: parsed first deep inside hypothesis (a fresh venv, no .pyc
-# yet), pytest's assertion rewrite of this module trips CPython 3.11's AST recursion check.
-importlib.import_module("schemathesis.generation.jsonschema.strategy")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from serving_support import free_port, make_serving_env, wait_ranker  # noqa: E402
 
