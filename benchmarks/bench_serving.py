@@ -120,7 +120,10 @@ def make_inprocess_pipeline(cfg):
     model_lock, policy_lock = threading.Lock(), threading.Lock()
 
     def run(user_id: str, k: int):
-        cand = retrieval.retrieve(RetrievalRequest(user_id=user_id, num_candidates=max(cfg.serve.rank_candidates, k)))
+        # The deployment's method is a coroutine (it may await the generation deployment); on
+        # the index path it never suspends, so running it to completion here is a plain call.
+        cand = asyncio.run(retrieval.retrieve(
+            RetrievalRequest(user_id=user_id, num_candidates=max(cfg.serve.rank_candidates, k))))
         texts = cand["history_texts"][-cfg.model.max_history_items:]
         with model_lock:  # one model instance (like one ranking replica); tokenizers are not thread-safe
             scores = ranker.score([render_history(texts)], [cand["text"]])[0]

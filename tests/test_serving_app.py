@@ -1,5 +1,6 @@
-"""The real Serve application (ingress + retrieval + ranking) on the session Ray cluster,
-exercised over HTTP with a tiny backbone, a tiny catalog and a tiny index."""
+"""The real Serve application (ingress + retrieval + ranking + generation) on the session Ray
+cluster, exercised over HTTP with tiny backbones (a BERT ranker, a Llama generator), a tiny
+catalog and a tiny index."""
 
 from __future__ import annotations
 
@@ -27,15 +28,27 @@ AUTH_PREFIX = "/rst_auth"
 
 @pytest.fixture(scope="module")
 def serving_env(tmp_path_factory, ray_cluster):
-    """Tiny dataset + backbone + index + two adapter versions; returns build_app overrides."""
-    return make_serving_env(tmp_path_factory.mktemp("serving"))
+    """Tiny dataset + backbone + index + two adapter versions; returns build_app overrides,
+    and the generation deployment's (a tiny random Llama) under ``generation``."""
+    from rayrec.models.tiny import make_tiny_backbone
+
+    root = tmp_path_factory.mktemp("serving")
+    env = make_serving_env(root)
+    env["generation"] = {
+        "serve.generation.enabled": True,
+        "serve.generation.backbone": str(make_tiny_backbone("llama", root / "tiny_llama")),
+        "serve.generation.num_cpus": 0.25, "serve.generation.k": 5, "serve.generation.beams": 5,
+        "serve.generation.explain_max_items": 2, "serve.generation.explain_max_new_tokens": 12,
+    }
+    return env
 
 
 def _app_cfg(env: dict, checkpoint: str | None = None):
-    """The test app's config: the serving overrides, this module's app name and prefix."""
+    """The test app's config: the serving overrides (generation on), this module's app name
+    and prefix."""
     from rayrec.config import load_config
 
-    return load_config(None, env["overrides"] | {
+    return load_config(None, env["overrides"] | env["generation"] | {
         "serve.app_name": APP, "serve.route_prefix": PREFIX,
         "serve.checkpoint": checkpoint or env["adapters"][1],
     })
@@ -113,8 +126,44 @@ def test_free_text_query_for_new_user(app_url):
     r = post(app_url, "/recommend", {"query": "Horror Story", "k": 5, "user_id": 12345})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["retrieval_source"] == "text" and body["user_id"] == "12345"
-    assert all(it["scores"]["retrieval"] > -1.01 for it in body["items"])
+    # serve.generation.new_user_text_source: the text index and the LM, blended
+    assert body["retrieval_source"] == "text+generative" and body["user_id"] == "12345"
+    assert not body["degraded"] and len(body["items"]) == 5
+    assert all(0 <= it["scores"]["retrieval"] <= 1 for it in body["items"])  # min-max blended
+    r = post(app_url, "/recommend", {"query": "Horror Story", "k": 5, "source": "index"})
+    assert r.json()["retrieval_source"] == "text"
+
+
+def test_generative_source_names_unseen_catalog_items(app_url):
+    seen = {str(1000 + j) for j in range(1, N_ITEMS, 4)[:5]}  # user u1's history
+    r = post(app_url, "/recommend", {"user_id": "u1", "k": 4, "source": "generative"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["retrieval_source"] == "generative" and not body["degraded"], body
+    ids = [it["item_id"] for it in body["items"]]
+    assert 1 <= len(ids) <= 4 and len(set(ids)) == len(ids)
+    assert not seen & set(ids) and all(1000 <= int(i) < 1000 + N_ITEMS for i in ids)
+    assert all(it["scores"]["retrieval"] < 0 for it in body["items"])  # title log-probabilities
+    both = post(app_url, "/recommend", {"user_id": "u1", "k": 8, "source": "both"}).json()
+    assert both["retrieval_source"] == "history+generative" and len(both["items"]) == 8
+    assert not seen & {it["item_id"] for it in both["items"]}
+
+
+def test_explain_writes_sentences_for_the_top_items_within_budget(app_url):
+    plain = post(app_url, "/recommend", {"user_id": "u2", "k": 4}).json()
+    assert all(it["explanation_status"] is None and it["explanation"] is None for it in plain["items"])
+    r = post(app_url, "/recommend", {"user_id": "u2", "k": 4, "explain": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    items = body["items"]
+    statuses = [it["explanation_status"] for it in items]
+    # A random tiny LM rarely ends a sentence within 12 tokens: "unfinished" (never served) is
+    # the usual answer; what matters is that it ran (3 s is ample) and said why per item.
+    assert set(statuses[:2]) <= {"explained", "ungrounded", "unfinished"}, statuses
+    assert statuses[2:] == ["over_budget", "over_budget"]  # beyond serve.generation.explain_max_items
+    for it in items:
+        assert (it["explanation"] is not None) == (it["explanation_status"] == "explained")
+    assert body["latency_ms"]["explain"] < 3000 + 1000  # serve.generation.explain_budget_ms + margin
 
 
 def test_exploration_policy_and_diversity(app_url):
@@ -224,6 +273,10 @@ def test_auth_on_and_off(app_url, serving_env):
         r = post(url, "/recommend", {"k": 1}, headers={"authorization": f"Bearer {API_KEY}"})
         assert r.status_code == 200
         assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # probes stay open
+        # No generation deployment in this app: asking for it is a clear 422, not a silent index list.
+        for body, field in (({"k": 1, "source": "generative"}, "source"), ({"k": 1, "explain": True}, "explain")):
+            r = post(url, "/recommend", body, headers={"x-api-key": API_KEY})
+            assert r.status_code == 422 and f"{field}: needs the generation deployment" in r.text, r.text
     finally:
         stop_app(cfg)
 
@@ -330,9 +383,10 @@ def test_event_log_written_on_shutdown(app_url, serving_env):
     from ray import serve
     from rayrec.data.schema import FEEDBACK_COLUMNS, IMPRESSION_COLUMNS
     from rayrec.serving.bandit import state_path
-    from rayrec.serving.eventlog import read_events
+    from rayrec.serving.eventlog import read_events, read_explanations
 
     body = post(app_url, "/recommend", {"user_id": "u6", "k": 4, "policy": "epsilon_greedy"}).json()
+    explained = post(app_url, "/recommend", {"user_id": "u5", "k": 3, "explain": True}).json()
     shown = body["items"][1]["item_id"]
     assert post(app_url, "/feedback", {"request_id": body["request_id"], "item_id": shown,
                                        "reward": 1}).status_code == 200
@@ -353,3 +407,10 @@ def test_event_log_written_on_shutdown(app_url, serving_env):
     state = pickle.loads(Path(state_path(serving_env["cfg"], "epsilon_greedy")).read_bytes())
     item_idx = int(shown) - 1000
     assert state["policy"]["s"][item_idx] == 1.0 and state["policy"]["n"][item_idx] >= 1
+    # Every sentence written goes to the event log with the impression, served or withheld.
+    logged = read_explanations(serving_env["cfg"].event_log_dir)
+    logged = logged[logged.request_id == explained["request_id"]].sort_values("position")
+    written = [it for it in explained["items"]
+               if it["explanation_status"] in ("explained", "ungrounded", "unfinished")]
+    assert logged["item_id"].tolist() == [it["item_id"] for it in written]
+    assert logged["status"].tolist() == [it["explanation_status"] for it in written]

@@ -197,3 +197,16 @@ def test_binding_beyond_loopback_requires_api_keys():
         check_exposure(ServeConfig(host="0.0.0.0"))
     with pytest.raises(ValueError, match="reward_min"):
         ServeConfig(reward_min=2.0, reward_max=1.0)
+
+
+def test_app_resources_count_every_replica_the_app_starts():
+    """What `rayrec serve` checks against the cluster before deploying (fail fast, not wait)."""
+    from rayrec.config import load_config
+    from rayrec.serving.app import app_resources
+
+    base = {"serve.ranking.num_cpus": 1, "serve.ranking.autoscaling.min_replicas": 0,
+            "serve.retrieval_replicas": 2, "serve.retrieval_num_cpus": 0.5, "serve.ingress_num_cpus": 0.25}
+    assert app_resources(load_config(None, base)) == {"CPU": 2.25, "GPU": 0.0}  # ranking starts 1
+    on = base | {"serve.generation.enabled": True, "serve.generation.replicas": 2,
+                 "serve.generation.num_cpus": 1, "serve.generation.num_gpus": 0.5, "serve.ranking.num_gpus": 1}
+    assert app_resources(load_config(None, on)) == {"CPU": 4.25, "GPU": 2.0}

@@ -62,7 +62,8 @@ EXAMPLE_COLUMNS = (
 REJECT_COLUMNS = ("source", "row", "reason", "detail", "raw")
 
 # The serving event log (written by rayrec.serving.eventlog, read back by the feedback loop
-# and off-policy evaluation). Two datasets under <event_log_dir>/impressions and /feedback.
+# and off-policy evaluation). Datasets under <event_log_dir>/impressions, /feedback and
+# /explanations.
 # impressions: one row per shown item.
 #   request_id:string, timestamp:float64 (unix s), user_id:string ("" for anonymous),
 #   user_idx:int64 (-1 when unknown), policy:string, position:int64 (0-based slot),
@@ -75,3 +76,9 @@ IMPRESSION_COLUMNS = (
 )
 # feedback: request_id:string, timestamp:float64, item_idx:int64, item_id:string, reward:float64
 FEEDBACK_COLUMNS = ("request_id", "timestamp", "item_idx", "item_id", "reward")
+# explanations: one row per item the generation deployment wrote a sentence for (served or not)
+#   request_id:string, timestamp:float64, position:int64, item_idx:int64, item_id:string,
+#   text:string, status:string (explained = served, ungrounded = withheld), unsupported:string
+#   (what the grounding check found, "; "-joined), seconds:float64 (generation time)
+EXPLANATION_COLUMNS = ("request_id", "timestamp", "position", "item_idx", "item_id", "text", "status",
+                       "unsupported", "seconds")

@@ -49,3 +49,15 @@ def item_text(title: str, genres: Sequence[str] = (), tags: Sequence[str] = ()) 
     if clean_tags:
         parts.append("Tags: " + ", ".join(clean_tags))
     return " | ".join(parts)
+
+
+def parse_item_text(text: str) -> tuple[str, list[str], list[str]]:
+    """(title, genres, tags) of an :func:`item_text` string (the inverse, for what reads it:
+    explanations and their grounding check)."""
+    parts = [p.strip() for p in text.split(" | ")]
+    fields = {"Genres:": [], "Tags:": []}
+    for p in parts[1:]:
+        for key in fields:
+            if p.startswith(key):
+                fields[key] = [v.strip() for v in p[len(key):].split(",") if v.strip()]
+    return parts[0], fields["Genres:"], fields["Tags:"]

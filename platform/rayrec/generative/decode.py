@@ -40,7 +40,7 @@ def generate_items(
     banned = banned if banned is not None else [()] * len(prompts)
     out = []
     for prompt, seen in zip(prompts, banned, strict=True):
-        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(model.device)
         out.append(beam_search(model, ids, trie.view(seen), k, max(k, num_beams or k)))
     return out
 
@@ -77,8 +77,9 @@ def beam_search(model, prompt_ids: torch.Tensor, view: TrieView, k: int, beams: 
         nxt = [b for b in nxt if b[1] > bar]
         if not nxt:
             break
-        cache.reorder_cache(torch.tensor([row for _, _, row in nxt]))
-        result = model(torch.tensor([[tokens[-1]] for tokens, _, _ in nxt]), cache=cache, use_cache=True)
+        cache.reorder_cache(torch.tensor([row for _, _, row in nxt], device=prompt_ids.device))
+        result = model(torch.tensor([[tokens[-1]] for tokens, _, _ in nxt], device=prompt_ids.device),
+                       cache=cache, use_cache=True)
         logp = torch.log_softmax(result.logits[:, -1].float(), -1)
         live = [(tokens, score) for tokens, score, _ in nxt]
         steps += 1

@@ -4,6 +4,7 @@ generator (and the benchmark's). One model, one trie, one prompt per user."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +23,8 @@ class Generator:
     tokenizer: object
     trie: CatalogTrie
     titles: np.ndarray
-    timings: list[tuple[float, int]] = field(default_factory=list)  # (seconds, decoding steps) per request
+    # (seconds, decoding steps) per request, the latest 10,000 (a serving replica runs for days)
+    timings: deque = field(default_factory=lambda: deque(maxlen=10_000))
 
     @classmethod
     def load(cls, backbone: str, titles: np.ndarray, adapter: str | None = None) -> Generator:

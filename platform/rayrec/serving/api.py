@@ -38,12 +38,21 @@ class RecommendRequest(BaseModel):
     diversity: float | None = Field(None, ge=0, le=1, description="Diversity weight: 0 relevance .. 1 diversity.")
     diversity_method: Literal["mmr", "dpp"] = "mmr"
     category: str | None = Field(None, max_length=200, description="Only items of this category.")
+    source: Literal["index", "generative", "both"] | None = Field(
+        None, description="Candidates from the retrieval indexes, the language model naming catalog items "
+                          "(generative), or both merged (default serve.generation.default_source; "
+                          "generative and both need serve.generation.enabled).")
+    explain: bool = Field(False, description="A sentence on why each of the top items fits "
+                                             "(serve.generation.explain_max_items, within explain_budget_ms).")
 
 
 class StageScores(BaseModel):
     retrieval: float
     ranker: float | None
     final: float
+
+
+ExplanationStatus = Literal["explained", "ungrounded", "unfinished", "over_budget", "unavailable"]
 
 
 class RecommendedItem(BaseModel):
@@ -53,6 +62,12 @@ class RecommendedItem(BaseModel):
     position: int
     scores: StageScores
     propensity: float
+    # With "explain": true: the sentence when it passed the grounding check, and why not when
+    # it is null (ungrounded: it named a fact the catalog and history lack; unfinished: no whole
+    # sentence within explain_max_new_tokens; over_budget: out of time or beyond
+    # explain_max_items; unavailable: the generation deployment failed).
+    explanation: str | None = None
+    explanation_status: ExplanationStatus | None = None
 
 
 class RecommendResponse(BaseModel):

@@ -1,4 +1,5 @@
-"""The Serve application: the three deployments bound into one graph.
+"""The Serve application: the deployments bound into one graph (ingress, retrieval, ranking,
+and with ``serve.generation.enabled`` the causal LM's generation deployment).
 
 ``build_app(args)`` is the Serve import target (``rayrec.serving.app:build_app``)::
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from rayrec.config import RayrecConfig, load_config
+from rayrec.serving.generation import GenerationDeployment
 from rayrec.serving.ingress import RecommenderIngress
 from rayrec.serving.ranking import RankingDeployment
 from rayrec.serving.retrieval import RetrievalDeployment
@@ -33,7 +35,7 @@ def _absolute_dirs(cfg: RayrecConfig) -> RayrecConfig:
 
 
 def compose(cfg: RayrecConfig, fault_injection: dict[str, Any] | None = None):
-    """Bind the three deployments with the options from ``cfg.serve``."""
+    """Bind the deployments with the options from ``cfg.serve``."""
     cfg = _absolute_dirs(cfg)
     sc, rc = cfg.serve, cfg.serve.ranking
     shared = cfg.model_dump(mode="json")
@@ -57,14 +59,37 @@ def compose(cfg: RayrecConfig, fault_injection: dict[str, Any] | None = None):
         user_config={"checkpoint": sc.checkpoint, "fault_injection": fault_injection or {}},
         health_check_timeout_s=60,
     ).bind(shared)
+    generation = build_generation(cfg, shared)
     retrieval = RetrievalDeployment.options(
         num_replicas=sc.retrieval_replicas, ray_actor_options={"num_cpus": sc.retrieval_num_cpus},
-    ).bind(shared)
+    ).bind(shared, generation)
     return RecommenderIngress.options(
         num_replicas=sc.ingress_replicas, ray_actor_options={"num_cpus": sc.ingress_num_cpus},
         max_ongoing_requests=sc.ingress_max_ongoing_requests,
         max_queued_requests=sc.ingress_max_queued_requests,
-    ).bind(shared, retrieval, ranking)
+    ).bind(shared, retrieval, ranking, generation)
+
+
+def build_generation(cfg: RayrecConfig, shared: dict[str, Any]):
+    """The generation deployment, bound, or None when ``serve.generation`` is off."""
+    gc = cfg.serve.generation
+    if not gc.enabled:
+        return None
+    return GenerationDeployment.options(
+        num_replicas=gc.replicas, ray_actor_options={"num_cpus": gc.num_cpus, "num_gpus": gc.num_gpus},
+        max_ongoing_requests=gc.max_ongoing_requests, health_check_timeout_s=120,
+    ).bind(shared)
+
+
+def app_resources(cfg: RayrecConfig) -> dict[str, float]:
+    """CPUs and GPUs the app's replicas reserve at start-up (the state actors take none): what
+    ``rayrec serve`` checks the cluster can ever hold before it waits on a deployment."""
+    sc, rc, gc = cfg.serve, cfg.serve.ranking, cfg.serve.generation
+    ranking = max(rc.autoscaling.min_replicas, 1)
+    cpus = (ranking * rc.num_cpus + sc.retrieval_replicas * sc.retrieval_num_cpus
+            + sc.ingress_replicas * sc.ingress_num_cpus + (gc.replicas * gc.num_cpus if gc.enabled else 0))
+    gpus = ranking * rc.num_gpus + (gc.replicas * gc.num_gpus if gc.enabled else 0)
+    return {"CPU": round(cpus, 4), "GPU": round(gpus, 4)}
 
 
 def build_app(args: dict[str, Any] | None = None):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from rayrec.configbase import Section
@@ -32,6 +34,40 @@ class RankingDeploymentSettings(Section):
     autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
 
 
+class GenerationSettings(Section):
+    """The generation deployment (:mod:`rayrec.serving.generation`): a causal LM that names
+    catalog items as a retrieval source and explains the top items of a slate in words.
+
+    Off by default: SmolLM2-135M takes ~2.5 s to generate 10 items and ~0.5-1 s per
+    explanation on 2 CPU cores; on a GPU give it ``num_gpus``.
+    """
+
+    enabled: bool = False
+    backbone: str = "smollm2-135m"  # a causal LM (embedded alias, local dir or hub id)
+    adapter: str | None = None  # a LoRA adapter tuned on history -> next title; None = zero-shot
+    # 0.25 fits the default app on a 2-core laptop (1.75 CPUs without it); it still runs
+    # max(1, int(num_cpus)) torch threads. On a cluster give it whole CPUs or a GPU.
+    num_cpus: float = Field(0.25, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    replicas: int = Field(1, ge=1)
+    max_ongoing_requests: int = Field(4, ge=1)
+    # Where candidates come from when the request does not say (``source`` on /recommend):
+    # index (the retrieval indexes), generative (the LM alone) or both (merged, then ranked).
+    default_source: Literal["index", "generative", "both"] = "index"
+    # Free text from a user with no history: what the LM knows about the request reaches them.
+    new_user_text_source: Literal["index", "generative", "both"] = "both"
+    k: int = Field(10, ge=1)  # items the LM generates per request (beam search, >= k beams)
+    beams: int = Field(10, ge=1)
+    history_items: int = Field(10, ge=1)  # newest titles in the generation prompt
+    blend_weight: float = Field(0.5, ge=0, le=1)  # "both": (1-w) index + w generated (min-max scaled)
+    timeout_s: float = Field(15.0, gt=0)  # generation slower than this: index candidates, degraded
+    # "explain": true: one sentence for each of the top explain_max_items items, within
+    # explain_budget_ms of the request's own time; the rest say why they have none.
+    explain_max_items: int = Field(3, ge=0)
+    explain_budget_ms: float = Field(3000.0, gt=0)
+    explain_max_new_tokens: int = Field(40, ge=4)
+
+
 class ServeConfig(Section):
     """The composed endpoint."""
 
@@ -47,6 +83,7 @@ class ServeConfig(Section):
     port: int = Field(8000, ge=1, le=65535)
     checkpoint: str | None = None  # default: the latest exported adapter, else the untuned backbone
     ranking: RankingDeploymentSettings = Field(default_factory=RankingDeploymentSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
     retrieval_replicas: int = Field(1, ge=1)
     retrieval_num_cpus: float = Field(0.5, ge=0)
     ingress_replicas: int = Field(1, ge=1)

@@ -4,6 +4,7 @@ Layout (columns from :mod:`rayrec.data.schema`)::
 
     <event_log_dir>/impressions/part-<unix_ms>-<writer>-<seq>.parquet   IMPRESSION_COLUMNS
     <event_log_dir>/feedback/part-<unix_ms>-<writer>-<seq>.parquet      FEEDBACK_COLUMNS
+    <event_log_dir>/explanations/part-<unix_ms>-<writer>-<seq>.parquet  EXPLANATION_COLUMNS
 
 Each writer (one per ingress replica) buffers rows and writes a new part file when
 ``flush_rows`` rows are buffered, every ``flush_interval_s`` seconds from a background
@@ -32,13 +33,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from rayrec.data.schema import FEEDBACK_COLUMNS, IMPRESSION_COLUMNS
+from rayrec.data.schema import EXPLANATION_COLUMNS, FEEDBACK_COLUMNS, IMPRESSION_COLUMNS
 from rayrec.storage import resolve_fs
 
 log = logging.getLogger(__name__)
 
 IMPRESSIONS = "impressions"
 FEEDBACK = "feedback"
+EXPLANATIONS = "explanations"
 
 IMPRESSION_SCHEMA = pa.schema(
     [
@@ -65,9 +67,23 @@ FEEDBACK_SCHEMA = pa.schema(
         ("reward", pa.float64()),
     ]
 )
+EXPLANATION_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("timestamp", pa.float64()),
+        ("position", pa.int64()),
+        ("item_idx", pa.int64()),
+        ("item_id", pa.string()),
+        ("text", pa.string()),
+        ("status", pa.string()),
+        ("unsupported", pa.string()),
+        ("seconds", pa.float64()),
+    ]
+)
 assert tuple(IMPRESSION_SCHEMA.names) == IMPRESSION_COLUMNS
 assert tuple(FEEDBACK_SCHEMA.names) == FEEDBACK_COLUMNS
-_SCHEMAS = {IMPRESSIONS: IMPRESSION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA}
+assert tuple(EXPLANATION_SCHEMA.names) == EXPLANATION_COLUMNS
+_SCHEMAS = {IMPRESSIONS: IMPRESSION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA, EXPLANATIONS: EXPLANATION_SCHEMA}
 
 
 
@@ -136,6 +152,9 @@ class EventLogWriter:
 
     def log_feedback(self, rows: Iterable[Mapping[str, Any]]) -> None:
         self.append(FEEDBACK, rows)
+
+    def log_explanations(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self.append(EXPLANATIONS, rows)
 
     def check_capacity(self, rows: int = 1) -> None:
         """Raise EventLogFull now if ``rows`` more would not fit (before acting on a request)."""
@@ -266,6 +285,11 @@ def read_report(root: str) -> dict[str, int]:
             info = fs.get_file_info(pafs.FileSelector(f"{base}/{kind}{sub}", allow_not_found=True))
             out[key] = sum(i.type == pafs.FileType.File and i.base_name.startswith("part-") for i in info)
     return out
+
+
+def read_explanations(root: str) -> pd.DataFrame:
+    """Every explanation the endpoint generated (served or withheld), oldest first."""
+    return _read_kind(root, EXPLANATIONS)
 
 
 def read_events(root: str) -> tuple[pd.DataFrame, pd.DataFrame]:

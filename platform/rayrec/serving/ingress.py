@@ -1,10 +1,14 @@
-"""The public HTTP API of the endpoint: FastAPI ingress -> Retrieval -> Ranking -> policy.
+"""The public HTTP API of the endpoint: FastAPI ingress -> Retrieval -> Ranking -> policy
+(-> Generation for explanations).
 
-Per request: retrieval turns the user's history and/or free text into candidates, the
-ranking deployment scores them (batched), the exploration policy picks the slate (with
-optional MMR/DPP diversity) and logs its propensities; impressions and feedback go to the
-event log. If ranking fails or is slow the slate falls back to retrieval order with
-``degraded: true``; if the policy state is down, to greedy on the scores.
+Per request: retrieval turns the user's history and/or free text into candidates (from the
+indexes and/or the language model), the ranking deployment scores them (batched), the
+exploration policy picks the slate (with optional MMR/DPP diversity) and logs its
+propensities; with ``explain`` the generation deployment writes a sentence for the top items
+within a time budget. Impressions, explanations and feedback go to the event log. If ranking
+fails or is slow the slate falls back to retrieval order with ``degraded: true``; if the
+policy state is down, to greedy on the scores; if generation fails, the index candidates and
+no explanations, said in the response.
 
 Per-replica settings (API keys, body limit, counters) live on the ingress instance, found
 through Serve's replica context, not on the module-level FastAPI app.
@@ -164,11 +168,13 @@ async def _resolve(response):
 class RecommenderIngress:
     """The public HTTP API; composes the retrieval and ranking deployments by handle."""
 
-    def __init__(self, cfg: dict[str, Any], retrieval: DeploymentHandle, ranking: DeploymentHandle) -> None:
+    def __init__(self, cfg: dict[str, Any], retrieval: DeploymentHandle, ranking: DeploymentHandle,
+                 generation: DeploymentHandle | None = None) -> None:
         self.cfg: RayrecConfig = validate_config(cfg, "serve ingress")
         sc = self.cfg.serve
         self.retrieval = retrieval
         self.ranking = ranking
+        self.generation = generation  # None unless serve.generation.enabled
         # Read by the route dependencies and middleware through the replica context (_ingress).
         self.api_keys = load_api_keys(sc.api_keys_env, sc.api_keys_file) if sc.require_api_key else []
         if sc.require_api_key and not self.api_keys:
@@ -224,7 +230,10 @@ class RecommenderIngress:
         states this replica uses, the event log). 200 when all are up, 503 with the same body
         when any is not (requests are still answered, degraded)."""
         out: dict[str, Any] = {"status": "ok"}
-        for key, call in (("catalog", self.retrieval.catalog_info), ("ranker", self.ranking.info)):
+        calls = [("catalog", self.retrieval.catalog_info), ("ranker", self.ranking.info)]
+        if self.generation is not None:
+            calls.append(("generation", self.generation.info))
+        for key, call in calls:
             response = call.remote()
             try:
                 out[key] = await asyncio.wait_for(_resolve(response), timeout=5.0)
@@ -292,6 +301,9 @@ class RecommenderIngress:
             raise _bad_request(f"query: longer than {sc.max_text_length} characters")
         if len(req.history) > sc.max_history_length:
             raise _bad_request(f"history: more than {sc.max_history_length} items")
+        if self.generation is None and (req.explain or req.source in ("generative", "both")):
+            field = "explain" if req.explain else "source"
+            raise _bad_request(f"{field}: needs the generation deployment (serve.generation.enabled is false)")
         policy = req.policy or sc.default_policy
         t_start = time.perf_counter()
         request_id = uuid.uuid4().hex
@@ -299,7 +311,7 @@ class RecommenderIngress:
         user_id = None if req.user_id is None else str(req.user_id)
         cand = await self.retrieval.retrieve.remote(RetrievalRequest(
             user_id=user_id, history=[str(h) for h in req.history], query=req.query,
-            category=req.category, num_candidates=n_cand,
+            category=req.category, num_candidates=n_cand, source=req.source,
         ))
         if "error" in cand:  # the request names items or a category the catalog lacks
             raise _bad_request(cand["error"], 404)
@@ -311,10 +323,14 @@ class RecommenderIngress:
             ranker_scores, version, reason = _rank_scores_or_reason(await self._rank(cand, req.query))
             lat["ranking"] = (time.perf_counter() - t_retrieved) * 1000
         retrieval_scores = np.asarray(cand["score"], dtype=np.float64)
-        degraded = reason is not None
-        if degraded:
+        if reason is not None:
             self._degraded.inc(tags={"reason": reason.split(":")[0]})
             log.warning("request %s degraded to retrieval order: %s", request_id, reason)
+        if cand.get("generation_error"):  # served from the indexes instead of (or without) the LM
+            self._degraded.inc(tags={"reason": "generation_unavailable"})
+            gen_reason = f"generation_unavailable: {cand['generation_error']}"
+            reason = gen_reason if reason is None else f"{reason}; {gen_reason}"
+        degraded = reason is not None
         final = retrieval_scores if ranker_scores is None else ranker_scores
 
         t_policy = time.perf_counter()
@@ -340,6 +356,12 @@ class RecommenderIngress:
                 log.warning("request %s served greedy: %s", request_id, e)
         lat["policy"] = (time.perf_counter() - t_policy) * 1000
 
+        explained: list[dict] | None = None
+        if req.explain and picks:
+            t_explain = time.perf_counter()
+            explained = await self._explain(cand, picks, req.query)
+            lat["explain"] = (time.perf_counter() - t_explain) * 1000
+
         items = []
         for pos, (i, p) in enumerate(zip(picks, props, strict=True)):
             items.append({
@@ -349,6 +371,10 @@ class RecommenderIngress:
                            "ranker": None if ranker_scores is None else float(ranker_scores[i]),
                            "final": float(final[i])},
             })
+            if explained is not None:
+                e = explained[pos]
+                items[-1] |= {"explanation": e["text"] if e["status"] == "explained" else None,
+                              "explanation_status": e["status"]}
         now = time.time()
         self.events.log_impressions([{
             "request_id": request_id, "timestamp": now, "user_id": user_id or "",
@@ -356,6 +382,12 @@ class RecommenderIngress:
             "item_idx": int(cand["item_idx"][i]), "item_id": it["item_id"], "score": it["scores"]["final"],
             "propensity": it["propensity"], "n_candidates": len(final), "degraded": degraded,
         } for it, i in zip(items, picks, strict=True)])
+        if explained is not None:  # every sentence the model wrote, served or withheld, for audit
+            self.events.log_explanations([{
+                "request_id": request_id, "timestamp": now, "position": pos, "item_idx": int(e["item_idx"]),
+                "item_id": items[pos]["item_id"], "text": e["text"], "status": e["status"],
+                "unsupported": "; ".join(e.get("unsupported", [])), "seconds": float(e.get("seconds", 0.0)),
+            } for pos, e in enumerate(explained) if e.get("tokens") is not None])  # the model ran
         self._remember(request_id, policy, [cand["item_id"][i] for i in picks],
                        [int(cand["item_idx"][i]) for i in picks], learned=not policy_fallback)
         lat["total"] = (time.perf_counter() - t_start) * 1000
@@ -387,6 +419,27 @@ class RecommenderIngress:
         except Exception as e:  # any ranking failure (replica error, overload) degrades the slate
             log.warning("ranking failed: %s", str(e)[-2000:])
             return e
+
+    async def _explain(self, cand: dict[str, Any], picks: list[int], query: str | None) -> list[dict]:
+        """One entry per picked item: the generation deployment's sentence and its status for
+        the top ``explain_max_items``, ``over_budget`` for the rest (and for all of them when
+        the deployment does not answer within the budget: the slate is served regardless)."""
+        gc = self.cfg.serve.generation
+        budget_s = gc.explain_budget_ms / 1000
+        top = [int(cand["item_idx"][i]) for i in picks[: gc.explain_max_items]]
+        skipped = [{"item_idx": int(cand["item_idx"][i]), "status": "over_budget", "text": None}
+                   for i in picks[len(top):]]
+        if not top:
+            return skipped
+        response = self.generation.explain.remote(cand["history"], query, top, time.time() + budget_s)
+        try:  # the deployment stops itself at the deadline; the margin covers the round trip
+            out = await asyncio.wait_for(_resolve(response), timeout=budget_s + 0.5)
+        except Exception as e:
+            response.cancel()
+            status = "over_budget" if isinstance(e, TimeoutError) else "unavailable"
+            log.warning("explanations %s: %s", status, str(e)[-500:])
+            out = [{"item_idx": i, "status": status, "text": None} for i in top]
+        return out + skipped
 
     def _remember(self, request_id: str, policy: str, item_ids: list[str], item_idx: list[int],
                   learned: bool = True) -> None:

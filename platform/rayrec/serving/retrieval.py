@@ -8,11 +8,16 @@ text     free text (new users, requests) is embedded by the text encoder and sea
          item-text index.
 both     the two lists are blended (:func:`rayrec.retrieval.query.blend_hits`).
 neither  the most popular items (cold start).
+LM       with ``serve.generation`` on, the generation deployment names catalog items from the
+         user's titles and/or request (``source``: generative alone, or both: blended with the
+         index list the same way). If it fails or is late, the index list is served and the
+         response says so (``generation_error``).
 Items the user has seen are excluded; a category filter applies to every path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,11 +26,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from rayrec.config import RayrecConfig, validate_config
 from rayrec.models.prior import popularity_prior, ranker_priors
+from rayrec.retrieval.query import blend_hits
 
 log = logging.getLogger("ray.serve")
+
+
+async def _resolve(response):
+    return await response
 
 
 @dataclass
@@ -37,6 +48,7 @@ class RetrievalRequest:
     query: str | None = None
     category: str | None = None
     num_candidates: int = 50
+    source: str | None = None  # index | generative | both; None: serve.generation's defaults
 
 
 class FeatureStore:
@@ -91,11 +103,12 @@ def resolve_encoder(cfg: RayrecConfig, index_meta: dict[str, Any]) -> str:
 class RetrievalDeployment:
     """Loads the item index and feature store once per replica; answers candidate requests."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], generation: DeploymentHandle | None = None) -> None:
         from rayrec.retrieval.encoder import TextEncoder
         from rayrec.retrieval.index import ItemIndex
 
         self.cfg = validate_config(cfg, "serve retrieval")
+        self.generation = generation
         self.index = ItemIndex.load(self.cfg.index_dir)
         self.store = FeatureStore(self.cfg.data_dir)
         self.encoder_name = resolve_encoder(self.cfg, self.index.meta)
@@ -131,11 +144,9 @@ class RetrievalDeployment:
         """item_idx of a raw item id, or None when it is not in the catalog."""
         return self.store.item_idx_of.get(str(item_id))
 
-    def retrieve(self, req: RetrievalRequest) -> dict[str, Any]:
+    async def retrieve(self, req: RetrievalRequest) -> dict[str, Any]:
         """Candidates best first with metadata, embeddings and how the query was formed
         (or ``{"error": msg}`` for a request naming unknown items)."""
-        from rayrec.retrieval.query import blend_hits
-
         t0 = time.perf_counter()
         store = self.store
         user_idx = store.user_idx_of.get(str(req.user_id), -1) if req.user_id is not None else -1
@@ -147,20 +158,21 @@ class RetrievalDeployment:
         history = list(store.history_of.get(user_idx, [])) + [store.item_idx_of[i] for i in req.history]
         exclude = set(history)
         text = req.query.strip() if req.query and req.query.strip() else None
-        known_history = [i for i in history if self.index.has(i)]
-        if known_history and self.retriever is not None:
-            hits = self._sequential(known_history, exclude, req.num_candidates, req.category)
-            source = "sequence"
-            if text:
-                text_hits = self._text(None, text, exclude, req.num_candidates, req.category)
-                hits = blend_hits(hits, text_hits, self.cfg.serve.text_weight, req.num_candidates)
-                source = "sequence+text"
-        elif known_history or text:
-            source = "+".join(s for s, on in (("history", known_history), ("text", text)) if on)
-            hits = self._text(known_history or None, text, exclude, req.num_candidates, req.category)
-        else:
-            source = "popularity"
-            hits = self._popular(req.num_candidates, exclude, req.category)
+        wanted = self._source(req.source, history, text)
+        pending, generation_error = None, None
+        if wanted != "index" and self.generation is None:  # the ingress rejects this; defensive
+            wanted, generation_error = "index", "serve.generation is not enabled"
+        if wanted != "index":  # the LM runs on its own replicas while the index is searched here
+            pending = self.generation.generate.remote(history, text, self.cfg.serve.generation.k)
+        hits, source = self._index_hits(history, text, exclude, req) if wanted != "generative" else ([], "")
+        if pending is not None:
+            generated, generation_error = await self._generated(pending, req.category)
+            if generation_error is None:
+                hits = generated if wanted == "generative" else blend_hits(
+                    hits, generated, self.cfg.serve.generation.blend_weight, req.num_candidates)
+                source = "generative" if wanted == "generative" else f"{source}+generative"
+            elif wanted == "generative":  # the index answers instead, visibly
+                hits, source = self._index_hits(history, text, exclude, req)
         idxs = [i for i, _ in hits]
         rows = store.item_rows(idxs)
         return {
@@ -181,8 +193,47 @@ class RetrievalDeployment:
                 [[s for _, s in hits]] if source == "sequence" else None)),
             "score": [float(s) for _, s in hits],
             "embeddings": self.index.embeddings_for(idxs) if idxs else np.zeros((0, self.index.dim), np.float32),
+            "generation_error": generation_error,
             "latency_s": time.perf_counter() - t0,
         }
+
+    def _source(self, requested: str | None, history: list[int], text: str | None) -> str:
+        """index, generative or both: the request's, else the config's default for this request."""
+        gc = self.cfg.serve.generation
+        if requested is not None:
+            return requested
+        if not gc.enabled:
+            return "index"
+        return gc.new_user_text_source if text and not history else gc.default_source
+
+    def _index_hits(self, history: list[int], text: str | None, exclude: set[int],
+                    req: RetrievalRequest) -> tuple[list[tuple[int, float]], str]:
+        """The index paths (module docstring): sequence, history/text, or popularity."""
+        known_history = [i for i in history if self.index.has(i)]
+        if known_history and self.retriever is not None:
+            hits = self._sequential(known_history, exclude, req.num_candidates, req.category)
+            if not text:
+                return hits, "sequence"
+            text_hits = self._text(None, text, exclude, req.num_candidates, req.category)
+            return blend_hits(hits, text_hits, self.cfg.serve.text_weight, req.num_candidates), "sequence+text"
+        if known_history or text:
+            source = "+".join(s for s, on in (("history", known_history), ("text", text)) if on)
+            return self._text(known_history or None, text, exclude, req.num_candidates, req.category), source
+        return self._popular(req.num_candidates, exclude, req.category), "popularity"
+
+    async def _generated(self, pending, category: str | None) -> tuple[list[tuple[int, float]], str | None]:
+        """The LM's items (in the index, of the category), or the error that prevented them."""
+        timeout = self.cfg.serve.generation.timeout_s
+        try:
+            out = await asyncio.wait_for(_resolve(pending), timeout=timeout)
+        except TimeoutError:
+            pending.cancel()
+            return [], f"generation took longer than {timeout}s"
+        except Exception as e:  # a failed or restarting generation replica
+            log.warning("generation failed: %s", str(e)[-2000:])
+            return [], f"{type(getattr(e, 'cause', None) or e).__name__}"
+        return [(int(i), float(s)) for i, s in zip(out["item_idx"], out["score"], strict=True)
+                if self.index.has(int(i)) and (category is None or self.store.category_of[int(i)] == category)], None
 
     def _sequential(self, history: list[int], exclude: set[int], k: int,
                     category: str | None) -> list[tuple[int, float]]:

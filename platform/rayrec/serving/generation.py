@@ -1,0 +1,94 @@
+"""Generation deployment: the causal LM's two roles in the endpoint, on its own replicas (so it
+scales, and moves to a GPU, apart from ranking).
+
+generate  the user's recent titles and/or free-text request -> k catalog items, written by
+          the LM through the catalog trie (:mod:`rayrec.generative`), seen items banned; the
+          retrieval deployment calls it as a candidate source (``source: generative|both``).
+explain   one sentence per top item of a slate, within the request's deadline, each checked
+          by :mod:`rayrec.generative.grounding` (only grounded ones are served; all are logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from rayrec.config import validate_config
+
+log = logging.getLogger("ray.serve")
+
+
+@serve.deployment(name="Generation")
+class GenerationDeployment:
+    """One causal LM (optionally with a tuned LoRA adapter merged) and the catalog it may name."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        import torch
+
+        from rayrec.data.store import load_items
+        from rayrec.generative.explain import Explainer
+        from rayrec.generative.grounding import GroundingCheck
+        from rayrec.generative.lists import Generator
+
+        self.cfg = validate_config(cfg, "serve generation")
+        gc = self.cfg.serve.generation
+        if gc.num_gpus == 0:
+            torch.set_num_threads(max(1, int(gc.num_cpus)))  # the replica's CPUs, no more
+        items = load_items(self.cfg.data_dir).sort_values("item_idx")
+        if not np.array_equal(items["item_idx"].to_numpy(), np.arange(len(items))):
+            raise ValueError(f"items in {self.cfg.data_dir} are not indexed 0..n-1")
+        self.texts = items["text"].astype(str).to_numpy()
+        t0 = time.perf_counter()
+        self.generator = Generator.load(gc.backbone, items["title"].astype(str).to_numpy(), gc.adapter)
+        if gc.num_gpus > 0 and torch.cuda.is_available():
+            self.generator.model.to("cuda")
+        self.explainer = Explainer(self.generator.model, self.generator.tokenizer, gc.explain_max_new_tokens)
+        self.grounding = GroundingCheck(self.texts)
+        # Serve runs these sync methods on a thread pool: one model call at a time per replica
+        # (the tokenizer is not thread-safe, and the cores are the model's anyway). An explain
+        # call that waited past its deadline here starts nothing (over_budget).
+        self._model_lock = threading.Lock()
+        self.version = f"{gc.backbone}{'+' + gc.adapter if gc.adapter else ' (zero-shot)'}"
+        log.info("generation ready: %s, %d catalog titles, loaded in %.1fs", self.version, len(self.texts),
+                 time.perf_counter() - t0)
+
+    def info(self) -> dict[str, Any]:
+        out = {"model": self.version, "catalog_titles": len(self.texts)}
+        return out | self.generator.latency() if self.generator.timings else out
+
+    def generate(self, history: list[int], query: str | None, k: int) -> dict[str, Any]:
+        """Up to ``k`` unseen items, best first, with their title log-probabilities."""
+        gc = self.cfg.serve.generation
+        t0 = time.perf_counter()
+        with self._model_lock:
+            items, scores = self.generator.recommend(np.asarray(history, dtype=np.int64), k, request=query,
+                                                     history_items=gc.history_items, beams=max(gc.beams, k))
+        return {"item_idx": items.tolist(), "score": scores.tolist(), "seconds": time.perf_counter() - t0}
+
+    def explain(self, history: list[int], query: str | None, items: list[int], deadline: float) -> list[dict]:
+        """Per item, best first: ``{"status": explained|ungrounded|unfinished|over_budget, "text", ...}``.
+
+        ``deadline`` is the wall-clock time the ingress stops waiting: items that would not
+        finish by then are not started."""
+        history_texts = self.texts[history[-self.cfg.model.max_history_items:]].tolist() if history else []
+        out = []
+        with self._model_lock:
+            results = self.explainer.explain(history_texts, self.texts[items].tolist(), query, deadline)
+        for item, e in zip(items, results, strict=True):
+            if e is None:  # not started: it would not have finished by the deadline
+                out.append({"item_idx": int(item), "status": "over_budget", "text": None, "seconds": 0.0})
+                continue
+            row = {"item_idx": int(item), "text": e.text or None, "seconds": e.seconds, "tokens": e.tokens}
+            if e.cut is not None:  # half a sentence is logged, never served
+                row |= {"status": "over_budget" if e.cut == "time" else "unfinished", "unsupported": []}
+            else:
+                g = self.grounding.check(e.text, self.texts[item], history_texts, query)
+                row |= {"status": "explained" if g.grounded else "ungrounded",
+                        "unsupported": g.invented_items + g.unsupported_genres + g.unsupported_names}
+            out.append(row)
+        return out
