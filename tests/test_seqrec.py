@@ -16,27 +16,31 @@ from rayrec.data import schema
 N_ITEMS, N_USERS, SEQ_LEN = 24, 90, 12
 
 
-def write_cyclic_dataset(data_dir: Path, seed: int = 0) -> None:
+def write_cyclic_dataset(data_dir: Path, seed: int = 0, titles: list[str] | None = None,
+                         n_users: int = N_USERS, seq_len: int = SEQ_LEN) -> None:
     """Every user walks the catalog in order from a random start: the next item is always
-    (previous + 1) mod N. The last two steps are the validation and test items."""
+    (previous + 1) mod N. The last two steps are the validation and test items. ``titles``:
+    the catalog (default: N_ITEMS items "Item i")."""
+    titles = titles or [f"Item {i}" for i in range(N_ITEMS)]
+    n_items = len(titles)
     rng = np.random.default_rng(seed)
     data_dir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({
-        "item_idx": np.arange(N_ITEMS, dtype=np.int64), "item_id": [str(100 + i) for i in range(N_ITEMS)],
-        "title": [f"Item {i}" for i in range(N_ITEMS)], "category": ["c"] * N_ITEMS,
-        "text": [f"Item {i}" for i in range(N_ITEMS)], "popularity": np.full(N_ITEMS, 10, dtype=np.int64),
+        "item_idx": np.arange(n_items, dtype=np.int64), "item_id": [str(100 + i) for i in range(n_items)],
+        "title": titles, "category": ["c"] * n_items,
+        "text": titles, "popularity": np.full(n_items, 10, dtype=np.int64),
     }).to_parquet(data_dir / schema.ITEMS_FILE, index=False)
-    pd.DataFrame({"user_idx": np.arange(N_USERS, dtype=np.int64), "user_id": [f"u{u}" for u in range(N_USERS)],
-                  "n_train": np.full(N_USERS, SEQ_LEN - 2, dtype=np.int64)}).to_parquet(
+    pd.DataFrame({"user_idx": np.arange(n_users, dtype=np.int64), "user_id": [f"u{u}" for u in range(n_users)],
+                  "n_train": np.full(n_users, seq_len - 2, dtype=np.int64)}).to_parquet(
         data_dir / schema.USERS_FILE, index=False)
     rows = {s: [] for s in schema.SPLITS}
     hist = []
-    for u in range(N_USERS):
-        walk = (rng.integers(N_ITEMS) + np.arange(SEQ_LEN)) % N_ITEMS
+    for u in range(n_users):
+        walk = (rng.integers(n_items) + np.arange(seq_len)) % n_items
         for t, item in enumerate(walk):
-            split = "train" if t < SEQ_LEN - 2 else ("valid" if t == SEQ_LEN - 2 else "test")
+            split = "train" if t < seq_len - 2 else ("valid" if t == seq_len - 2 else "test")
             rows[split].append((u, int(item), 1000 + t, 1.0, np.nan, "rating"))
-        hist.append((u, [int(i) for i in walk[: SEQ_LEN - 2]], int(walk[-2]), int(walk[-1])))
+        hist.append((u, [int(i) for i in walk[: seq_len - 2]], int(walk[-2]), int(walk[-1])))
     for split, r in rows.items():
         d = data_dir / schema.INTERACTIONS_DIR / split
         d.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,12 @@ def _train_retriever(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     return run_retriever_training(cfg)
 
 
+def _train_generator(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.generative.trainer import run_generator_training
+
+    return run_generator_training(cfg)
+
+
 def _evaluate(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     from rayrec.evaluation.evaluate import run_evaluation
 
@@ -79,10 +85,13 @@ def _bandit(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 def _serve(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     from rayrec.runtime import init_ray, require_resources
+    from rayrec.serving.app import app_resources
     from rayrec.serving.control import run_blocking
 
     init_ray(cfg.ray)
-    require_resources({"GPU": cfg.serve.ranking.num_gpus}, "the ranking deployment")
+    require_resources(app_resources(cfg), "the endpoint's replicas (serve.ranking, serve.retrieval_*, "
+                      "serve.ingress_*, serve.generation)",
+                      "Lower their num_cpus/num_gpus or replicas in the config, or add nodes.")
     return run_blocking(cfg)
 
 
@@ -137,6 +146,15 @@ COMMANDS: dict[str, Command] = {
         "(DDP over the users), keep the best checkpoint by full-catalog validation NDCG, publish "
         "it to <out>/retriever/model and index its item vectors in <out>/retriever/index.",
         _train_retriever,
+    ),
+    "train-generator": Command(
+        "LoRA-tune the generative recommender (history titles -> next title; Ray Train + DeepSpeed)",
+        "Tune generator.backbone (SmolLM2-135M by default) with LoRA under DeepSpeed ZeRO to write "
+        "the title of each user's next item after the titles before it (loss on the title only), "
+        "validate on held-out validation items, and publish the best adapter by validation loss to "
+        "<out>/generator/adapter. Evaluate it with --set evaluate.generative.enabled=true --set "
+        "evaluate.generative.adapter=tuned.",
+        _train_generator,
     ),
     "evaluate": Command(
         "offline evaluation against baselines",

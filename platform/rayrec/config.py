@@ -21,6 +21,7 @@ from rayrec.data.config import DataConfig, PreprocessConfig
 from rayrec.errors import ConfigError
 from rayrec.evaluation.config import EvalConfig
 from rayrec.explore.config import ExploreConfig
+from rayrec.generative.config import GeneratorConfig
 from rayrec.models.config import ModelConfig
 from rayrec.retrieval.config import RetrievalConfig
 from rayrec.seqrec.config import RetrieverConfig
@@ -62,6 +63,7 @@ class RayrecConfig(Section):
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     retriever: RetrieverConfig = Field(default_factory=RetrieverConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     explore: ExploreConfig = Field(default_factory=ExploreConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
@@ -103,6 +105,15 @@ class RayrecConfig(Section):
     def retriever_index_dir(self) -> str:
         """The FAISS index over the retriever's item vectors."""
         return f"{self.retriever_dir.rstrip('/')}/index"
+
+    @property
+    def generator_dir(self) -> str:
+        return self._under_run_dir(self.generator.out, "generator")
+
+    @property
+    def generator_adapter_dir(self) -> str:
+        """The tuned generator's LoRA adapter (best by validation loss), written by its training."""
+        return f"{self.generator_dir.rstrip('/')}/adapter"
 
     @property
     def eval_dir(self) -> str:

@@ -61,6 +61,12 @@ def _train(r: dict) -> str:
     return _ranker(r)
 
 
+def _generator(r: dict) -> str:
+    return (f"best step {r['best_step']} of {r['steps']}: valid_loss {_num(r['valid_loss'])}, "
+            f"valid_exact {_num(r['valid_exact'])}, {_num(r['examples_per_s'])} examples/s; "
+            f"adapter {r['adapter']}")
+
+
 def _evaluate(r: dict) -> str:
     ranked = sorted(r["models"].items(), key=lambda kv: -kv[1]["ndcg@10"])
     return "NDCG@10 " + ", ".join(f"{name} {_num(m['ndcg@10'])}" for name, m in ranked[:5])
@@ -92,6 +98,7 @@ _FIGURES: dict[str, Callable[[Any], str]] = {
     "index": _generic,
     "train-retriever": _retriever,
     "train": _train,
+    "train-generator": _generator,
     "evaluate": _evaluate,
     "serve": _serve,
     "bandit": _bandit,

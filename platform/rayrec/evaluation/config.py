@@ -16,10 +16,12 @@ class GenerativeEval(Section):
 
     enabled: bool = False
     backbone: str = "smollm2-135m"
-    adapter: str | None = None  # a LoRA adapter directory (tuned); None = zero-shot
+    # None = zero-shot; "tuned" = the run's <generator_dir>/adapter (`rayrec train-generator`);
+    # else a peft LoRA adapter directory or URI.
+    adapter: str | None = None
     k: int = Field(10, ge=1)  # items generated per user (metrics beyond k count them as misses)
     beams: int = Field(10, ge=1)  # beam width (at least k is used)
-    history_items: int = Field(10, ge=1)  # newest titles in the prompt
+    history_items: int = Field(10, ge=1)  # newest titles in the prompt (tuned: as generator.history_items)
 
 
 class EvalConfig(Section):

@@ -113,13 +113,15 @@ def oracle_lists(cfg, users: pd.DataFrame, items: pd.DataFrame, n: int) -> list[
 def generative_lists(cfg, histories: list[np.ndarray], items: pd.DataFrame) -> tuple[list[np.ndarray], dict]:
     """The generator's k items per user (catalog-constrained beam search, seen items banned)
     and its latency per request and per decoding step."""
+    from rayrec.generative.adapter import resolve_adapter
     from rayrec.generative.lists import Generator
 
     gc = cfg.evaluate.generative
-    gen = Generator.load(gc.backbone, items["title"].astype(str).to_numpy(), gc.adapter)
+    adapter = resolve_adapter(cfg, gc.adapter, gc.backbone, gc.history_items)
+    gen = Generator.load(gc.backbone, items["title"].astype(str).to_numpy(), adapter)
     beams = max(gc.beams, gc.k)
     lists = gen.lists(histories, gc.k, beams=beams, history_items=gc.history_items)
-    return lists, {"beams": beams, **gen.latency()}
+    return lists, {"beams": beams, **gen.latency(), "adapter": adapter}
 
 
 def load_seq_retriever(cfg):
@@ -244,6 +246,7 @@ def run_full_catalog(cfg) -> dict[str, Any]:
             "retriever": f"sequential retriever (SASRec) at {cfg.retriever_model_dir}",
             "generative": (f"{ec.generative.backbone} "
                            f"{'+ adapter ' + ec.generative.adapter if ec.generative.adapter else 'zero-shot'}"
+                           f" ({ec.generative.history_items} titles per prompt)"
                            f" generating {ec.generative.k} catalog titles (trie-constrained beam search); "
                            f"beams and latency {notes.get('generative')}"),
             f"{source}_ranker": f"{source} top-{ec.rank_depth} re-scored by {cfg.model.kind} on "

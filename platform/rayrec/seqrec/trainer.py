@@ -8,8 +8,6 @@ becomes the servable artifact ``<retriever_dir>/model``, and its item vectors th
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,20 +43,6 @@ def _text_vectors(cfg: RayrecConfig, n_items: int) -> np.ndarray:
                            batch_size=cfg.retrieval.embed_batch_size)
 
 
-def _publish(checkpoint, dest: str) -> str:
-    """Copy a Ray Train checkpoint's files to ``dest`` (local path or URI), replacing it."""
-    import pyarrow.fs as pafs
-
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint.to_directory(tmp)
-        if "://" in dest:
-            pafs.copy_files(tmp, dest)
-        else:
-            shutil.rmtree(dest, ignore_errors=True)
-            shutil.copytree(tmp, dest)
-    return dest
-
-
 def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
     """Train the retriever on ``<data_dir>/interactions``; publish the best model and its index."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -66,6 +50,7 @@ def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
 
     from rayrec.data.store import load_items
     from rayrec.retrieval.index import build_retriever_index
+    from rayrec.train.checkpoint import publish_checkpoint
 
     init_ray(cfg.ray)
     rc = cfg.retriever
@@ -109,7 +94,7 @@ def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
         if not scored:
             raise RuntimeError(f"retriever training reported no {metric}; nothing to publish")
         value, best, best_metrics = max(scored, key=lambda t: t[0])
-        model_dir = _publish(best, cfg.retriever_model_dir)
+        model_dir = publish_checkpoint(best, cfg.retriever_model_dir)
         index_dir = build_retriever_index(cfg)
         mined = mine_ranker_examples(cfg)
         run.log_model(model_dir, [META_FILE] + ([MODEL_FILE] if cfg.tracking.log_model else []))

@@ -44,7 +44,9 @@ class GenerationSettings(Section):
 
     enabled: bool = False
     backbone: str = "smollm2-135m"  # a causal LM (embedded alias, local dir or hub id)
-    adapter: str | None = None  # a LoRA adapter tuned on history -> next title; None = zero-shot
+    # A LoRA adapter tuned on history -> next title: "tuned" (`rayrec train-generator`'s), a
+    # directory or URI; None = zero-shot.
+    adapter: str | None = None
     # 0.25 fits the default app on a 2-core laptop (1.75 CPUs without it); it still runs
     # max(1, int(num_cpus)) torch threads. On a cluster give it whole CPUs or a GPU.
     num_cpus: float = Field(0.25, ge=0)

@@ -31,6 +31,7 @@ class GenerationDeployment:
         import torch
 
         from rayrec.data.store import load_items
+        from rayrec.generative.adapter import resolve_adapter
         from rayrec.generative.explain import Explainer
         from rayrec.generative.grounding import GroundingCheck
         from rayrec.generative.lists import Generator
@@ -44,7 +45,8 @@ class GenerationDeployment:
             raise ValueError(f"items in {self.cfg.data_dir} are not indexed 0..n-1")
         self.texts = items["text"].astype(str).to_numpy()
         t0 = time.perf_counter()
-        self.generator = Generator.load(gc.backbone, items["title"].astype(str).to_numpy(), gc.adapter)
+        adapter = resolve_adapter(self.cfg, gc.adapter, gc.backbone, gc.history_items, "serve.generation.adapter")
+        self.generator = Generator.load(gc.backbone, items["title"].astype(str).to_numpy(), adapter)
         if gc.num_gpus > 0 and torch.cuda.is_available():
             self.generator.model.to("cuda")
         self.explainer = Explainer(self.generator.model, self.generator.tokenizer, gc.explain_max_new_tokens)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -149,6 +150,21 @@ def best_checkpoint(checkpoint_dir: str) -> tuple[str | None, str]:
     if latest is None:
         return None, f"no complete checkpoint under {checkpoint_dir}"
     return latest, f"latest under {checkpoint_dir}"
+
+
+def publish_checkpoint(checkpoint, dest: str) -> str:
+    """Copy a Ray Train checkpoint's files to ``dest`` (local path or URI), replacing it: a
+    run's best becomes the servable artifact (the retriever's model, the generator's adapter)."""
+    import pyarrow.fs as pafs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint.to_directory(tmp)
+        if "://" in dest:
+            pafs.copy_files(tmp, dest)
+        else:
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(tmp, dest)
+    return dest
 
 
 def export_serving_artifact(checkpoint: str, out_dir: str, merge: bool = False) -> str:
