@@ -18,6 +18,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # otherwise re-connect the driver right after a test's ray.shutdown() and race the next
 # explicit ray.init() ("called ray.init twice") or the session teardown.
 os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
+# No Ray-internal metrics in tests (nothing here reads them): Ray's OpenTelemetry exporter
+# thread segfaulted a Ray Data SplitCoordinator actor mid-run once (TemporalMetricStorage::
+# buildMetrics), failing a ZeRO-3 training test for a reason outside rayrec.
+os.environ.setdefault("RAY_enable_metrics_collection", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")

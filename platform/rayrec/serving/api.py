@@ -130,6 +130,9 @@ def with_config_limits(schema: dict, sc) -> dict:
         rec["k"]["maximum"] = sc.max_k
         rec["history"]["maxItems"] = sc.max_history_length
         rec["query"]["maxLength"] = sc.max_text_length
+        if not sc.generation.enabled:  # no generation deployment: only the index, no explanations
+            rec["source"]["anyOf"] = [{"type": "string", "enum": ["index"]}, {"type": "null"}]
+            rec["explain"]["enum"] = [False]
     fb = props.get("FeedbackRequest", {}).get("properties", {})
     if fb:
         fb["reward"]["minimum"], fb["reward"]["maximum"] = sc.reward_min, sc.reward_max
