@@ -63,8 +63,10 @@ def shared_facts(history_texts: Sequence[str], item_text: str) -> tuple[str | No
     return best, best_shared
 
 
-def messages(history_texts: Sequence[str], item_text: str, request: str | None = None) -> list[dict[str, str]]:
-    """The chat turn asking why ``item_text`` fits the user, with the facts it shares."""
+def messages(history_texts: Sequence[str], item_text: str, request: str | None,
+             anchor: str | None, shared: Sequence[str]) -> list[dict[str, str]]:
+    """The chat turn asking why ``item_text`` fits the user, with the facts it shares with
+    ``anchor`` (:func:`shared_facts`)."""
     parts = []
     if history_texts:
         titles = [short_title(parse_item_text(t)[0]) for t in history_texts[-HISTORY_ITEMS:]]
@@ -72,29 +74,26 @@ def messages(history_texts: Sequence[str], item_text: str, request: str | None =
     if request and request.strip():
         parts.append(f"What I asked for: {request.strip()}")
     parts.append(f"Recommended movie: {item_text}")
-    anchor, shared = shared_facts(history_texts[-HISTORY_ITEMS:], item_text)
     if anchor:
         parts.append(f"What it shares with {anchor}, a movie I watched: {', '.join(shared)}.")
     parts.append("In one sentence, why might I like the recommended movie? Use only the facts above.")
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(parts)}]
 
 
-def answer_prefix(item_text: str, history_texts: Sequence[str] = ()) -> str:
-    """The start of the answer, written for the model: the item's own name and the watched
-    film it is most like, which keeps it on this item, on the shared facts, in one sentence."""
-    anchor, _ = shared_facts(history_texts[-HISTORY_ITEMS:], item_text)
-    like = f", like {anchor}," if anchor else ""
-    return f"You might like {short_title(parse_item_text(item_text)[0])} because{like}"
-
-
-def render(tokenizer, history_texts: Sequence[str], item_text: str, request: str | None = None) -> str:
-    """The prompt text, ending inside the answer (after :func:`answer_prefix`)."""
-    turn = messages(history_texts, item_text, request)
+def render(tokenizer, history_texts: Sequence[str], item_text: str,
+           request: str | None = None) -> tuple[str, str]:
+    """(prompt, answer prefix): the prompt ends inside the answer, after the prefix written for
+    the model (the item's own name and the watched film it is most like), which keeps it on
+    this item, on the shared facts, in one sentence."""
+    anchor, shared = shared_facts(history_texts[-HISTORY_ITEMS:], item_text)
+    turn = messages(history_texts, item_text, request, anchor, shared)
     if getattr(tokenizer, "chat_template", None):
         head = tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
     else:
         head = "\n".join(m["content"] for m in turn) + "\nAnswer: "
-    return head + answer_prefix(item_text, history_texts)
+    like = f", like {anchor}," if anchor else ""
+    prefix = f"You might like {short_title(parse_item_text(item_text)[0])} because{like}"
+    return head + prefix, prefix
 
 
 def first_sentence(text: str) -> str:
@@ -116,7 +115,7 @@ class Explainer:
     @torch.inference_mode()
     def one(self, history_texts: Sequence[str], item_text: str, request: str | None,
             max_time: float | None = None) -> Explanation:
-        prompt = render(self.tokenizer, history_texts, item_text, request)
+        prompt, prefix = render(self.tokenizer, history_texts, item_text, request)
         ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
         t0 = time.perf_counter()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -126,7 +125,7 @@ class Explainer:
         new = out[0, ids["input_ids"].shape[1]:].tolist()
         finished = self.tokenizer.eos_token_id in new  # the model ended its answer itself
         written = self.tokenizer.decode(new, skip_special_tokens=True)
-        text = first_sentence(f"{answer_prefix(item_text, history_texts)} {written.lstrip()}") if written.strip() else ""
+        text = first_sentence(f"{prefix} {written.lstrip()}") if written.strip() else ""
         cut = None
         if not text or not (finished or text.endswith((".", "!", "?"))):  # stopped mid-sentence
             cut = "time" if max_time is not None and seconds >= max_time else "length"
