@@ -122,13 +122,13 @@ def make_inprocess_pipeline(cfg):
     def run(user_id: str, k: int):
         # The deployment's method is a coroutine (it may await the generation deployment); on
         # the index path it never suspends, so running it to completion here is a plain call.
-        cand = asyncio.run(retrieval.retrieve(
-            RetrievalRequest(user_id=user_id, num_candidates=max(cfg.serve.rank_candidates, k))))
+        cand = asyncio.run(retrieval.retrieve(RetrievalRequest(
+            user_id=user_id, num_candidates=max(cfg.serve.rank_candidates, k), with_embeddings=policy.needs_features)))
         texts = cand["history_texts"][-cfg.model.max_history_items:]
         with model_lock:  # one model instance (like one ranking replica); tokenizers are not thread-safe
             scores = ranker.score([render_history(texts)], [cand["text"]])[0]
         with policy_lock:  # the policy state is shared, as in the endpoint's state actor
-            return policy.select(scores, k, cand["embeddings"], np.asarray(cand["item_idx"]))
+            return policy.select(scores, k, cand["embeddings"], np.asarray(cand["item_idx"]))  # as the endpoint
 
     return run
 
@@ -195,7 +195,15 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
     ap.add_argument("--ranking-cpus", type=float, default=1.0, help="serve.ranking.num_cpus")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 1], help="precision: max_batch_size values")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="config overrides for every app, e.g. serve.policy_sync_s=0")
+    ap.add_argument("--data-plane", default="auto", choices=["auto", "haproxy", "grpc", "default"],
+                    help="ray.serve_data_plane of the local Ray this benchmark starts")
     args = ap.parse_args()
+    from rayrec.runtime import serve_data_plane_env
+
+    plane_env = serve_data_plane_env(args.data_plane)
+    os.environ.update(plane_env)  # before ray.init: the controller, proxy and replicas inherit it
 
     import ray
     from ray import serve
@@ -220,11 +228,15 @@ def main() -> None:
         "serve.ranking.autoscaling.min_replicas": 1, "serve.ranking.autoscaling.max_replicas": 1,
         "serve.event_flush_interval_s": 5.0,
     }
+    for kv in args.overrides:
+        key, _, value = kv.partition("=")
+        base[key] = value
     cfg = load_config(None, base)
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     results: dict = {"backbone": args.backbone, "k": args.k, "rank_candidates": args.rank_candidates,
                      "max_length": args.max_length, "ranking_cpus": args.ranking_cpus,
-                     "num_cpus": args.num_cpus, "os_cpus": os.cpu_count(), "seconds_per_level": args.seconds}
+                     "num_cpus": args.num_cpus, "os_cpus": os.cpu_count(), "seconds_per_level": args.seconds,
+                     "data_plane": args.data_plane, "data_plane_env": plane_env, "overrides": args.overrides}
     try:
         t0 = time.time()
         run_preprocess(cfg)
@@ -244,6 +256,7 @@ def main() -> None:
 
         if "latency" in args.sections:
             results["latency"] = _latency(cfg, url, users, args)
+            results["floor"] = _floor(port, users, args)
 
         if "batching" in args.sections:
             serve.delete("bench")
@@ -327,6 +340,54 @@ def _latency(cfg, url: str, users: list[str], args) -> list[dict]:
               f"{inproc['p95_ms']}/{inproc['p99_ms']} ms {inproc['throughput_rps']} rps | "
               f"p50 x{row['p50_ratio']} rps x{row['throughput_ratio']}", flush=True)
     return levels
+
+
+def _floor(port: int, users: list[str], args) -> dict:
+    """Serve's own cost for this topology on this machine: the request path's hops (HTTP proxy
+    -> FastAPI ingress -> retrieval -> batched ranking), with the app's concurrency limits,
+    doing no work. (The policy's slate is chosen in the ingress, its registration is off-path.)"""
+    from fastapi import FastAPI
+    from ray import serve
+
+    app = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)  # as the app's
+    class FloorRetrieval:
+        def retrieve(self, user_id):
+            return {"item_idx": list(range(args.rank_candidates)), "text": ["x"] * args.rank_candidates}
+
+    @serve.deployment(ray_actor_options={"num_cpus": args.ranking_cpus}, max_ongoing_requests=32)
+    class FloorRanking:
+        async def score(self, texts):
+            return await self._batch(texts)
+
+        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0)
+        async def _batch(self, batch):
+            return [[0.0] * len(t) for t in batch]
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+    @serve.ingress(app)
+    class FloorIngress:
+        def __init__(self, retrieval, ranking):
+            self.retrieval, self.ranking = retrieval, ranking
+
+        @app.post("/recommend")
+        async def recommend(self, body: dict):
+            cand = await self.retrieval.retrieve.remote(body.get("user_id"))
+            scores = await self.ranking.score.remote(cand["text"])
+            picks = sorted(range(len(scores)), key=lambda i: -scores[i])[:10]
+            return {"degraded": False, "items": [{"item_id": str(cand["item_idx"][i])} for i in picks]}
+
+    serve.run(FloorIngress.bind(FloorRetrieval.bind(), FloorRanking.bind()), name="floor", route_prefix="/floor")
+    url = f"http://127.0.0.1:{port}/floor/recommend"
+    asyncio.run(_http_load(url, users, 2, 2.0, args.k))  # warm-up
+    out = {}
+    for c in args.concurrency:
+        out[c] = r = asyncio.run(_http_load(url, users, c, args.seconds, args.k))
+        print(f"c={c:>3}  floor (same hops, no work) p50/p95/p99 {r['p50_ms']}/{r['p95_ms']}/{r['p99_ms']} ms "
+              f"{r['throughput_rps']} rps", flush=True)
+    serve.delete("floor")
+    return out
 
 
 def _autoscaling(base: dict, port: int, users: list[str], k: int, results: dict) -> None:

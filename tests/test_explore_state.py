@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import ray
 from rayrec.explore.config import ExploreConfig
+from rayrec.explore.policies import make_policy
 from rayrec.explore.state import BanditState, BanditStateActor, get_or_create_state_actor
 
 
@@ -54,3 +55,58 @@ def test_periodic_persist_and_expiry(tmp_path):
     assert BanditState("thompson_beta", cfg, path).total_updates == 2
     with pytest.raises(ValueError, match="state is for policy"):
         BanditState("ucb1", cfg, path)
+
+
+def test_serving_client_selects_on_a_local_copy_and_registers_with_the_actor(ray_cluster, tmp_path):
+    """BanditClient (serve.policy_sync_s > 0): the slate comes from this process' copy of the
+    learned statistics, the same choice and propensities the actor would make; the slate is
+    registered with the actor off the request path and its feedback is learned there; a killed
+    actor is re-created from its persisted state on the next call."""
+    import asyncio
+    import time
+
+    from rayrec.config import load_config
+    from rayrec.serving.bandit import ACTOR_PREFIX, NAMESPACE, BanditClient, kill_state_actors
+
+    cfg = load_config(None, {"run_dir": str(tmp_path), "serve.policy_sync_s": 0.2,
+                             "explore.feedback_window_s": 3600})
+    app = "test_local_copy"
+    scores, arms = np.array([0.1, 2.0, 0.5, 1.5, -1.0]), np.arange(10, 15)
+
+    async def scenario():
+        client = BanditClient(cfg, app, stream="replica-a")
+        slate = await client.select("ucb1", scores, 2, None, arms, "r1")
+        actor = ray.get_actor(f"{ACTOR_PREFIX}:{app}:ucb1", namespace=NAMESPACE)
+        expected = make_policy("ucb1", cfg.explore).select(scores, 2, None, arms)  # fresh state, as the actor's
+        assert slate.indices.tolist() == expected.indices.tolist()
+        assert np.allclose(slate.propensities, expected.propensities)
+        shown = int(arms[slate.indices[0]])
+        assert await client.feedback("ucb1", "r1", shown, 1.0) == "recorded"  # waited for the registration
+        assert await client.feedback("ucb1", "r1", shown, 1.0) == "duplicate"
+        assert ray.get(actor.finalize.remote("r1"))
+        await asyncio.sleep(0.3)  # older than policy_sync_s: the next select refreshes the copy
+        await client.select("ucb1", scores, 2, None, arms, "r2")
+        await asyncio.sleep(0.2)
+        copy = client._copies["ucb1"].policy
+        assert copy.n[shown] == 1 and copy.s[shown] == 1.0  # the learned reward reached the copy
+        client._copies["ucb1"].synced_at -= 3600  # idle for an hour: refreshed first, not degraded
+        await client.select("ucb1", scores, 2, None, arms, "r2b")
+        assert time.monotonic() - client._copies["ucb1"].synced_at < 60
+
+        await asyncio.gather(*(task for task, _ in client._registering.values()))  # r2, r2b reached it
+        assert ray.get(actor.close.remote())  # persist, then kill: the client re-creates it
+        ray.kill(actor)
+        slate = await client.select("ucb1", scores, 2, None, arms, "r3")
+        assert await client.feedback("ucb1", "r3", int(arms[slate.indices[0]]), 1.0) == "recorded"
+        stats = (await client.stats())["ucb1"]
+        assert stats["restored"] and stats["total_updates"] == 3, stats  # r1, r2, r2b were learned
+        assert client.recreated >= 1 and stats["registration_failures"] == 0
+
+        exact = BanditClient(cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"policy_sync_s": 0})}), app)
+        slate = await exact.select("ucb1", scores, 2, None, arms, "r4")  # on the actor itself
+        assert await exact.feedback("ucb1", "r4", int(arms[slate.indices[0]]), 1.0) == "recorded"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        kill_state_actors(app, ["ucb1"])

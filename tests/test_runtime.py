@@ -39,3 +39,23 @@ def test_reading_the_dashboard_url_keeps_the_callers_sigterm_handler(ray_cluster
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_serve_data_plane_env_picks_haproxy_only_when_installed(monkeypatch):
+    """ray.serve_data_plane: the environment a local Ray is started with (read at start-up)."""
+    import shutil
+
+    from rayrec.errors import ConfigError
+    from rayrec.runtime import serve_data_plane_env
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert serve_data_plane_env("default") == {}
+    grpc = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+    assert serve_data_plane_env("grpc") == grpc
+    assert serve_data_plane_env("auto") == grpc  # no load balancer: Serve's proxy stays
+    with pytest.raises(ConfigError, match="haproxy binary"):
+        serve_data_plane_env("haproxy")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/sbin/haproxy")
+    haproxy = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    assert serve_data_plane_env("auto") == haproxy == serve_data_plane_env("haproxy")
+    assert serve_data_plane_env("grpc") == grpc

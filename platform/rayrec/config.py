@@ -11,7 +11,7 @@ import contextlib
 import copy
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -39,6 +39,14 @@ class RayConfig(Section):
     # A local Ray's dashboard (~1 GB of processes): Serve's declarative API needs it, i.e.
     # switching a local endpoint's adapter in place. Off: the endpoint is deployed with serve.run.
     include_dashboard: bool = False
+    # Ray Serve's data plane on a Ray this process starts (a cluster's is set where it starts:
+    # `ray start` with the same environment, see rayrec.runtime.serve_data_plane_env).
+    #   grpc     RAY_SERVE_THROUGHPUT_OPTIMIZED: gRPC between deployments, user code on each
+    #            replica's event loop; HTTP still through Serve's Python proxy on serve.port
+    #   haproxy  grpc + RAY_SERVE_ENABLE_HA_PROXY: HAProxy on serve.port sends each request
+    #            straight to an ingress replica (needs the haproxy binary on every node)
+    #   auto     haproxy when `haproxy` is on PATH, else grpc;  default: Serve's own defaults
+    serve_data_plane: Literal["auto", "haproxy", "grpc", "default"] = "auto"
 
 
 class FeedbackConfig(Section):

@@ -80,12 +80,23 @@ class BanditState:
         slate = self.policy.select(scores, k, features, arms, embeddings)
         if request_id is not None:
             arm_ids = np.arange(len(scores)) if arms is None else np.asarray(arms, np.int64)
-            shown = arm_ids[slate.indices]
-            self.pending[request_id] = {
-                "t": time.time(), "arms": shown, "rewards": np.zeros(len(shown)),
-                "features": None if features is None else np.asarray(features)[slate.indices],
-            }
+            self.register(request_id, arm_ids[slate.indices],
+                          None if features is None else np.asarray(features)[slate.indices])
         return slate
+
+    def register(self, request_id: str, shown_arms: np.ndarray, shown_features: np.ndarray | None) -> None:
+        """Await feedback for a slate (chosen here or by a client on a copy of this state):
+        every shown arm learns its reward, 0 without feedback, when the request finalizes."""
+        self._expire()
+        shown = np.asarray(shown_arms, np.int64)
+        self.pending[request_id] = {
+            "t": time.time(), "arms": shown, "rewards": np.zeros(len(shown)),
+            "features": None if shown_features is None else np.asarray(shown_features),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The policy's learned statistics (what a client's local copy selects with)."""
+        return self.policy.state_dict()
 
     def record_feedback(self, request_id: str, arm: int, reward: float) -> str:
         """Set the reward of a shown arm of a pending request, once.
@@ -146,9 +157,6 @@ class BanditState:
 @ray.remote(num_cpus=0, max_concurrency=1)
 class BanditStateActor(BanditState):
     """Ray actor around :class:`BanditState`; call ``close`` to persist before killing it."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.policy.state_dict()
 
     def close(self) -> str | None:
         """Finalize pending requests, persist; the actor stays usable."""

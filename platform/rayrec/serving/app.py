@@ -34,6 +34,12 @@ def _absolute_dirs(cfg: RayrecConfig) -> RayrecConfig:
     })
 
 
+def ranking_start_replicas(cfg: RayrecConfig) -> int:
+    """Ranking replicas at start-up: autoscaling's minimum, but never zero (the first request
+    must not wait for a replica to start)."""
+    return max(cfg.serve.ranking.autoscaling.min_replicas, 1)
+
+
 def compose(cfg: RayrecConfig, fault_injection: dict[str, Any] | None = None):
     """Bind the deployments with the options from ``cfg.serve``."""
     cfg = _absolute_dirs(cfg)
@@ -45,7 +51,7 @@ def compose(cfg: RayrecConfig, fault_injection: dict[str, Any] | None = None):
     a = rc.autoscaling
     autoscaling = {
         "min_replicas": a.min_replicas, "max_replicas": max(a.max_replicas, a.min_replicas),
-        "initial_replicas": max(a.min_replicas, 1),
+        "initial_replicas": ranking_start_replicas(cfg),
         "target_ongoing_requests": a.target_ongoing_requests,
         "upscale_delay_s": a.upscale_delay_s, "downscale_delay_s": a.downscale_delay_s,
         "metrics_interval_s": min(2.0, max(0.5, a.upscale_delay_s)),
@@ -62,6 +68,7 @@ def compose(cfg: RayrecConfig, fault_injection: dict[str, Any] | None = None):
     generation = build_generation(cfg, shared)
     retrieval = RetrievalDeployment.options(
         num_replicas=sc.retrieval_replicas, ray_actor_options={"num_cpus": sc.retrieval_num_cpus},
+        max_ongoing_requests=sc.retrieval_max_ongoing_requests,
     ).bind(shared, generation)
     return RecommenderIngress.options(
         num_replicas=sc.ingress_replicas, ray_actor_options={"num_cpus": sc.ingress_num_cpus},
@@ -85,7 +92,7 @@ def app_resources(cfg: RayrecConfig) -> dict[str, float]:
     """CPUs and GPUs the app's replicas reserve at start-up (the state actors take none): what
     ``rayrec serve`` checks the cluster can ever hold before it waits on a deployment."""
     sc, rc, gc = cfg.serve, cfg.serve.ranking, cfg.serve.generation
-    ranking = max(rc.autoscaling.min_replicas, 1)
+    ranking = ranking_start_replicas(cfg)
     cpus = (ranking * rc.num_cpus + sc.retrieval_replicas * sc.retrieval_num_cpus
             + sc.ingress_replicas * sc.ingress_num_cpus + (gc.replicas * gc.num_cpus if gc.enabled else 0))
     gpus = ranking * rc.num_gpus + (gc.replicas * gc.num_gpus if gc.enabled else 0)

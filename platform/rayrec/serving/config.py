@@ -88,6 +88,9 @@ class ServeConfig(Section):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     retrieval_replicas: int = Field(1, ge=1)
     retrieval_num_cpus: float = Field(0.5, ge=0)
+    # Requests a retrieval replica takes at once (Serve's default of 5 made callers back off
+    # and retry under 16 concurrent clients; a lookup is milliseconds, so queue them here).
+    retrieval_max_ongoing_requests: int = Field(32, ge=1)
     ingress_replicas: int = Field(1, ge=1)
     ingress_num_cpus: float = Field(0.25, ge=0)
     ingress_max_ongoing_requests: int = Field(64, ge=1)
@@ -114,6 +117,9 @@ class ServeConfig(Section):
     event_max_buffered_rows: int = Field(100_000, ge=1)
     default_policy: str = "greedy"
     policy_timeout_s: float = Field(2.0, gt=0)  # each call to a policy's shared state actor
+    # Ingress replicas select on a local copy of each policy's learned statistics, refreshed at
+    # most this often (0: select on the shared state actor itself, one round trip a request).
+    policy_sync_s: float = Field(1.0, ge=0)
     # Accepted /feedback rewards (a click is 1); anything outside is a 422, never learned from.
     reward_min: float = 0.0
     reward_max: float = 1.0

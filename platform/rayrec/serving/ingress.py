@@ -16,7 +16,6 @@ through Serve's replica context, not on the module-level FastAPI app.
 
 # No `from __future__ import annotations`: FastAPI must see the real request model types
 # on the methods Serve rewrites into routes.
-import asyncio
 import logging
 import time
 import uuid
@@ -31,7 +30,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import metrics
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -49,8 +47,16 @@ from rayrec.serving.api import (
     with_config_limits,
 )
 from rayrec.serving.bandit import BanditClient, PolicyUnavailable
+from rayrec.serving.calls import wait_for
 from rayrec.serving.eventlog import EventLogFull, EventLogWriter
 from rayrec.serving.retrieval import RetrievalRequest
+from rayrec.serving.slate import (
+    explanation_rows,
+    greedy_fallback,
+    impression_rows,
+    rank_scores_or_reason,
+    slate_items,
+)
 
 log = logging.getLogger("ray.serve")
 
@@ -146,23 +152,6 @@ async def _require_key(request: Request) -> None:
                             headers={"WWW-Authenticate": "Bearer"})
 
 
-def _rank_scores_or_reason(result: Any) -> tuple[np.ndarray | None, str | None, str | None]:
-    if isinstance(result, BaseException):
-        if isinstance(result, TimeoutError):
-            return None, None, "ranking_timeout"
-        if isinstance(result, BackPressureError):
-            return None, None, "ranking_overloaded"
-        cause = getattr(result, "cause", None) or result  # unwrap RayTaskError(...)
-        return None, None, f"ranking_error: {type(cause).__name__}"
-    if result.get("shed"):  # the ranker could not have finished it in time and did not start it
-        return None, None, "ranking_overloaded"
-    return np.asarray(result["scores"], dtype=np.float64), result["version"], None
-
-
-async def _resolve(response):
-    return await response
-
-
 @serve.deployment(name="Ingress")
 @serve.ingress(fastapi_app)
 class RecommenderIngress:
@@ -191,7 +180,7 @@ class RecommenderIngress:
             self.cfg.event_log_dir, sc.event_flush_rows, sc.event_flush_interval_s, writer_id=replica,
             max_buffered_rows=sc.event_max_buffered_rows,
         )
-        self.bandit = BanditClient(self.cfg, app_name)
+        self.bandit = BanditClient(self.cfg, app_name, stream=replica)
         self._slates: OrderedDict[str, dict[str, Any]] = OrderedDict()  # request_id -> served slate
         # Requests and their latency by route and status code are Serve's own (its proxy exports
         # serve_num_http_requests, serve_num_http_error_requests and serve_http_request_latency_ms,
@@ -234,11 +223,9 @@ class RecommenderIngress:
         if self.generation is not None:
             calls.append(("generation", self.generation.info))
         for key, call in calls:
-            response = call.remote()
             try:
-                out[key] = await asyncio.wait_for(_resolve(response), timeout=5.0)
+                out[key] = await wait_for(call.remote(), 5.0)
             except Exception as e:
-                response.cancel()
                 out[key], out["status"] = {"error": type(e).__name__}, "degraded"
         ev = self.events
         out["event_log"] = {"buffered_rows": ev.buffered, "max_buffered_rows": ev.max_buffered_rows,
@@ -292,7 +279,8 @@ class RecommenderIngress:
                                 policy=policy, recorded=status == "recorded", duplicate=status == "duplicate")
 
     # ---- pipeline ----------------------------------------------------------------------
-    async def _recommend(self, req: RecommendRequest) -> RecommendResponse:
+    def _check(self, req: RecommendRequest) -> None:
+        """The config's limits on a request (the schema's own checks already ran): 4xx/503."""
         sc = self.cfg.serve
         if req.k > sc.max_k:
             raise _bad_request(f"k: must be <= {sc.max_k} (serve.max_k), got {req.k}")
@@ -304,56 +292,56 @@ class RecommenderIngress:
         if self.generation is None and (req.explain or req.source in ("generative", "both")):
             field = "explain" if req.explain else "source"
             raise _bad_request(f"{field}: needs the generation deployment (serve.generation.enabled is false)")
+
+    async def _recommend(self, req: RecommendRequest) -> RecommendResponse:
+        """retrieve -> rank -> the policy's slate -> (explain) -> serve and log; each stage's
+        failure degrades the answer (``degraded_reason`` lists why), never fails it."""
+        self._check(req)
+        sc = self.cfg.serve
         policy = req.policy or sc.default_policy
         t_start = time.perf_counter()
         request_id = uuid.uuid4().hex
-        n_cand = max(sc.rank_candidates, req.k)
         user_id = None if req.user_id is None else str(req.user_id)
+        weight = self.cfg.explore.diversity_weight if req.diversity is None else req.diversity
+        method = req.diversity_method if weight > 0 else "none"
+        # The candidates' embeddings travel (retrieval -> here) only when something reads them:
+        # a diversity re-ranker or a linear policy.
+        features_needed = method != "none" or getattr(POLICIES.get(policy), "needs_features", True)
         cand = await self.retrieval.retrieve.remote(RetrievalRequest(
-            user_id=user_id, history=[str(h) for h in req.history], query=req.query,
-            category=req.category, num_candidates=n_cand, source=req.source,
+            user_id=user_id, history=[str(h) for h in req.history], query=req.query, category=req.category,
+            num_candidates=max(sc.rank_candidates, req.k), source=req.source, with_embeddings=features_needed,
         ))
         if "error" in cand:  # the request names items or a category the catalog lacks
             raise _bad_request(cand["error"], 404)
         t_retrieved = time.perf_counter()
-        lat = {"retrieval": (t_retrieved - t_start) * 1000}
+        lat = {"retrieval": (t_retrieved - t_start) * 1000, "retrieval_compute": cand["latency_s"] * 1000}
+        reasons: list[str] = []
 
-        ranker_scores, version, reason = None, None, None
+        ranker_scores, version = None, None
         if cand["item_idx"] and sc.use_ranker:
-            ranker_scores, version, reason = _rank_scores_or_reason(await self._rank(cand, req.query))
+            ranked = await self._rank(cand, req.query)
+            ranker_scores, version, reason = rank_scores_or_reason(ranked)
             lat["ranking"] = (time.perf_counter() - t_retrieved) * 1000
-        retrieval_scores = np.asarray(cand["score"], dtype=np.float64)
-        if reason is not None:
-            self._degraded.inc(tags={"reason": reason.split(":")[0]})
-            log.warning("request %s degraded to retrieval order: %s", request_id, reason)
+            if reason is None:  # of which the model's forward pass (the rest: the hop and the queue)
+                lat["ranking_forward"] = ranked.get("forward_ms", 0.0)
+            else:
+                self._degrade(request_id, reasons, reason)
         if cand.get("generation_error"):  # served from the indexes instead of (or without) the LM
-            self._degraded.inc(tags={"reason": "generation_unavailable"})
-            gen_reason = f"generation_unavailable: {cand['generation_error']}"
-            reason = gen_reason if reason is None else f"{reason}; {gen_reason}"
-        degraded = reason is not None
+            self._degrade(request_id, reasons, f"generation_unavailable: {cand['generation_error']}")
+        retrieval_scores = np.asarray(cand["score"], dtype=np.float64)
         final = retrieval_scores if ranker_scores is None else ranker_scores
 
         t_policy = time.perf_counter()
-        weight = self.cfg.explore.diversity_weight if req.diversity is None else req.diversity
-        method = req.diversity_method if weight > 0 else "none"
-        # The candidates' embeddings go to the policy's state actor only when something there
-        # reads them (a diversity re-ranker, a linear policy): 50 x 384 float64 is ~150 KB per call.
-        features = (np.asarray(cand["embeddings"], dtype=np.float64)
-                    if method != "none" or getattr(POLICIES.get(policy), "needs_features", True) else None)
-        picks, props, policy_fallback = [], [], False
+        features = np.asarray(cand["embeddings"], dtype=np.float64) if features_needed else None
+        picks, props, learned = [], [], True
         if len(final):
             try:
                 slate = await self.bandit.select(policy, final, req.k, features, np.asarray(cand["item_idx"]),
                                                  request_id, diversity=method, diversity_weight=weight)
                 picks, props = slate.indices.tolist(), slate.propensities.tolist()
-            except PolicyUnavailable as e:
-                # The policy's fallback: greedy on the scores, logged with propensity 1 as such.
-                picks = np.argsort(-final, kind="stable")[: req.k].tolist()
-                props, policy_fallback = [1.0] * len(picks), True
-                reason = f"policy_unavailable: {e}" if reason is None else f"{reason}; policy_unavailable"
-                degraded = True
-                self._degraded.inc(tags={"reason": "policy_unavailable"})
-                log.warning("request %s served greedy: %s", request_id, e)
+            except PolicyUnavailable as e:  # logged as what it was: greedy, propensity 1
+                (picks, props), learned = greedy_fallback(final, req.k), False
+                self._degrade(request_id, reasons, f"policy_unavailable: {e}")
         lat["policy"] = (time.perf_counter() - t_policy) * 1000
 
         explained: list[dict] | None = None
@@ -362,43 +350,28 @@ class RecommenderIngress:
             explained = await self._explain(cand, picks, req.query)
             lat["explain"] = (time.perf_counter() - t_explain) * 1000
 
-        items = []
-        for pos, (i, p) in enumerate(zip(picks, props, strict=True)):
-            items.append({
-                "item_id": cand["item_id"][i], "title": cand["title"][i], "category": cand["category"][i],
-                "position": pos, "propensity": float(p),
-                "scores": {"retrieval": float(retrieval_scores[i]),
-                           "ranker": None if ranker_scores is None else float(ranker_scores[i]),
-                           "final": float(final[i])},
-            })
-            if explained is not None:
-                e = explained[pos]
-                items[-1] |= {"explanation": e["text"] if e["status"] == "explained" else None,
-                              "explanation_status": e["status"]}
-        now = time.time()
-        self.events.log_impressions([{
-            "request_id": request_id, "timestamp": now, "user_id": user_id or "",
-            "user_idx": int(cand["user_idx"]), "policy": policy, "position": it["position"],
-            "item_idx": int(cand["item_idx"][i]), "item_id": it["item_id"], "score": it["scores"]["final"],
-            "propensity": it["propensity"], "n_candidates": len(final), "degraded": degraded,
-        } for it, i in zip(items, picks, strict=True)])
-        if explained is not None:  # every sentence the model wrote, served or withheld, for audit
-            self.events.log_explanations([{
-                "request_id": request_id, "timestamp": now, "position": pos, "item_idx": int(e["item_idx"]),
-                "item_id": items[pos]["item_id"], "text": e["text"], "status": e["status"],
-                "unsupported": "; ".join(e.get("unsupported", [])), "seconds": float(e.get("seconds", 0.0)),
-            } for pos, e in enumerate(explained) if e.get("tokens") is not None])  # the model ran
-        self._remember(request_id, policy, [cand["item_id"][i] for i in picks],
-                       [int(cand["item_idx"][i]) for i in picks], learned=not policy_fallback)
+        items = slate_items(cand, picks, props, retrieval_scores, ranker_scores, final, explained)
+        now, degraded = time.time(), bool(reasons)
+        self.events.log_impressions(impression_rows(request_id, now, user_id, cand, policy, items, picks, degraded))
+        if explained is not None:
+            self.events.log_explanations(explanation_rows(request_id, now, items, explained))
+        self._remember(request_id, policy, [it["item_id"] for it in items],
+                       [int(cand["item_idx"][i]) for i in picks], learned=learned)
         lat["total"] = (time.perf_counter() - t_start) * 1000
         for stage, ms in lat.items():
             self._latency.observe(ms, tags={"stage": stage})
         return RecommendResponse(
             request_id=request_id, user_id=user_id, cold_start=not cand["known_user"] and not cand["history"],
             retrieval_source=cand["source"], policy=policy, diversity=float(weight), degraded=degraded,
-            degraded_reason=reason, model_version=version, items=items,
+            degraded_reason="; ".join(reasons) or None, model_version=version, items=items,
             latency_ms={k: round(v, 2) for k, v in lat.items()},
         )
+
+    def _degrade(self, request_id: str, reasons: list[str], reason: str) -> None:
+        """Count and log one reason this answer is below full quality."""
+        reasons.append(reason)
+        self._degraded.inc(tags={"reason": reason.split(":")[0]})
+        log.warning("request %s degraded: %s", request_id, reason)
 
     async def _rank(self, cand: dict[str, Any], query: str | None) -> dict[str, Any] | BaseException:
         """Ranker scores for the candidates, or the exception/timeout that prevented them."""
@@ -412,9 +385,8 @@ class RecommenderIngress:
         deadline = time.time() + self.cfg.serve.rank_timeout_s
         response = self.ranking.score.remote(render_history(texts), cand["text"], cand.get("prior"), deadline)
         try:
-            return await asyncio.wait_for(_resolve(response), timeout=self.cfg.serve.rank_timeout_s)
+            return await wait_for(response, self.cfg.serve.rank_timeout_s)
         except TimeoutError:
-            response.cancel()
             return TimeoutError(f"ranking took longer than {self.cfg.serve.rank_timeout_s}s")
         except Exception as e:  # any ranking failure (replica error, overload) degrades the slate
             log.warning("ranking failed: %s", str(e)[-2000:])
@@ -433,9 +405,8 @@ class RecommenderIngress:
             return skipped
         response = self.generation.explain.remote(cand["history"], query, top, time.time() + budget_s)
         try:  # the deployment stops itself at the deadline; the margin covers the round trip
-            out = await asyncio.wait_for(_resolve(response), timeout=budget_s + 0.5)
+            out = await wait_for(response, budget_s + 0.5)
         except Exception as e:
-            response.cancel()
             status = "over_budget" if isinstance(e, TimeoutError) else "unavailable"
             log.warning("explanations %s: %s", status, str(e)[-500:])
             out = [{"item_idx": i, "status": status, "text": None} for i in top]

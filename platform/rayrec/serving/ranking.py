@@ -150,15 +150,17 @@ class RankingDeployment:
             raise RuntimeError("fault injection: ranking failure")
         if self.fault.get("sleep_s"):
             await asyncio.sleep(float(self.fault["sleep_s"]))
-        scores, version = await self._score_batch((history_text, candidate_texts, candidate_priors, deadline))
+        scores, version, forward_ms = await self._score_batch(
+            (history_text, candidate_texts, candidate_priors, deadline))
         if scores is None:
             return {"scores": None, "version": version, "shed": True}
-        return {"scores": scores, "version": version}
+        return {"scores": scores, "version": version, "forward_ms": forward_ms}
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # real values set in __init__
     async def _score_batch(
         self, requests: list[tuple[str, list[str], list[float] | None, float | None]]
-    ) -> list[tuple[np.ndarray | None, str]]:
+    ) -> list[tuple[np.ndarray | None, str, float]]:
+        """(scores or None if shed, adapter version, this batch's forward time in ms) per request."""
         ranker, version = self.ranker, self.version
         t0 = time.perf_counter()
         # Shed what cannot finish in time: now + this batch's expected compute (seconds per
@@ -168,7 +170,7 @@ class RankingDeployment:
         keep = [i for i, (_, _, _, d) in enumerate(requests) if d is None or now + expected < d]
         if len(keep) < len(requests):
             self._shed.inc(len(requests) - len(keep))
-        out: list[tuple[np.ndarray | None, str]] = [(None, version)] * len(requests)
+        out: list[tuple[np.ndarray | None, str, float]] = [(None, version, 0.0)] * len(requests)
         if not keep:
             return out
         kept = [requests[i] for i in keep]
@@ -185,5 +187,5 @@ class RankingDeployment:
         self._score_latency.observe(elapsed * 1000)
         self._batch_size.observe(len(keep))
         for i, s in zip(keep, scores, strict=True):
-            out[i] = (np.asarray(s, dtype=np.float32), version)
+            out[i] = (np.asarray(s, dtype=np.float32), version, elapsed * 1000)
         return out

@@ -17,7 +17,6 @@ Items the user has seen are excluded; a category filter applies to every path.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,12 +30,9 @@ from ray.serve.handle import DeploymentHandle
 from rayrec.config import RayrecConfig, validate_config
 from rayrec.models.prior import popularity_prior, ranker_priors
 from rayrec.retrieval.query import blend_hits
+from rayrec.serving.calls import wait_for
 
 log = logging.getLogger("ray.serve")
-
-
-async def _resolve(response):
-    return await response
 
 
 @dataclass
@@ -49,6 +45,7 @@ class RetrievalRequest:
     category: str | None = None
     num_candidates: int = 50
     source: str | None = None  # index | generative | both; None: serve.generation's defaults
+    with_embeddings: bool = True  # the candidates' index vectors (diversity, linear policies)
 
 
 class FeatureStore:
@@ -192,7 +189,8 @@ class RetrievalDeployment:
                 self.cfg.model, store.prior, [idxs],
                 [[s for _, s in hits]] if source == "sequence" else None)),
             "score": [float(s) for _, s in hits],
-            "embeddings": self.index.embeddings_for(idxs) if idxs else np.zeros((0, self.index.dim), np.float32),
+            "embeddings": (self.index.embeddings_for(idxs) if idxs else np.zeros((0, self.index.dim), np.float32))
+            if req.with_embeddings else None,
             "generation_error": generation_error,
             "latency_s": time.perf_counter() - t0,
         }
@@ -225,9 +223,8 @@ class RetrievalDeployment:
         """The LM's items (in the index, of the category), or the error that prevented them."""
         timeout = self.cfg.serve.generation.timeout_s
         try:
-            out = await asyncio.wait_for(_resolve(pending), timeout=timeout)
+            out = await wait_for(pending, timeout)
         except TimeoutError:
-            pending.cancel()
             return [], f"generation took longer than {timeout}s"
         except Exception as e:  # a failed or restarting generation replica
             log.warning("generation failed: %s", str(e)[-2000:])
