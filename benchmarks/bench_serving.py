@@ -203,7 +203,6 @@ def main() -> None:
     from rayrec.runtime import serve_data_plane_env
 
     plane_env = serve_data_plane_env(args.data_plane)
-    os.environ.update(plane_env)  # before ray.init: the controller, proxy and replicas inherit it
 
     import ray
     from ray import serve
@@ -232,7 +231,11 @@ def main() -> None:
         key, _, value = kv.partition("=")
         base[key] = value
     cfg = load_config(None, base)
+    # The local Ray's processes inherit the data plane's variables; this driver does not keep them.
+    os.environ.update(plane_env)
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    for key in plane_env:
+        os.environ.pop(key)
     results: dict = {"backbone": args.backbone, "k": args.k, "rank_candidates": args.rank_candidates,
                      "max_length": args.max_length, "ranking_cpus": args.ranking_cpus,
                      "num_cpus": args.num_cpus, "os_cpus": os.cpu_count(), "seconds_per_level": args.seconds,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -41,6 +42,20 @@ def serve_data_plane_env(mode: str) -> dict[str, str]:
     return env
 
 
+_started_plane: dict[str, str] = {}  # the data-plane variables the local Ray was started with
+
+
+@contextlib.contextmanager
+def _environ(extra: dict[str, str]):
+    """``os.environ`` plus ``extra`` inside the block, as it was after it."""
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for key in extra:
+            os.environ.pop(key, None)
+
+
 def init_ray(cfg: RayConfig | None = None) -> None:
     """Connect to Ray once per process; a no-op when already connected (jobs, tests, Serve)."""
     if ray.is_initialized():
@@ -60,21 +75,23 @@ def init_ray(cfg: RayConfig | None = None) -> None:
             runtime_env["py_modules"] = [str(Path(rayrec.__file__).parent)]
         ray.init(address=address, runtime_env=runtime_env, **kwargs)
     else:
-        # Set before the local Ray starts (its processes inherit it); a variable the user set wins.
-        plane = serve_data_plane_env(cfg.serve_data_plane)
-        for key, value in plane.items():
-            os.environ.setdefault(key, value)
-        ray.init(
-            address="local",  # a new local cluster, never another process's cluster on this host
-            num_cpus=cfg.num_cpus,
-            object_store_memory=cfg.object_store_memory,
-            include_dashboard=cfg.include_dashboard,
-            runtime_env=runtime_env,
-            **kwargs,
-        )
+        # The data plane's variables go to the local Ray's processes (they inherit them when
+        # ray.init starts them), not to this driver: here they would switch its own Serve
+        # handles to a mode that needs a running event loop. A variable the user set wins.
+        plane = {k: v for k, v in serve_data_plane_env(cfg.serve_data_plane).items() if k not in os.environ}
+        with _environ(plane):
+            ray.init(
+                address="local",  # a new local cluster, never another process's cluster on this host
+                num_cpus=cfg.num_cpus,
+                object_store_memory=cfg.object_store_memory,
+                include_dashboard=cfg.include_dashboard,
+                runtime_env=runtime_env,
+                **kwargs,
+            )
+        _started_plane.update(plane)
     console.after_ray_init()
-    plane = ({k: v for k, v in os.environ.items() if k in _SERVE_PLANE_VARS} or "Serve's defaults"
-             if not address else "as the cluster was started")
+    plane = ({k: v for k, v in {**os.environ, **_started_plane}.items() if k in _SERVE_PLANE_VARS}
+             or "Serve's defaults" if not address else "as the cluster was started")
     log.info("connected to Ray: %s; Serve data plane: %s", ray.cluster_resources(), plane)
 
 
