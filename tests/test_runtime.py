@@ -18,7 +18,9 @@ def test_require_resources_names_what_is_missing(ray_cluster) -> None:
 def test_warn_if_busy(ray_cluster, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="rayrec.runtime"):
         assert warn_if_busy({"CPU": 0.01}, "a tiny job") is False
-        assert not caplog.records
+        # Only rayrec's own records: Ray's background threads (a Serve handle's metrics push
+        # from an earlier test) may log into the same capture at any time.
+        assert not [r for r in caplog.records if r.name == "rayrec.runtime"]
         assert warn_if_busy({"CPU": 1000.0}, "training") is True
     assert "training needs {'CPU': 1000.0} but only" in caplog.text
 
