@@ -200,16 +200,13 @@ def main() -> None:
     ap.add_argument("--data-plane", default="auto", choices=["auto", "haproxy", "grpc", "default"],
                     help="ray.serve_data_plane of the local Ray this benchmark starts")
     args = ap.parse_args()
-    from rayrec.runtime import serve_data_plane_env
-
-    plane_env = serve_data_plane_env(args.data_plane)
-
     import ray
     from ray import serve
     from rayrec.config import load_config
     from rayrec.data.pipeline import run_preprocess
     from rayrec.data.store import load_items, load_users
     from rayrec.retrieval.index import build_index
+    from rayrec.runtime import local_ray_env
     from rayrec.serving.app import build_app
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_serving_"))
@@ -231,11 +228,8 @@ def main() -> None:
         key, _, value = kv.partition("=")
         base[key] = value
     cfg = load_config(None, base)
-    # The local Ray's processes inherit the data plane's variables; this driver does not keep them.
-    os.environ.update(plane_env)
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    for key in plane_env:
-        os.environ.pop(key)
+    with local_ray_env(args.data_plane) as plane_env:  # the local Ray's processes get them, not this one
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     results: dict = {"backbone": args.backbone, "k": args.k, "rank_candidates": args.rank_candidates,
                      "max_length": args.max_length, "ranking_cpus": args.ranking_cpus,
                      "num_cpus": args.num_cpus, "os_cpus": os.cpu_count(), "seconds_per_level": args.seconds,

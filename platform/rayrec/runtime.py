@@ -42,15 +42,16 @@ def serve_data_plane_env(mode: str) -> dict[str, str]:
     return env
 
 
-_started_plane: dict[str, str] = {}  # the data-plane variables the local Ray was started with
-
-
 @contextlib.contextmanager
-def _environ(extra: dict[str, str]):
-    """``os.environ`` plus ``extra`` inside the block, as it was after it."""
+def local_ray_env(mode: str):
+    """Inside the block, ``os.environ`` holds the data plane's variables (those the user has not
+    set): a local Ray started there passes them to its processes. After it, this process is as
+    it was, since here they would switch its own Serve handles to a mode that needs a running
+    event loop. Yields the variables added."""
+    extra = {k: v for k, v in serve_data_plane_env(mode).items() if k not in os.environ}
     os.environ.update(extra)
     try:
-        yield
+        yield extra
     finally:
         for key in extra:
             os.environ.pop(key, None)
@@ -75,11 +76,7 @@ def init_ray(cfg: RayConfig | None = None) -> None:
             runtime_env["py_modules"] = [str(Path(rayrec.__file__).parent)]
         ray.init(address=address, runtime_env=runtime_env, **kwargs)
     else:
-        # The data plane's variables go to the local Ray's processes (they inherit them when
-        # ray.init starts them), not to this driver: here they would switch its own Serve
-        # handles to a mode that needs a running event loop. A variable the user set wins.
-        plane = {k: v for k, v in serve_data_plane_env(cfg.serve_data_plane).items() if k not in os.environ}
-        with _environ(plane):
+        with local_ray_env(cfg.serve_data_plane) as plane:
             ray.init(
                 address="local",  # a new local cluster, never another process's cluster on this host
                 num_cpus=cfg.num_cpus,
@@ -88,11 +85,10 @@ def init_ray(cfg: RayConfig | None = None) -> None:
                 runtime_env=runtime_env,
                 **kwargs,
             )
-        _started_plane.update(plane)
+        plane = {**{k: v for k, v in os.environ.items() if k in _SERVE_PLANE_VARS}, **plane}
     console.after_ray_init()
-    plane = ({k: v for k, v in {**os.environ, **_started_plane}.items() if k in _SERVE_PLANE_VARS}
-             or "Serve's defaults" if not address else "as the cluster was started")
-    log.info("connected to Ray: %s; Serve data plane: %s", ray.cluster_resources(), plane)
+    log.info("connected to Ray: %s; Serve data plane: %s", ray.cluster_resources(),
+             "as the cluster was started" if address else plane or "Serve's defaults")
 
 
 def dashboard_url() -> str | None:

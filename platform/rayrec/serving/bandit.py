@@ -25,6 +25,7 @@ unavailable when that refresh fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import zlib
@@ -48,14 +49,14 @@ NAMESPACE = "rayrec"
 _STALE_SYNCS = 10  # a local copy this many sync periods old is unavailable (greedy fallback)
 
 
-def select_with(policy: Policy, scores: np.ndarray, k: int, features: np.ndarray | None,
-                arms: np.ndarray | None, diversity: str = "none", diversity_weight: float = 0.0) -> Slate:
-    """``policy.select`` with this request's diversity method and weight (the learned
+@contextlib.contextmanager
+def request_diversity(policy: Policy, diversity: str, diversity_weight: float):
+    """``policy`` with this request's diversity method and weight inside the block (the learned
     statistics are shared; the diversity settings are chosen per request)."""
     base = policy.cfg
     policy.cfg = base.model_copy(update={"diversity": diversity, "diversity_weight": diversity_weight})
     try:
-        return policy.select(scores, k, features, arms, embeddings=features)
+        yield policy
     finally:
         policy.cfg = base
 
@@ -67,10 +68,8 @@ class ServingBanditState(BanditState):
         self, scores: np.ndarray, k: int, features: np.ndarray | None, arms: np.ndarray | None,
         request_id: str, diversity: str = "none", diversity_weight: float = 0.0,
     ) -> Slate:
-        slate = select_with(self.policy, scores, k, features, arms, diversity, diversity_weight)
-        arm_ids = np.arange(len(scores)) if arms is None else np.asarray(arms, np.int64)
-        self.register(request_id, arm_ids[slate.indices], None if features is None else features[slate.indices])
-        return slate
+        with request_diversity(self.policy, diversity, diversity_weight):
+            return self.select(scores, k, features, arms, embeddings=features, request_id=request_id)
 
     def close(self) -> str | None:
         """Learn from every pending request, then persist."""
@@ -162,7 +161,8 @@ class BanditClient:
             return await self._call(policy, "select_with", scores, k, features, arms, request_id,
                                     diversity, diversity_weight)
         copy = await self._local_copy(policy)
-        slate = select_with(copy.policy, scores, k, features, arms, diversity, diversity_weight)
+        with request_diversity(copy.policy, diversity, diversity_weight) as p:
+            slate = p.select(scores, k, features, arms, embeddings=features)
         shown = np.asarray(arms, np.int64)[slate.indices]
         args = (policy, request_id, shown, None if features is None else features[slate.indices])
         self._registering[request_id] = (asyncio.create_task(self._register(*args)), args)
