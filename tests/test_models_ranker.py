@@ -219,3 +219,47 @@ def test_int8_scores_follow_fp32(tiny_dir, family, kind):
         assert np.abs(x - y).max() < 0.05 * (np.abs(x).max() + 1e-3) + 0.02, (x, y)
     with pytest.raises(ValueError, match="CPU path"):
         for_inference(model, "int8", torch.device("cuda"))
+
+
+WORDS = ["Star", "Wars", "(1977)", "Toy", "Story", "Adventure|Animation|Children", "L'Appartement",
+         "Amélie", "Wall·E", "don't", "C'era una volta", "2001:", "Odyssey", "Tiger,", "(Wo", "long)"]
+
+
+@pytest.mark.parametrize("max_length", [32, 64, 200])
+def test_encoder_pairs_match_the_tokenizers_own_pair_call(max_length):
+    """The (candidate, history) template gives exactly the ids, segments and mask of the
+    tokenizer's ``truncation="only_second"`` pair call, history cut oldest-first, for the
+    embedded MiniLM tokenizer; candidates come from the collator's cache the second time."""
+    from transformers import AutoTokenizer
+
+    rng = random.Random(max_length)
+    collator = RankerCollator(AutoTokenizer.from_pretrained(resolve_backbone("minilm")),
+                              ModelConfig(kind="cross_encoder", max_length=max_length), False)
+    assert collator._pair is not None  # the template reproduced the probe pairs
+
+    def title():
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 14)))
+
+    for _ in range(40):
+        hist = [" | ".join(title() for _ in range(rng.randint(0, 20))) for _ in range(rng.randint(1, 3))]
+        seqs = collator.plan(hist, [[title() for _ in range(rng.randint(1, 10))] for _ in hist])
+        for _ in range(2):  # the second time every candidate's tokens come from the cache
+            fast, slow = collator.encode(seqs), collator._encode_pairs_slow(seqs)
+            assert set(fast) == set(slow) == {"input_ids", "token_type_ids", "attention_mask"}
+            for k in slow:
+                assert torch.equal(fast[k], slow[k]), k
+
+
+@pytest.mark.parametrize("kind", ["causal_yesno", "causal_listwise"])
+def test_causal_prompts_are_the_same_from_the_cache(tiny_dir, kind):
+    """A collator that has seen the candidates (cached prompt pieces) encodes what a fresh one does."""
+    from transformers import AutoTokenizer
+
+    path = make_tiny_backbone("llama", tiny_dir / "llama")
+    cfg = ModelConfig(kind=kind, max_length=48, listwise_window=3)
+    warm = RankerCollator(AutoTokenizer.from_pretrained(path), cfg, True)
+    seqs = warm.plan(HIST, CANDS)
+    warm.encode(seqs)
+    got = warm.encode(seqs)
+    want = RankerCollator(AutoTokenizer.from_pretrained(path), cfg, True).encode(seqs)
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)

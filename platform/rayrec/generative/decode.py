@@ -14,6 +14,7 @@ to ``max_new_tokens``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -45,11 +46,17 @@ def generate_items(
     return out
 
 
+def _cache_arg(model) -> str:
+    """The KV cache's name in a forward's arguments and output: ``cache`` in newer transformers
+    5.x (5.24 here), ``past_key_values`` before (5.17 on the GPU image)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.inference_mode()
 def beam_search(model, prompt_ids: torch.Tensor, view: TrieView, k: int, beams: int) -> GeneratedList:
-    end = view.trie.end_id
+    end, cache_arg = view.trie.end_id, _cache_arg(model)
     result = model(prompt_ids, use_cache=True)
-    cache, logp = result.cache, torch.log_softmax(result.logits[:, -1].float(), -1)
+    cache, logp = getattr(result, cache_arg), torch.log_softmax(result.logits[:, -1].float(), -1)
     live: list[tuple[tuple[int, ...], float]] = [((), 0.0)]  # (tokens so far, log-prob); row = cache row
     done: list[tuple[float, int]] = []  # (log-prob, item), best first, at most k
     steps = 0
@@ -79,7 +86,7 @@ def beam_search(model, prompt_ids: torch.Tensor, view: TrieView, k: int, beams: 
             break
         cache.reorder_cache(torch.tensor([row for _, _, row in nxt], device=prompt_ids.device))
         result = model(torch.tensor([[tokens[-1]] for tokens, _, _ in nxt], device=prompt_ids.device),
-                       cache=cache, use_cache=True)
+                       **{cache_arg: cache}, use_cache=True)
         logp = torch.log_softmax(result.logits[:, -1].float(), -1)
         live = [(tokens, score) for tokens, score, _ in nxt]
         steps += 1

@@ -54,6 +54,11 @@ class RankerCollator:
                 raise ValueError(f"answer words {words} do not map to distinct first tokens")
         else:
             tokenizer.truncation_side = "left"  # cut the oldest history first
+        # Candidate texts recur across requests (a catalog): their tokens are kept, bounded.
+        self._cand_cache: dict[str, list[int]] = {}
+        self._pieces_cache: dict[tuple[str, ...], tuple[list[int], list[int]]] = {}
+        self._pair = None if causal else PairTemplate.probe(
+            tokenizer, self._encode_pairs_slow, self._candidate, cfg.max_length, self.pad_id)
 
     def _first_token(self, word: str) -> int:
         # Multi-token verbalizers are scored by their first token (distinctness checked above).
@@ -119,34 +124,56 @@ class RankerCollator:
         ids = self.tok(list(texts), add_special_tokens=False)["input_ids"]
         return [x[: self.cfg.max_candidate_tokens] for x in ids]
 
+    def _histories(self, seqs: Sequence[SeqPlan]) -> dict[str, list[int]]:
+        """Each distinct history tokenised once (a request's candidates share one)."""
+        texts = list(dict.fromkeys(s.history for s in seqs))
+        return dict(zip(texts, self.tok(texts, add_special_tokens=False)["input_ids"], strict=True))
+
+    def _cached(self, cache: dict, key, make):
+        if key not in cache:
+            if len(cache) >= CACHE_LIMIT:
+                cache.clear()  # a new catalog or a long-running replica: start over, stay bounded
+            cache[key] = make(key)
+        return cache[key]
+
+    def _candidate(self, text: str) -> list[int]:
+        """A candidate's tokens as the pair call saw them: cut to ``max_candidate_tokens``,
+        decoded and tokenised again (the text the model was trained on)."""
+        return self._cached(self._cand_cache, text, lambda t: self._ids(self.tok.decode(self._cand_ids([t])[0])))
+
+    def _causal_pieces(self, texts: tuple[str, ...]) -> tuple[list[int], list[int]]:
+        """The prompt's tokens before and after the history, for one candidate (yes/no) or one
+        window (listwise)."""
+        def make(texts):
+            cut = [self.tok.decode(x) for x in self._cand_ids(texts)]
+            if self.cfg.kind == "causal_yesno":
+                prefix, suffix = prompts.yesno_pieces(cut[0])
+            else:
+                prefix, lines, tail = prompts.listwise_pieces(cut)
+                suffix = "".join(lines) + tail
+            return self.bos + self._ids(prefix), self._ids(suffix)
+        return self._cached(self._pieces_cache, texts, make)
+
+    def _encode_pairs_slow(self, seqs: Sequence[SeqPlan]) -> dict[str, torch.Tensor]:
+        """The tokenizer's own pair call: the reference the template is checked against."""
+        cands = self.tok.batch_decode(self._cand_ids([s.texts[0] for s in seqs]))
+        return dict(self.tok(cands, [s.history for s in seqs], truncation="only_second",
+                             max_length=self.cfg.max_length, padding=True, return_tensors="pt"))
+
     def encode(self, seqs: Sequence[SeqPlan]) -> dict[str, torch.Tensor]:
         """Padded model inputs for ``seqs`` (right padding for encoders, left for causal LMs)."""
         if not self.causal:
-            cand_ids = self._cand_ids([s.texts[0] for s in seqs])
-            cands = self.tok.batch_decode(cand_ids)
-            enc = self.tok(
-                cands, [s.history for s in seqs], truncation="only_second",
-                max_length=self.cfg.max_length, padding=True, return_tensors="pt",
-            )
-            return dict(enc) | self._priors(seqs)
-        hist_cache: dict[str, list[int]] = {}
-        for s in seqs:
-            if s.history not in hist_cache:
-                hist_cache[s.history] = self.tok(s.history, add_special_tokens=False)["input_ids"]
+            if self._pair is None:  # a tokenizer whose pairs the template cannot reproduce
+                return self._encode_pairs_slow(seqs) | self._priors(seqs)
+            hists = self._histories(seqs)
+            pairs = [(self._candidate(s.texts[0]), hists[s.history]) for s in seqs]
+            return self._pair.batch(pairs, self.cfg.max_length, self.pad_id) | self._priors(seqs)
+        hists = self._histories(seqs)
         rows = []
         for s in seqs:
-            if self.cfg.kind == "causal_yesno":
-                prefix, suffix = prompts.yesno_pieces(self.tok.decode(self._cand_ids(s.texts)[0]))
-                head = self.bos + self._ids(prefix)
-                tail = self._ids(suffix)
-            else:
-                prefix, lines, suffix = prompts.listwise_pieces(
-                    [self.tok.decode(x) for x in self._cand_ids(s.texts)]
-                )
-                head = self.bos + self._ids(prefix)
-                tail = self._ids("".join(lines) + suffix)
+            head, tail = self._causal_pieces(s.texts)
             budget = max(0, self.cfg.max_length - len(head) - len(tail))
-            hist = hist_cache[s.history][-budget:] if budget else []
+            hist = hists[s.history][-budget:] if budget else []
             rows.append(head + hist + tail)
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -158,6 +185,74 @@ class RankerCollator:
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
+
+
+CACHE_LIMIT = 200_000  # cached candidate texts per collator (~30 token ids each)
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """How an encoder's tokenizer joins (candidate, history): the special tokens before, between
+    and after the two parts, and the segment id of each. Read off one probe pair, so a request
+    tokenises its history once and each candidate once per catalog instead of every pair again
+    (50 pairs of MiniLM at 64 tokens: 18 ms -> 2 ms on one core; on an H100 the tokenising was
+    ~80% of the ranking call). History is cut oldest-first to fit ``max_length``, as
+    ``truncation="only_second"`` with left truncation does."""
+
+    prefix: tuple[int, ...]
+    middle: tuple[int, ...]
+    suffix: tuple[int, ...]
+    types: tuple[tuple[int, ...], int, tuple[int, ...], int, tuple[int, ...]] | None
+
+    @classmethod
+    def probe(cls, tok, reference, candidate, max_length: int, pad_id: int) -> PairTemplate | None:
+        """The template, or None when it does not reproduce ``reference`` (the tokenizer's own
+        pair call) on a few probe pairs, e.g. a tokenizer that merges across the boundary.
+        ``candidate(text)``: a candidate's tokens as the collator feeds them."""
+        a, b = (tok(w, add_special_tokens=False)["input_ids"] for w in ("hello", "world"))
+        enc = tok("hello", "world")
+        ids, tt = list(enc["input_ids"]), enc.get("token_type_ids")
+        try:
+            ia = next(i for i in range(len(ids)) if ids[i : i + len(a)] == a)
+            ib = next(i for i in range(ia + len(a), len(ids)) if ids[i : i + len(b)] == b)
+        except StopIteration:
+            return None
+        ja, jb = ia + len(a), ib + len(b)
+        types = None if tt is None else (tuple(tt[:ia]), tt[ia], tuple(tt[ja:ib]), tt[ib], tuple(tt[jb:]))
+        template = cls(tuple(ids[:ia]), tuple(ids[ja:ib]), tuple(ids[jb:]), types)
+        probes = [SeqPlan(0, h, (0,), (c,)) for c, h in (
+            ("Toy Story (1995) Adventure|Animation|Children", "Heat (1995) | Alien (1979) | " * 12),
+            ("Amélie (2001)", ""), ("Wall·E (2008) don't", "C'era una volta il West (1968)"))]
+        want = reference(probes)
+        pairs = [(candidate(s.texts[0]), tok(s.history, add_special_tokens=False)["input_ids"]) for s in probes]
+        got = template.batch(pairs, max_length, pad_id)
+        same = set(want) == set(got) and all(torch.equal(got[k], want[k]) for k in want)
+        return template if same else None
+
+    def batch(self, pairs: Sequence[tuple[list[int], list[int]]], max_length: int,
+              pad_id: int) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids``, ``attention_mask`` (and ``token_type_ids``) of the pairs."""
+        fixed = len(self.prefix) + len(self.middle) + len(self.suffix)
+        rows, types = [], []
+        for cand, hist in pairs:
+            cand = cand[: max(0, max_length - fixed)]  # never over max_length (the pair call raises)
+            budget = max_length - fixed - len(cand)
+            hist = hist[-budget:] if budget > 0 else []
+            rows.append([*self.prefix, *cand, *self.middle, *hist, *self.suffix])
+            if self.types is not None:
+                t0, ta, tm, tb, ts = self.types
+                types.append([*t0, *[ta] * len(cand), *tm, *[tb] * len(hist), *ts])
+        width = max(len(r) for r in rows)
+        out = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
+               "attention_mask": torch.zeros((len(rows), width), dtype=torch.long)}
+        if self.types is not None:
+            out["token_type_ids"] = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            out["input_ids"][i, : len(r)] = torch.tensor(r)
+            out["attention_mask"][i, : len(r)] = 1
+            if self.types is not None:
+                out["token_type_ids"][i, : len(r)] = torch.tensor(types[i])
+        return out
 
 
 def scatter_scores(

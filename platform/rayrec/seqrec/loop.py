@@ -76,6 +76,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     # Each worker keeps its shard of users as two (users, max_len) int64 tensors: ~3 KB a user.
     rows = list(ray.train.get_dataset_shard("train").iter_rows())
     inputs, targets = training_tensors([r["items"] for r in rows], rc.max_len, n_items)
+    device = ray.train.torch.get_device()  # the worker's GPU with use_gpu, else the CPU
+    inputs, targets = inputs.to(device), targets.to(device)  # once: the whole shard fits
     # DDP needs the same number of steps on every rank: the smallest shard sets the epoch.
     steps = int(_all_reduce([len(rows) // rc.batch_size or 1], dist.ReduceOp.MIN)[0])
     net = SASRec(n_items, rc, loop_cfg.get("text_vectors"))
@@ -99,7 +101,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     while state["epoch"] < rc.max_epochs:
         perm = torch.randperm(len(rows), generator=gen)
         for s in range(steps):  # the hot loop: next-item CE at every position of B sequences
-            idx = perm[s * rc.batch_size : (s + 1) * rc.batch_size]
+            idx = perm[s * rc.batch_size : (s + 1) * rc.batch_size].to(device)
             set_lr(opt, rc, (state["epoch"] + s / steps) / planned)
             loss = sequence_loss(model, inputs[idx], targets[idx], rc, gen)
             opt.zero_grad(set_to_none=True)

@@ -20,6 +20,11 @@ from rayrec.seqrec.data import batch_inputs
 from rayrec.seqrec.model import SASRec, load_retriever
 
 
+def _device(model: SASRec) -> torch.device:
+    """Where the model's weights are: inputs go there, results come back to the CPU as numpy."""
+    return next(model.parameters()).device
+
+
 def retrieve_topn(model: SASRec, histories: Sequence[Sequence[int]], n: int,
                   exclude: Sequence[Sequence[int]] | None = None, index=None,
                   batch_size: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -29,27 +34,31 @@ def retrieve_topn(model: SASRec, histories: Sequence[Sequence[int]], n: int,
     without, from an exact matmul over the catalog. Both give the same list on a flat index.
     """
     model.eval()
+    device = _device(model)
     exclude = exclude if exclude is not None else histories
     out: list[tuple[np.ndarray, np.ndarray]] = []
     with torch.no_grad():
         vec = model.item_vectors()[: model.n_items]
         for s in range(0, len(histories), batch_size):
-            h = model.user_vectors(batch_inputs(histories[s : s + batch_size], model.max_len, model.pad))
+            seqs = batch_inputs(histories[s : s + batch_size], model.max_len, model.pad).to(device)
+            h = model.user_vectors(seqs)
             logits = h @ vec.T  # (B, n): also the normaliser of every user's scores
-            norm = (torch.logsumexp(logits, dim=1) - math.log(model.n_items)).numpy()
+            norm = (torch.logsumexp(logits, dim=1) - math.log(model.n_items)).cpu().numpy()
+            h_np = h.cpu().numpy() if index is not None else None
             for r in range(len(h)):
                 ex = np.array(exclude[s + r], dtype=np.int64)
                 ex = ex[(ex >= 0) & (ex < model.n_items)]  # ids new since training: nothing to drop
                 if index is not None:
-                    hits = index.search(h[r].numpy(), n, exclude=set(ex.tolist()))
+                    hits = index.search(h_np[r], n, exclude=set(ex.tolist()))
                     items = np.asarray([i for i, _ in hits], dtype=np.int64)
                     raw = np.asarray([sc for _, sc in hits], dtype=np.float64)
                 else:
                     row = logits[r].clone()
-                    row[torch.as_tensor(ex)] = float("-inf")
+                    row[torch.as_tensor(ex, device=device)] = float("-inf")
                     k = min(n, model.n_items - len(np.unique(ex)))
                     top = torch.topk(row, k)
-                    items, raw = top.indices.numpy().astype(np.int64), top.values.double().numpy()
+                    items = top.indices.cpu().numpy().astype(np.int64)
+                    raw = top.values.double().cpu().numpy()
                 out.append((items, raw - norm[r]))
     return out
 
@@ -58,16 +67,18 @@ def score_items(model: SASRec, histories: Sequence[Sequence[int]], item_lists: S
                 batch_size: int = 256) -> list[np.ndarray]:
     """The log-lift of given items for each history (e.g. a held-out item beside the top-N)."""
     model.eval()
+    device = _device(model)
     out = []
     with torch.no_grad():
         vec = model.item_vectors()[: model.n_items]
         for s in range(0, len(histories), batch_size):
-            h = model.user_vectors(batch_inputs(histories[s : s + batch_size], model.max_len, model.pad))
+            seqs = batch_inputs(histories[s : s + batch_size], model.max_len, model.pad).to(device)
+            h = model.user_vectors(seqs)
             logits = h @ vec.T
             norm = torch.logsumexp(logits, dim=1) - math.log(model.n_items)
             for r in range(len(h)):
-                idx = torch.as_tensor(np.asarray(item_lists[s + r], dtype=np.int64))
-                out.append((logits[r, idx] - norm[r]).double().numpy())
+                idx = torch.as_tensor(np.asarray(item_lists[s + r], dtype=np.int64), device=device)
+                out.append((logits[r, idx] - norm[r]).double().cpu().numpy())
     return out
 
 
@@ -84,12 +95,12 @@ class SeqRetriever:
 
     def item_vectors(self) -> np.ndarray:
         with torch.no_grad():
-            return self.model.item_vectors()[: self.model.n_items].numpy().astype(np.float32)
+            return self.model.item_vectors()[: self.model.n_items].cpu().numpy().astype(np.float32)
 
     def user_vectors(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
         with torch.no_grad():
-            return self.model.user_vectors(
-                batch_inputs(histories, self.model.max_len, self.model.pad)).numpy()
+            seqs = batch_inputs(histories, self.model.max_len, self.model.pad).to(_device(self.model))
+            return self.model.user_vectors(seqs).cpu().numpy()
 
     def retrieve(self, histories: Sequence[Sequence[int]], n: int,
                  exclude: Sequence[Sequence[int]] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -47,8 +47,8 @@ class GenerationDeployment:
         t0 = time.perf_counter()
         adapter = resolve_adapter(self.cfg, gc.adapter, gc.backbone, gc.history_items, "serve.generation.adapter")
         self.generator = Generator.load(gc.backbone, items["title"].astype(str).to_numpy(), adapter)
-        if gc.num_gpus > 0 and torch.cuda.is_available():
-            self.generator.model.to("cuda")
+        if gc.num_gpus > 0 and torch.cuda.is_available():  # bf16 on a GPU; decoding reads fp32 log-probs
+            self.generator.model.to("cuda", dtype=torch.bfloat16)
         self.explainer = Explainer(self.generator.model, self.generator.tokenizer, gc.explain_max_new_tokens)
         self.grounding = GroundingCheck(self.texts)
         # Serve runs these sync methods on a thread pool: one model call at a time per replica
