@@ -130,11 +130,12 @@ class RankerCollator:
         return dict(zip(texts, self.tok(texts, add_special_tokens=False)["input_ids"], strict=True))
 
     def _cached(self, cache: dict, key, make):
-        if key not in cache:
+        value = cache.get(key)  # one read and one write: safe beside another thread's clear()
+        if value is None:
             if len(cache) >= CACHE_LIMIT:
                 cache.clear()  # a new catalog or a long-running replica: start over, stay bounded
-            cache[key] = make(key)
-        return cache[key]
+            value = cache[key] = make(key)
+        return value
 
     def _candidate(self, text: str) -> list[int]:
         """A candidate's tokens as the pair call saw them: cut to ``max_candidate_tokens``,
