@@ -10,8 +10,8 @@ fails or is slow the slate falls back to retrieval order with ``degraded: true``
 policy state is down, to greedy on the scores; if generation fails, the index candidates and
 no explanations, said in the response.
 
-Per-replica settings (API keys, body limit, counters) live on the ingress instance, found
-through Serve's replica context, not on the module-level FastAPI app.
+The app-level HTTP pieces (error bodies, auth, body limit, OpenAPI) are in ``serving.http_app``;
+they read their per-replica settings (API keys, limits) from this ingress instance.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real request model types
@@ -20,35 +20,30 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from http import HTTPStatus
 from typing import Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends
 from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayrec.config import RayrecConfig, validate_config
 from rayrec.explore.policies import POLICIES
 from rayrec.serving.api import (
-    BodySizeLimit,
     FeedbackRequest,
     FeedbackResponse,
     RecommendRequest,
     RecommendResponse,
     error_responses,
-    key_is_valid,
     load_api_keys,
-    with_config_limits,
 )
 from rayrec.serving.bandit import BanditClient, PolicyUnavailable
 from rayrec.serving.calls import wait_for
-from rayrec.serving.eventlog import EventLogFull, EventLogWriter
+from rayrec.serving.eventlog import EventLogWriter
+from rayrec.serving.http_app import bad_request, fastapi_app, require_key
 from rayrec.serving.retrieval import RetrievalRequest
 from rayrec.serving.slate import (
     explanation_rows,
@@ -59,97 +54,6 @@ from rayrec.serving.slate import (
 )
 
 log = logging.getLogger("ray.serve")
-
-fastapi_app = FastAPI(
-    title="rayrec recommendations",
-    description="Retrieval + LLM ranking + exploration, served by Ray Serve.",
-    version="1",
-)
-
-
-def _ingress() -> "RecommenderIngress | None":
-    """This replica's ingress instance (its config, keys and counters), or None outside Serve."""
-    try:
-        return serve.get_replica_context().servable_object
-    except Exception:  # not inside a Serve replica (e.g. a unit test driving the FastAPI app)
-        return None
-
-
-def _max_body_bytes() -> int | None:
-    ingress = _ingress()
-    return None if ingress is None else ingress.cfg.serve.max_body_bytes
-
-
-fastapi_app.add_middleware(BodySizeLimit, limit=_max_body_bytes)
-_generated_openapi = fastapi_app.openapi  # FastAPI's own (cached after the first call)
-
-
-def _openapi() -> dict[str, Any]:
-    """The published schema, with this replica's configured limits (serve.max_k, ...)."""
-    ingress = _ingress()
-    schema = _generated_openapi()
-    return schema if ingress is None else with_config_limits(schema, ingress.cfg.serve)
-
-
-fastapi_app.openapi = _openapi
-
-
-def _error(status: int, error: str, detail, headers: dict[str, str] | None = None) -> JSONResponse:
-    """Every error the app sends: the one documented body (``api.ErrorBody``)."""
-    return JSONResponse(status_code=status, content={"error": error, "detail": detail}, headers=headers)
-
-
-@fastapi_app.exception_handler(RequestValidationError)
-async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = []
-    for e in exc.errors():
-        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
-        msg = "unknown field" if e.get("type") == "extra_forbidden" else e.get("msg", "invalid")
-        problems.append(f"{where}: {msg}")
-    return _error(422, "invalid request", problems)
-
-
-@fastapi_app.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """HTTPException bodies in the one documented shape, headers kept."""
-    try:
-        phrase = HTTPStatus(exc.status_code).phrase.lower()
-    except ValueError:
-        phrase = "error"
-    return _error(exc.status_code, phrase, str(exc.detail), getattr(exc, "headers", None))
-
-
-# A dependency that is down answers 503 + Retry-After, never a 500: the event log's storage
-# (buffer full: back-pressure, not loss) or a policy's state (restarting: retrying is safe,
-# one reward per item).
-_UNAVAILABLE = {EventLogFull: ("event log unavailable", "5"), PolicyUnavailable: ("policy state unavailable", "2")}
-
-
-async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-    error, retry_after = _UNAVAILABLE[type(exc)]
-    return _error(503, error, str(exc), {"Retry-After": retry_after})
-
-
-for _exc in _UNAVAILABLE:
-    fastapi_app.add_exception_handler(_exc, _unavailable)
-
-
-def _bad_request(msg: str, status: int = 422) -> HTTPException:
-    return HTTPException(status_code=status, detail=msg)
-
-
-async def _require_key(request: Request) -> None:
-    """API-key check (no-op unless serve.require_api_key); keys are never logged or echoed."""
-    ingress = _ingress()
-    if ingress is None or not ingress.cfg.serve.require_api_key:
-        return
-    presented = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
-    if presented is None and auth.lower().startswith("bearer "):
-        presented = auth[7:].strip()
-    if not key_is_valid(presented, ingress.api_keys):
-        raise HTTPException(status_code=401, detail="missing or invalid API key",
-                            headers={"WWW-Authenticate": "Bearer"})
 
 
 @serve.deployment(name="Ingress")
@@ -237,13 +141,13 @@ class RecommenderIngress:
             out["status"] = "degraded"
         return JSONResponse(jsonable_encoder(out), status_code=200 if out["status"] == "ok" else 503)
 
-    @fastapi_app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(_require_key)],
+    @fastapi_app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(require_key)],
                       responses=error_responses("recommend", (400, 401, 404, 413, 422, 503)))
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         """Top-k items for a user and/or history and/or free-text query."""
         return await self._recommend(req)
 
-    @fastapi_app.post("/feedback", response_model=FeedbackResponse, dependencies=[Depends(_require_key)],
+    @fastapi_app.post("/feedback", response_model=FeedbackResponse, dependencies=[Depends(require_key)],
                       responses=error_responses("feedback", (400, 401, 404, 413, 422, 503)))
     async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
         """Record a reward for an item of a served slate and update the policy's state."""
@@ -251,11 +155,11 @@ class RecommenderIngress:
         self.events.check_capacity()  # 503 before the policy learns what could not be logged
         lo, hi = self.cfg.serve.reward_min, self.cfg.serve.reward_max
         if not lo <= req.reward <= hi:
-            raise _bad_request(f"reward: must be within [{lo}, {hi}] (serve.reward_min/max), got {req.reward}")
+            raise bad_request(f"reward: must be within [{lo}, {hi}] (serve.reward_min/max), got {req.reward}")
         slate = self._slates.get(req.request_id)
         if slate is not None:
             if item_id not in slate["pos_of"]:
-                raise _bad_request(f"item_id {item_id!r} was not shown in request {req.request_id!r}", 404)
+                raise bad_request(f"item_id {item_id!r} was not shown in request {req.request_id!r}", 404)
             policy, item_idx = slate["policy"], slate["item_idx"][slate["pos_of"][item_id]]
             if slate["learned"]:
                 status = await self.bandit.feedback(policy, req.request_id, item_idx, float(req.reward))
@@ -268,7 +172,7 @@ class RecommenderIngress:
             if item_idx is not None:
                 policy, status = await self.bandit.feedback_any(req.request_id, item_idx, float(req.reward))
         if not status:
-            raise _bad_request(
+            raise bad_request(
                 f"unknown or expired request_id {req.request_id!r} (or item {item_id!r} not shown in it)", 404)
         if status == "recorded":  # a duplicate was acknowledged, not learned or logged again
             self.events.log_feedback([{
@@ -283,15 +187,15 @@ class RecommenderIngress:
         """The config's limits on a request (the schema's own checks already ran): 4xx/503."""
         sc = self.cfg.serve
         if req.k > sc.max_k:
-            raise _bad_request(f"k: must be <= {sc.max_k} (serve.max_k), got {req.k}")
+            raise bad_request(f"k: must be <= {sc.max_k} (serve.max_k), got {req.k}")
         self.events.check_capacity(req.k)  # storage down and buffer full: 503, nothing dropped
         if req.query is not None and len(req.query) > sc.max_text_length:
-            raise _bad_request(f"query: longer than {sc.max_text_length} characters")
+            raise bad_request(f"query: longer than {sc.max_text_length} characters")
         if len(req.history) > sc.max_history_length:
-            raise _bad_request(f"history: more than {sc.max_history_length} items")
+            raise bad_request(f"history: more than {sc.max_history_length} items")
         if self.generation is None and (req.explain or req.source in ("generative", "both")):
             field = "explain" if req.explain else "source"
-            raise _bad_request(f"{field}: needs the generation deployment (serve.generation.enabled is false)")
+            raise bad_request(f"{field}: needs the generation deployment (serve.generation.enabled is false)")
 
     async def _recommend(self, req: RecommendRequest) -> RecommendResponse:
         """retrieve -> rank -> the policy's slate -> (explain) -> serve and log; each stage's
@@ -312,7 +216,7 @@ class RecommenderIngress:
             num_candidates=max(sc.rank_candidates, req.k), source=req.source, with_embeddings=features_needed,
         ))
         if "error" in cand:  # the request names items or a category the catalog lacks
-            raise _bad_request(cand["error"], 404)
+            raise bad_request(cand["error"], 404)
         t_retrieved = time.perf_counter()
         lat = {"retrieval": (t_retrieved - t_start) * 1000, "retrieval_compute": cand["latency_s"] * 1000}
         reasons: list[str] = []
