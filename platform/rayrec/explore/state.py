@@ -54,6 +54,14 @@ def _read_bytes(path: str) -> bytes | None:
     return target.read_bytes() if target.is_file() else None
 
 
+def shown(slate: Slate, n: int, arms: np.ndarray | None,
+          features: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The arm ids (default 0..n-1) and features of a slate's items, in slate order: what
+    ``BanditState.register`` awaits feedback for."""
+    arm_ids = np.arange(n) if arms is None else np.asarray(arms, np.int64)
+    return arm_ids[slate.indices], None if features is None else np.asarray(features)[slate.indices]
+
+
 class BanditState:
     """The plain-Python state machine behind the actor (also usable in-process)."""
 
@@ -79,9 +87,7 @@ class BanditState:
         self._expire()
         slate = self.policy.select(scores, k, features, arms, embeddings)
         if request_id is not None:
-            arm_ids = np.arange(len(scores)) if arms is None else np.asarray(arms, np.int64)
-            self.register(request_id, arm_ids[slate.indices],
-                          None if features is None else np.asarray(features)[slate.indices])
+            self.register(request_id, *shown(slate, len(scores), arms, features))
         return slate
 
     def register(self, request_id: str, shown_arms: np.ndarray, shown_features: np.ndarray | None) -> None:

@@ -37,7 +37,7 @@ import ray
 
 from rayrec.config import RayrecConfig
 from rayrec.explore.policies import Policy, Slate, make_policy
-from rayrec.explore.state import BanditState
+from rayrec.explore.state import BanditState, shown
 from rayrec.serving.calls import wait_for
 
 log = logging.getLogger("ray.serve")
@@ -163,8 +163,7 @@ class BanditClient:
         copy = await self._local_copy(policy)
         with request_diversity(copy.policy, diversity, diversity_weight) as p:
             slate = p.select(scores, k, features, arms, embeddings=features)
-        shown = np.asarray(arms, np.int64)[slate.indices]
-        args = (policy, request_id, shown, None if features is None else features[slate.indices])
+        args = (policy, request_id, *shown(slate, len(scores), arms, features))
         self._registering[request_id] = (asyncio.create_task(self._register(*args)), args)
         while len(self._registering) > self.cfg.serve.request_cache_size:
             self._registering.popitem(last=False)
