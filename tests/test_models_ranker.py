@@ -263,3 +263,15 @@ def test_causal_prompts_are_the_same_from_the_cache(tiny_dir, kind):
     got = warm.encode(seqs)
     want = RankerCollator(AutoTokenizer.from_pretrained(path), cfg, True).encode(seqs)
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_max_length_too_short_for_the_probe_keeps_the_pair_call():
+    """A config the probe pairs do not fit (max_length 8) still builds its collator, on the
+    tokenizer's own pair call, instead of failing at start-up."""
+    from transformers import AutoTokenizer
+
+    collator = RankerCollator(AutoTokenizer.from_pretrained(resolve_backbone("minilm")),
+                              ModelConfig(kind="cross_encoder", max_length=8), False)
+    assert collator._pair is None
+    batch = collator.encode(collator.plan(["red car | blue cup"], [["red apple", "green tree"]]))
+    assert batch["input_ids"].shape == (2, 8)
