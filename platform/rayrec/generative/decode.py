@@ -49,7 +49,8 @@ def generate_items(
 def _cache_arg(model) -> str:
     """The KV cache's name in a forward's arguments and output: ``cache`` in newer transformers
     5.x (5.24 here), ``past_key_values`` before (5.17 on the GPU image)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 @torch.inference_mode()
