@@ -61,3 +61,20 @@ def test_serve_data_plane_env_picks_haproxy_only_when_installed(monkeypatch):
     haproxy = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
     assert serve_data_plane_env("auto") == haproxy == serve_data_plane_env("haproxy")
     assert serve_data_plane_env("grpc") == grpc
+
+
+def test_local_ray_env_adds_the_short_drain_then_restores(monkeypatch):
+    """A local Ray gets the data plane and the 2 s drain; a value the user set is kept; after
+    the block the driver's environment is as it was."""
+    import os
+
+    from rayrec.runtime import LOCAL_DRAIN_ENV, local_ray_env
+
+    for key in LOCAL_DRAIN_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S", "10")
+    with local_ray_env("default") as added:
+        assert added == {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+        assert os.environ["RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S"] == "10"
+    assert "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S" not in os.environ
+    assert os.environ["RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S"] == "10"

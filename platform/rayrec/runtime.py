@@ -42,13 +42,21 @@ def serve_data_plane_env(mode: str) -> dict[str, str]:
     return env
 
 
+# A Ray that rayrec starts on one machine has no outside load balancer to wait for: Serve's
+# proxies and direct-ingress replicas drain for 2 s instead of 30 before they stop (measured:
+# `rayrec serve` stopped by SIGTERM in 7 s instead of 36 with HAProxy).
+LOCAL_DRAIN_ENV = {"RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "2",
+                   "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+
+
 @contextlib.contextmanager
 def local_ray_env(mode: str):
-    """Inside the block, ``os.environ`` holds the data plane's variables (those the user has not
-    set): a local Ray started there passes them to its processes. After it, this process is as
-    it was, since here they would switch its own Serve handles to a mode that needs a running
-    event loop. Yields the variables added."""
-    extra = {k: v for k, v in serve_data_plane_env(mode).items() if k not in os.environ}
+    """Inside the block, ``os.environ`` holds the data plane's variables and the short local
+    drain (those the user has not set): a local Ray started there passes them to its processes.
+    After it, this process is as it was, since here they would switch its own Serve handles to a
+    mode that needs a running event loop. Yields the variables added."""
+    wanted = serve_data_plane_env(mode) | LOCAL_DRAIN_ENV
+    extra = {k: v for k, v in wanted.items() if k not in os.environ}
     os.environ.update(extra)
     try:
         yield extra
