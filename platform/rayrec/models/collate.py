@@ -178,16 +178,23 @@ class RankerCollator:
             budget = max(0, self.cfg.max_length - len(head) - len(tail))
             hist = hists[s.history][-budget:] if budget else []
             rows.append(head + hist + tail)
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
+        ids, mask = pad_rows(rows, self.pad_id, left=True)  # a causal LM reads the answer last
         return {"input_ids": ids, "attention_mask": mask} | self._priors(seqs)
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
+
+
+def pad_rows(rows: Sequence[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of ``rows`` padded with ``pad_id`` to the longest, on the left or right."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
 
 
 CACHE_LIMIT = 50_000  # candidates kept per collator and cache: <= ~24 ids (~60 for a yes/no
@@ -249,16 +256,10 @@ class PairTemplate:
             if self.types is not None:
                 t0, ta, tm, tb, ts = self.types
                 types.append([*t0, *[ta] * len(cand), *tm, *[tb] * len(hist), *ts])
-        width = max(len(r) for r in rows)
-        out = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
-               "attention_mask": torch.zeros((len(rows), width), dtype=torch.long)}
+        ids, mask = pad_rows(rows, pad_id, left=False)
+        out = {"input_ids": ids, "attention_mask": mask}
         if self.types is not None:
-            out["token_type_ids"] = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            out["input_ids"][i, : len(r)] = torch.tensor(r)
-            out["attention_mask"][i, : len(r)] = 1
-            if self.types is not None:
-                out["token_type_ids"][i, : len(r)] = torch.tensor(types[i])
+            out["token_type_ids"] = pad_rows(types, 0, left=False)[0]
         return out
 
 
