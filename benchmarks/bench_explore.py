@@ -26,7 +26,7 @@ from rayrec.explore.policies import make_policy
 from rayrec.runtime import init_ray
 
 POLICIES = ["greedy", "epsilon_greedy", "softmax", "ucb1", "thompson_beta"]
-ALL_POLICIES = POLICIES + ["thompson_gaussian", "linucb", "lin_thompson", "uniform"]
+ALL_POLICIES = POLICIES + ["thompson_gaussian", "linucb", "lin_thompson", "neural_linear_ts", "uniform"]
 
 
 def select_latency_us(env: WorldEnv, k: int, n: int = 300) -> dict[str, float]:
@@ -41,7 +41,7 @@ def select_latency_us(env: WorldEnv, k: int, n: int = 300) -> dict[str, float]:
             t0 = time.perf_counter()
             s = pol.select(r.scores, k, r.features, r.arms, r.embeddings)
             times.append(time.perf_counter() - t0)
-            pol.update(r.arms[s.indices], np.zeros(len(s.indices)), r.features[s.indices])
+            pol.update(r.arms[s.indices], np.zeros(len(s.indices)), r.features[s.indices], r.scores[s.indices])
         out[name] = float(np.median(times) * 1e6)
     return out
 

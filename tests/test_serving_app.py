@@ -5,7 +5,6 @@ catalog and a tiny index."""
 from __future__ import annotations
 
 import contextlib
-import pickle
 import threading
 import time
 from pathlib import Path
@@ -382,6 +381,7 @@ def test_adapter_switch_without_failed_requests(app_url, serving_env):
 def test_event_log_written_on_shutdown(app_url, serving_env):
     from ray import serve
     from rayrec.data.schema import FEEDBACK_COLUMNS, IMPRESSION_COLUMNS
+    from rayrec.explore.state import decode_state
     from rayrec.serving.bandit import state_path
     from rayrec.serving.eventlog import read_events, read_explanations
 
@@ -404,9 +404,9 @@ def test_event_log_written_on_shutdown(app_url, serving_env):
     assert imps["degraded"].any(), "the fault-injection requests were logged as degraded"
     assert len(imps) > 20
     # Shutdown also closed the shared policy state: the reward was learned and persisted.
-    state = pickle.loads(Path(state_path(serving_env["cfg"], "epsilon_greedy")).read_bytes())
-    item_idx = int(shown) - 1000
-    assert state["policy"]["s"][item_idx] == 1.0 and state["policy"]["n"][item_idx] >= 1
+    state = decode_state(Path(state_path(serving_env["cfg"], "epsilon_greedy")).read_bytes())
+    head = state["policy"]["head"]  # the contextual head learned the click (as a working response)
+    assert head["n"] >= 1 and state["total_updates"] >= 1
     # Every sentence written goes to the event log with the impression, served or withheld.
     logged = read_explanations(serving_env["cfg"].event_log_dir)
     logged = logged[logged.request_id == explained["request_id"]].sort_values("position")

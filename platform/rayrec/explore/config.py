@@ -10,7 +10,7 @@ from rayrec.configbase import Section
 
 PolicyName = Literal[
     "greedy", "epsilon_greedy", "softmax", "ucb1", "thompson_beta", "thompson_gaussian",
-    "linucb", "lin_thompson", "uniform",
+    "linucb", "lin_thompson", "neural_linear_ts", "uniform",
 ]
 
 
@@ -20,7 +20,7 @@ class ExploreConfig(Section):
     policies: list[PolicyName] = Field(
         default_factory=lambda: ["greedy", "epsilon_greedy", "softmax", "ucb1", "thompson_beta"]
     )
-    environment: Literal["synthetic", "semi_synthetic", "replay"] = "synthetic"
+    environment: Literal["synthetic", "semi_synthetic", "replay", "arrivals", "semi_synthetic_arrivals"] = "synthetic"
     seeds: int = Field(5, ge=1)
     horizon: int = Field(2000, ge=1)
     slate_size: int = Field(5, ge=1)
@@ -31,7 +31,24 @@ class ExploreConfig(Section):
     ucb_c: float = Field(1.0, ge=0)
     linucb_alpha: float = Field(1.0, ge=0)
     lin_thompson_v: float = Field(0.5, gt=0)  # posterior scale of linear Thompson sampling
-    ridge_lambda: float = Field(1.0, gt=0)  # prior precision of the linear models
+    # The contextual policies' Bayesian linear head over x = [1, score, phi] (explore/linear.py):
+    # prior mean [0, score_weight, 0...] (the model's order), prior precision
+    # [calibration_precision, score_weight_precision, ridge_lambda...]; noise sigma^2 ~ InvGamma(a, b).
+    ridge_lambda: float = Field(10.0, gt=0, description="prior precision of the representation features phi")
+    score_weight: float = Field(1.0, gt=0, description="prior mean of the model score's weight")
+    min_score_weight: float = Field(0.1, gt=0, description="floor of the score's weight: feedback calibrates the model's order, never reverses it")
+    calibration_precision: float = Field(1.0, gt=0, description="prior precision of the intercept")
+    score_weight_precision: float = Field(100.0, gt=0, description="prior precision of the score's weight: high keeps the model's order until strong evidence")
+    noise_prior_a: float = Field(2.0, gt=1, description="InvGamma shape of the reward noise prior")
+    noise_prior_b: float = Field(1.0, gt=0, description="InvGamma scale of the reward noise prior")
+    # phi (explore/features.py): projected user-state x item-vector features, and a block that
+    # only new items (no interactions) have; scaling a block = dividing its prior precision.
+    feature_dim: int = Field(16, ge=1, le=256, description="width D of the projected representation")
+    context_scale: float = Field(0.1, ge=0, description="scale of the user x item block (all items)")
+    new_item_scale: float = Field(6.0, ge=0, description="scale of the new-item intercept: its prior sd is new_item_scale / sqrt(ridge_lambda) logits")
+    new_context_scale: float = Field(1.0, ge=0, description="scale of the user x item part of the new-item block")
+    new_item_sd: float = Field(0.5, ge=0, description="prior sd of a new item's own offset, in logits (0: none)")
+    max_item_effects: int = Field(100_000, ge=1, description="new items whose own offset a policy keeps (oldest dropped)")
     # Per-arm value = (sum of rewards + prior_strength * prior(score)) / (pulls + prior_strength):
     # the candidate's score is a prior worth prior_strength pseudo-observations.
     prior_strength: float = Field(1.0, gt=0)
@@ -49,8 +66,15 @@ class ExploreConfig(Section):
     # off-policy evaluation
     ope_clip: float | None = Field(None, gt=0)
     bootstrap: int = Field(200, ge=10)
+    # worlds with arrivals (environment: arrivals / semi_synthetic_arrivals)
+    arrival_fraction: float = Field(0.15, ge=0, lt=1, description="share of the catalog released during the horizon")
+    arrival_window: float = Field(0.2, gt=0, le=1, description="share of the horizon over which they are released, at a constant rate")
+    new_item_gap: float = Field(2.0, ge=0, description="logits the model under-scores an item it never saw")
+    text_noise: float = Field(0.3, ge=0, description="sd of a new item's text vector around its true taste vector")
+    new_item_age: int = Field(0, ge=0, description="rounds after release an item counts as new (0: until the end)")
     # serving state (BanditStateActor)
-    state_path: str | None = None  # default: <explore_dir>/bandit_state.pkl
+    state_path: str | None = None  # default: <explore_dir>/bandit_state.npz
+    max_pending: int = Field(10000, ge=1, description="slates awaiting feedback in a state actor; the oldest are learned early")
     persist_every: int = Field(100, ge=1)  # updates between persists
     feedback_window_s: float = Field(600.0, gt=0)  # shown items without feedback -> reward 0
     parallel: bool = True

@@ -3,9 +3,10 @@ on a real rating log, and uniformly logged data for offline replay (Li et al. 20
 
 A request is a sampled user with ``num_candidates`` candidates. Candidate scores are the
 true click logits plus Gaussian noise (an imperfect ranker); the reward of a shown item is
-Bernoulli(true click probability), independent of its slot. Features for the linear
-policies are ``user * item`` latent factors (the world's click logit is linear in them), a
-constant and the candidate's score; diversity uses the item factors.
+Bernoulli(true click probability), independent of its slot. Features for the contextual
+policies are ``features.contextual_features`` of the user's and items' latent factors (the
+model's representation here is the world's own); diversity uses the item factors. Worlds with
+items released during the horizon are in ``arrivals.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from rayrec.data.world import SyntheticWorld
+from rayrec.explore.features import contextual_features
 
 
 @dataclass
@@ -25,9 +27,10 @@ class Request:
     user_idx: int
     arms: np.ndarray  # (n,) item idx of the candidates
     scores: np.ndarray  # (n,) noisy logits
-    features: np.ndarray  # (n, d + 2) user*item factors, 1, score
-    embeddings: np.ndarray  # (n, d) item factors
+    features: np.ndarray  # (n, 2 D + 1) contextual_features of the user and the candidates
+    embeddings: np.ndarray  # (n, d) item vectors (diversity)
     probs: np.ndarray  # (n,) true click probabilities
+    is_new: np.ndarray | None = None  # (n,) bool: released during the horizon (arrivals worlds)
 
 
 class WorldEnv:
@@ -35,19 +38,21 @@ class WorldEnv:
 
     def __init__(
         self, world: SyntheticWorld, num_candidates: int, candidates: str = "noisy_top",
-        score_noise: float = 1.0, name: str = "synthetic",
+        score_noise: float = 1.0, name: str = "synthetic", features: dict | None = None,
     ):
         if candidates not in ("noisy_top", "random"):
             raise ValueError(f"candidates must be noisy_top or random, got {candidates!r}")
         self.world, self.name = world, name
         self.num_candidates = min(int(num_candidates), world.n_items)
         self.candidates, self.score_noise = candidates, float(score_noise)
+        self.features = dict(features or {})  # contextual_features' dim and scales
         # expected number of clicking users per item: the popularity used for novelty
         u = world.user_factors.astype(np.float64)
         logits = world.scale * u @ world.item_factors.T.astype(np.float64) + world.item_bias + world.offset
         self.item_popularity = (1.0 / (1.0 + np.exp(-logits))).sum(axis=0)
 
-    def request(self, rng: np.random.Generator) -> Request:
+    def request(self, rng: np.random.Generator, t: int = 0) -> Request:
+        """The request of round ``t`` (a static world ignores it)."""
         w = self.world
         user = int(rng.integers(w.n_users))
         probs_all = w.user_probabilities(user)
@@ -60,7 +65,7 @@ class WorldEnv:
             arms = np.argsort(-noisy, kind="stable")[: self.num_candidates]
             probs, scores = probs_all[arms], noisy[arms]
         emb = w.item_factors[arms].astype(np.float64)
-        feats = np.hstack([emb * w.user_factors[user], np.ones((len(arms), 1)), scores[:, None]])
+        feats = contextual_features(emb, w.user_factors[user], **self.features)
         return Request(user, arms.astype(np.int64), scores, feats, emb, probs)
 
     @staticmethod
@@ -170,6 +175,7 @@ def fit_click_model(
         "n_users": len(users), "n_items": len(items), "dim": dim, "n_train": int((~held).sum()),
         "train_logloss": train_logloss, "heldout_logloss": heldout_logloss,
         "positive_rate": float(Y[~held].mean()), "l2": l2, "steps": steps,
+        "item_ids": items.tolist(),  # the movieIds of the world's items, in order
     }
     return world, info
 
@@ -218,7 +224,7 @@ def replay(policy, log: pd.DataFrame, max_matches: int | None = None) -> dict:
         if int(slate.indices[0]) != row.position_in_candidates:
             continue
         j = row.position_in_candidates
-        policy.update(row.candidates[[j]], np.array([row.reward]), row.features[[j]])
+        policy.update(row.candidates[[j]], np.array([row.reward]), row.features[[j]], row.scores[[j]])
         rewards.append(row.reward)
         shown.append(int(row.item_idx))
         if max_matches is not None and len(rewards) >= max_matches:

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import ray
+from scipy import stats
 
 from rayrec import storage
 from rayrec.evaluation import metrics
+from rayrec.explore.arrivals import ArrivalsEnv, movielens_release_order
 from rayrec.explore.config import ExploreConfig
 from rayrec.explore.environments import (
     WorldEnv,
@@ -27,24 +29,33 @@ from rayrec.explore.environments import (
     replay,
     uniform_log,
 )
+from rayrec.explore.features import feature_settings
 from rayrec.explore.policies import make_policy
 
 
 def simulate(env: WorldEnv, policy_name: str, cfg: ExploreConfig, seed: int, horizon: int) -> dict:
-    """Run one policy online for ``horizon`` rounds; per-round arrays and slate metrics."""
+    """Run one policy online for ``horizon`` rounds; per-round arrays and slate metrics.
+
+    In a world with arrivals also: the share of impressions that went to new items and, per
+    released item, the rounds from its release to its first click (never clicked: censored).
+    """
     policy = make_policy(policy_name, cfg, seed)
     req_rng = np.random.default_rng([seed, 0])  # same requests for every policy of a seed
     click_rng = np.random.default_rng([seed, 1])
     k = cfg.slate_size
     clicks, expected, best = np.zeros(horizon), np.zeros(horizon), np.zeros(horizon)
     ild, cats, nov, shown = np.zeros(horizon), np.zeros(horizon), np.zeros(horizon), set()
+    new_shown = new_best = 0
     world = env.world
+    first_click: dict[int, int] = {}
     for t in range(horizon):
-        req = env.request(req_rng)
-        slate = policy.select(req.scores, k, req.features, arms=req.arms, embeddings=req.embeddings)
+        req = env.request(req_rng, t)
+        slate = policy.select(req.scores, k, req.features, req.arms, req.embeddings, req.is_new,
+                              with_propensities=False)  # regret needs none
         idx = slate.indices
         r = env.rewards(req, idx, click_rng)
-        policy.update(req.arms[idx], r, req.features[idx])
+        policy.update(req.arms[idx], r, req.features[idx], req.scores[idx],
+                      None if req.is_new is None else req.is_new[idx])
         items = req.arms[idx]
         clicks[t], expected[t] = r.sum(), req.probs[idx].sum()
         best[t] = np.sort(req.probs)[::-1][: len(idx)].sum()
@@ -52,12 +63,28 @@ def simulate(env: WorldEnv, policy_name: str, cfg: ExploreConfig, seed: int, hor
         cats[t] = metrics.category_coverage(world.item_category[items].tolist())
         nov[t] = metrics.novelty(items, env.item_popularity, world.n_users)
         shown.update(items.tolist())
-    return {
+        if req.is_new is not None:
+            new_shown += int(req.is_new[idx].sum())
+            new_best += int(req.is_new[np.argsort(-req.probs, kind="stable")[: len(idx)]].sum())
+            for item in items[r > 0]:
+                first_click.setdefault(int(item), t)
+    out = {
         "policy": policy_name, "seed": seed, "clicks": clicks, "regret": best - expected,
         "ctr": float(clicks.sum() / (horizon * k)), "catalog_coverage": len(shown) / world.n_items,
         "intra_list_diversity": float(ild.mean()), "categories_per_slate": float(cats.mean()),
         "novelty": float(nov.mean()),
     }
+    arriving = getattr(env, "arriving", None)
+    if arriving is not None and arriving.any():
+        released = np.flatnonzero(arriving & (env.release < horizon))
+        waits = np.array([first_click[i] - env.release[i] for i in released if i in first_click], float)
+        out |= {
+            "new_impression_share": new_shown / (horizon * k),
+            "new_best_share": new_best / (horizon * k),  # of the best slates' slots: what there is to find
+            "new_items_clicked": len(waits) / max(len(released), 1),
+            "rounds_to_first_click": float(np.median(waits)) if len(waits) else float(horizon),
+        }
+    return out
 
 
 def simulate_replay(env: WorldEnv, policy_name: str, cfg: ExploreConfig, seed: int, horizon: int) -> dict:
@@ -82,6 +109,10 @@ def _run_remote(env, policy_name, cfg, seed, horizon, mode):
     return fn(env, policy_name, cfg, seed, horizon)
 
 
+SCALARS = ("ctr", "catalog_coverage", "intra_list_diversity", "categories_per_slate", "novelty")
+ARRIVAL_SCALARS = ("new_impression_share", "new_best_share", "new_items_clicked", "rounds_to_first_click")
+
+
 def run_grid(env: WorldEnv, cfg: ExploreConfig, parallel: bool, mode: str = "online") -> list[dict]:
     """Every (policy, seed) run, as Ray tasks when ``parallel`` else one after another here."""
     jobs = [(p, s) for p in cfg.policies for s in range(cfg.seeds)]
@@ -90,6 +121,27 @@ def run_grid(env: WorldEnv, cfg: ExploreConfig, parallel: bool, mode: str = "onl
         return ray.get([_run_remote.remote(env_ref, p, cfg_ref, s, cfg.horizon, mode) for p, s in jobs])
     fn = simulate_replay if mode == "replay" else simulate
     return [fn(env, p, cfg, s, cfg.horizon) for p, s in jobs]
+
+
+def regret_slopes(regret: np.ndarray) -> dict[str, float]:
+    """Mean regret per round over the first and the last quarter of the horizon (seeds x rounds),
+    and their ratio: below 0.5 the cumulative regret bends (sublinear growth)."""
+    q = max(regret.shape[1] // 4, 1)
+    first, last = float(regret[:, :q].mean()), float(regret[:, -q:].mean())
+    return {"first_quarter": first, "last_quarter": last, "ratio": last / first if first > 0 else float("nan")}
+
+
+def paired_difference(runs: list[dict], policy: str, baseline: str, key: str = "regret") -> dict:
+    """Cumulative ``key`` of ``policy`` minus ``baseline`` per seed (same requests per seed):
+    per-seed values, mean, sd and a t-interval over seeds (95%)."""
+    by = {(r["policy"], r["seed"]): float(np.sum(r[key])) for r in runs}
+    seeds = sorted(s for p, s in by if p == policy and (baseline, s) in by)
+    d = np.array([by[(policy, s)] - by[(baseline, s)] for s in seeds])
+    if len(d) < 2:
+        return {"per_seed": d.tolist(), "mean": float(d.mean()) if len(d) else float("nan")}
+    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return {"per_seed": d.tolist(), "mean": float(d.mean()), "sd": float(d.std(ddof=1)),
+            "ci95": [float(d.mean() - half), float(d.mean() + half)]}
 
 
 def _band(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +159,11 @@ def summarise(runs: list[dict], cfg: ExploreConfig) -> dict:
         entry = {"cum_reward": [a.tolist() for a in _band(cum)]}
         if rs[0]["regret"] is not None:
             entry["cum_regret"] = [a.tolist() for a in _band(np.cumsum(np.stack([r["regret"] for r in rs]), axis=1))]
-        for key in ("ctr", "catalog_coverage", "intra_list_diversity", "categories_per_slate", "novelty"):
+        if rs[0]["regret"] is not None:
+            entry["regret_slope"] = regret_slopes(np.stack([r["regret"] for r in rs]))
+        for key in (*SCALARS, *ARRIVAL_SCALARS):
+            if key not in rs[0]:
+                continue
             m, h = _band(np.array([[r[key]] for r in rs]))
             entry[key] = {"mean": float(m[0]), "ci95": float(h[0])}
         if "matches" in rs[0]:
@@ -161,19 +217,40 @@ def _markdown(result: dict) -> str:
                   f"{result['click_model']['labels']}; train log-loss "
                   f"{result['click_model']['train_logloss']:.3f}, held-out (10%) "
                   f"{result['click_model']['heldout_logloss']:.3f}.", ""]
-    lines += ["| policy | CTR | cum. regret | catalog cov. | intra-list div. | categories/slate | novelty |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["| policy | CTR | cum. regret | regret slope last/first quarter | catalog cov. | "
+              "intra-list div. | categories/slate | novelty |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, s in result["policies"].items():
         reg = s.get("cum_regret")
         reg_txt = f"{reg[0][-1]:.1f} +- {reg[1][-1]:.1f}" if reg else "n/a (replay)"
-        cells = [f"{s[k]['mean']:.3f} +- {s[k]['ci95']:.3f}" for k in
-                 ("ctr", "catalog_coverage", "intra_list_diversity", "categories_per_slate", "novelty")]
-        lines.append(f"| {name} | {cells[0]} | {reg_txt} | " + " | ".join(cells[1:]) + " |")
+        slope = s.get("regret_slope")
+        slope_txt = f"{slope['ratio']:.2f}" if slope else "n/a"
+        cells = [f"{s[k]['mean']:.3f} +- {s[k]['ci95']:.3f}" for k in SCALARS]
+        lines.append(f"| {name} | {cells[0]} | {reg_txt} | {slope_txt} | " + " | ".join(cells[1:]) + " |")
+    arrivals = [n for n, s in result["policies"].items() if "new_impression_share" in s]
+    if arrivals:
+        lines += ["", "New items (released during the horizon): share of impressions, share of the best "
+                  "slates' slots that are new items (what there is to find), share of the released items "
+                  "clicked at least once, median rounds from release to first click.", "",
+                  "| policy | new-item impressions | new items in the best slates | new items clicked | "
+                  "rounds to first click |", "|---|---|---|---|---|"]
+        for name in arrivals:
+            s = result["policies"][name]
+            lines.append(f"| {name} | " + " | ".join(
+                f"{s[k]['mean']:.3f} +- {s[k]['ci95']:.3f}" for k in ARRIVAL_SCALARS) + " |")
+    if result.get("vs_greedy"):
+        lines += ["", "Cumulative regret minus greedy's, paired per seed (same requests and clicks "
+                  "stream per seed); 95% t-interval over seeds. Negative: less regret than greedy.", "",
+                  "| policy | per seed | mean +- sd | 95% CI |", "|---|---|---|---|"]
+        for name, d in result["vs_greedy"].items():
+            if "ci95" not in d:
+                continue
+            lines.append(f"| {name} | {', '.join(f'{x:.1f}' for x in d['per_seed'])} | "
+                         f"{d['mean']:.1f} +- {d['sd']:.1f} | [{d['ci95'][0]:.1f}, {d['ci95'][1]:.1f}] |")
     lines += ["", "![curves](curves.png)", ""]
     return "\n".join(lines)
 
 
-SCALARS = ("ctr", "catalog_coverage", "intra_list_diversity", "categories_per_slate", "novelty")
 MAX_CURVE_POINTS = 1000  # rounds logged per curve (evenly spaced, the last included)
 
 
@@ -197,18 +274,31 @@ def _track(cfg, result: dict) -> None:
 
 
 def build_environment(cfg) -> tuple[WorldEnv, dict | None]:
-    """The environment named by ``cfg.explore.environment`` (replay uses the synthetic world)."""
+    """The environment named by ``cfg.explore.environment`` (replay uses the synthetic world;
+    the two arrivals worlds release items during the horizon, ``arrivals.py``)."""
     ex = cfg.explore
-    if ex.environment == "semi_synthetic":
+    info, order = None, None
+    features = feature_settings(ex)
+    if ex.environment.startswith("semi_synthetic"):
         path = ex.ratings_path or cfg.data.path
         if path is None:
-            raise ValueError("semi_synthetic needs explore.ratings_path (or data.path) -> ratings.csv")
+            raise ValueError(f"{ex.environment} needs explore.ratings_path (or data.path) -> ratings.csv")
         p = Path(path)
-        world, info = fit_click_model(p / "ratings.csv" if p.is_dir() else p, n_items=ex.semi_synthetic_items)
-        return WorldEnv(world, ex.num_candidates, ex.candidates, ex.score_noise, "semi_synthetic"), info
-    world = load_or_generate_world(cfg)
+        ratings = p / "ratings.csv" if p.is_dir() else p
+        world, info = fit_click_model(ratings, n_items=ex.semi_synthetic_items)
+        item_ids = np.asarray(info.pop("item_ids"))
+        if ex.environment == "semi_synthetic":
+            return WorldEnv(world, ex.num_candidates, ex.candidates, ex.score_noise, "semi_synthetic",
+                            features), info
+        order = movielens_release_order(ratings, item_ids)  # the items first rated last arrive
+    else:
+        world = load_or_generate_world(cfg)
+    if ex.environment.endswith("arrivals"):
+        return ArrivalsEnv(world, ex.num_candidates, ex.horizon, ex.arrival_fraction, order, ex.new_item_gap,
+                           ex.text_noise, ex.score_noise, ex.environment, features, ex.new_item_age,
+                           arrival_window=ex.arrival_window), info
     n_cand = ex.replay_candidates if ex.environment == "replay" else ex.num_candidates
-    return WorldEnv(world, n_cand, ex.candidates, ex.score_noise, ex.environment), None
+    return WorldEnv(world, n_cand, ex.candidates, ex.score_noise, ex.environment, features), info
 
 
 def run_experiment(cfg) -> dict:
@@ -229,6 +319,8 @@ def run_experiment(cfg) -> dict:
     result = {
         "environment": env.name, "config": ex.model_dump(mode="json"), "wall_s": wall,
         "click_model": click_model, "policies": summarise(runs, ex), "files": files,
+        "vs_greedy": {p: paired_difference(runs, p, "greedy") for p in ex.policies
+                      if p != "greedy" and "greedy" in ex.policies and runs[0]["regret"] is not None},
     }
     storage.write_text(files["json"], json.dumps(result, indent=1))
     png = io.BytesIO()

@@ -9,21 +9,35 @@ per-candidate value (optionally re-weighted for diversity, see ``diversity.py``)
 - epsilon_greedy: with prob. epsilon uniform over the remaining, else the argmax;
 - softmax: Plackett-Luce, p(i) ~ exp(gain_i / temperature) over the remaining;
 - uniform: 1 / remaining;
-- thompson_beta / thompson_gaussian / lin_thompson: one posterior draw per request, then argmax.
+- thompson_beta / thompson_gaussian / lin_thompson / neural_linear_ts: one posterior draw per
+  request, then argmax.
 
 **Propensity** (``Slate.propensities[j]``) = P(policy puts candidate ``indices[j]`` at slot j |
 the picks at slots < j, the context). Their product is the probability of the whole ordered
 slate, which is what ``ope.py`` uses as the slate importance weight. For Thompson sampling
-it is a Monte-Carlo estimate over ``propensity_draws`` posterior draws plus the realised one
-(so it is never 0): the fraction of draws that reproduce slots < j and put the item at j,
-among those that reproduce slots < j. Cost: one vectorised top-k over the draws; with a
+it is a Monte-Carlo estimate over ``propensity_draws`` posterior draws: among the draws that
+reproduce slots < j, the fraction that put the item at j, smoothed by one pseudo-draw spread
+evenly over the free candidates, (hits + 1/free) / (matches + 1), so that it is never 0 and the
+slot's propensities sum to 1. Cost: one vectorised top-k over the draws; with a
 diversity re-ranker it is ``propensity_draws`` x k sequential gain steps per request, so keep
 ``propensity_draws`` small (20-50) when serving Thompson sampling + MMR/DPP.
 
-**Values**: arms are item ids (``arms``; candidate positions when omitted). Each arm keeps
-(pulls n, reward sum s). The value of a candidate blends its score with the observed rewards,
-(s + m * prior(score)) / (n + m), m = ``prior_strength``; prior(score) = sigmoid(score) when
-``score_is_logit``. Linear policies learn r ~ x.theta over ``features`` (ridge: A, b).
+**Values.** Two families:
+
+- *Contextual, anchored to the model* (``ContextualPolicy``: greedy, epsilon_greedy, softmax,
+  uniform, linucb, lin_thompson, neural_linear_ts): one Bayesian linear head
+  (``linear.BayesLinearHead``) on the model's logit scale over x = [1, score, phi], phi the
+  model's representation of (user, item) (``features.contextual_features``), whose prior mean
+  is the model's score; clicks enter as the logistic model's working responses. With no
+  feedback greedy serves the model's order exactly; feedback calibrates the score and teaches
+  corrections in the representation, never a per-item count shared by all users. Without
+  ``features`` phi is empty and feedback can only calibrate (order unchanged). New items also
+  get an offset of their own (``linear.ItemEffects``), taught by their own clicks.
+- *Context-free per-item baselines* (``ArmPolicy``: ucb1, thompson_beta, thompson_gaussian):
+  each item id keeps (pulls n, reward sum s) over all users; value
+  (s + m * prior(score)) / (n + m), m = ``prior_strength``, prior(score) = sigmoid(score) when
+  ``score_is_logit``. Kept for the experiments as the classic baselines (Auer et al. 2002,
+  Chapelle & Li 2011); they override a personalised score with a global click rate.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ import numpy as np
 
 from rayrec.explore.config import ExploreConfig
 from rayrec.explore.diversity import make_gain
+from rayrec.explore.linear import BayesLinearHead, ItemEffects
 
 
 @dataclass
@@ -50,8 +65,20 @@ class Slate:
         return float(np.prod(self.propensities))
 
 
+_P_MIN = 1e-3  # working responses of clicks: p clipped to [_P_MIN, 1 - _P_MIN]
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+
+
+def _flags(new: np.ndarray | None, n: int) -> np.ndarray:
+    if new is None:
+        return np.zeros(n, dtype=bool)
+    f = np.asarray(new, dtype=bool).reshape(-1)
+    if len(f) != n:
+        raise ValueError(f"new has {len(f)} flags for {n} candidates")
+    return f
 
 
 def _check(scores: np.ndarray, k: int, features: np.ndarray | None, arms: np.ndarray | None):
@@ -76,7 +103,8 @@ def _check(scores: np.ndarray, k: int, features: np.ndarray | None, arms: np.nda
 
 
 class Policy:
-    """Base: per-arm statistics, slot-by-slot selection, state_dict round trip."""
+    """Base: slot-by-slot selection with propensities; subclasses say what a candidate is worth
+    (``values`` / ``_draws``) and learn from feedback (``update``)."""
 
     name = "policy"
     rule = "greedy"  # greedy | epsilon | softmax | uniform
@@ -86,33 +114,14 @@ class Policy:
     def __init__(self, cfg: ExploreConfig, seed: int = 0):
         self.cfg = cfg
         self.rng = np.random.default_rng(seed)
-        self.n = np.zeros(0)
-        self.s = np.zeros(0)
         self.t = 0  # rounds with feedback
         self._emb: np.ndarray | None = None  # embeddings of the request being served
+        self._new: np.ndarray | None = None  # which of its candidates are new items
 
-    # ---- values -------------------------------------------------------------------------
-    def _grow(self, arms: np.ndarray) -> None:
-        need = int(arms.max()) + 1 if len(arms) else 0
-        if need > len(self.n):
-            self.n = np.concatenate([self.n, np.zeros(need - len(self.n))])
-            self.s = np.concatenate([self.s, np.zeros(need - len(self.s))])
-
-    def _stats(self, arms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        self._grow(arms)
-        return self.n[arms], self.s[arms]
-
-    def _prior(self, scores: np.ndarray) -> np.ndarray:
-        return _sigmoid(scores) if self.cfg.score_is_logit else scores
-
-    def _mean(self, scores, arms) -> np.ndarray:
-        n, s = self._stats(arms)
-        m = self.cfg.prior_strength
-        return (s + m * self._prior(scores)) / (n + m)
-
+    # ---- values (subclasses) ------------------------------------------------------------
     def values(self, scores, arms, features, rng) -> np.ndarray:
         """Per-candidate value the rule picks on (a posterior draw for sampled policies)."""
-        return self._mean(scores, arms)
+        raise NotImplementedError
 
     def _draws(self, scores, arms, features, n_draws: int, rng) -> np.ndarray:
         """(n_draws, n) independent draws of ``values`` (sampled policies only)."""
@@ -164,30 +173,36 @@ class Policy:
             tops = np.argsort(-draws, axis=1, kind="stable")[:, :k]
         else:
             tops = np.stack([self._sequence(d, k, features, None, None)[0] for d in draws])
-        tops = np.vstack([tops, slate[None, :]])
+        n = draws.shape[1]
         match = np.ones(len(tops), dtype=bool)
         props = np.empty(k)
-        for j in range(k):
+        for j in range(k):  # (hits + 1/free) / (matches + 1): sums to 1 over the free candidates
             hit = match & (tops[:, j] == slate[j])
-            props[j] = hit.sum() / match.sum()
+            props[j] = (hit.sum() + 1.0 / (n - j)) / (match.sum() + 1.0)
             match = hit
         return props
 
     def select(
         self, scores: np.ndarray, k: int, features: np.ndarray | None = None,
         arms: np.ndarray | None = None, embeddings: np.ndarray | None = None,
+        new: np.ndarray | None = None, with_propensities: bool = True,
     ) -> Slate:
         """Choose a slate of k from the candidates.
 
-        ``features`` (n, d): per-candidate features of the linear policies; ``arms`` (n,): the
-        candidates' item ids that per-arm statistics are kept under (default: positions);
-        ``embeddings`` (n, e): item embeddings for diversity (default: ``features``).
+        ``features`` (n, d): per-candidate features of the contextual policies; ``arms`` (n,):
+        the candidates' item ids that per-arm statistics are kept under (default: positions);
+        ``embeddings`` (n, e): item embeddings for diversity (default: ``features``); ``new``
+        (n,): which candidates are new items (no interactions: text only). ``with_propensities``
+        false skips the Monte-Carlo propensities of the sampled policies (NaN; same slate).
         """
         scores, k, features, arms = _check(scores, k, features, arms)
         self._emb = features if embeddings is None else np.asarray(embeddings, dtype=np.float64)
+        self._new = _flags(new, len(scores))
         if self.needs_features and features is None:
             raise ValueError(f"policy {self.name!r} needs candidate features")
         values = self.values(scores, arms, features, self.rng)
+        if self.sampled and not with_propensities:  # a simulation that logs no propensities
+            return Slate(self._sequence(values, k, features, self.rng)[0], np.full(k, np.nan))
         if self.sampled:
             idx, _ = self._sequence(values, k, features, self.rng)
             draws = self._draws(scores, arms, features, self.cfg.propensity_draws, self.rng)
@@ -197,11 +212,12 @@ class Policy:
     def propensities(
         self, scores: np.ndarray, indices: np.ndarray, features: np.ndarray | None = None,
         arms: np.ndarray | None = None, embeddings: np.ndarray | None = None,
-        rng: np.random.Generator | None = None,
+        rng: np.random.Generator | None = None, new: np.ndarray | None = None,
     ) -> np.ndarray:
         """Per-slot propensities this policy (in its current state) gives a given slate."""
         scores, _, features, arms = _check(scores, len(indices), features, arms)
         self._emb = features if embeddings is None else np.asarray(embeddings, dtype=np.float64)
+        self._new = _flags(new, len(scores))
         indices = np.asarray(indices, dtype=np.int64)
         rng = rng or np.random.default_rng(0)
         if self.sampled:
@@ -212,48 +228,219 @@ class Policy:
 
     # ---- learning -----------------------------------------------------------------------
     def update(
-        self, arms: np.ndarray, rewards: np.ndarray, features: np.ndarray | None = None
+        self, arms: np.ndarray, rewards: np.ndarray, features: np.ndarray | None = None,
+        scores: np.ndarray | None = None, new: np.ndarray | None = None,
     ) -> None:
-        """Learn from the rewards of shown items (arm ids; features per shown item)."""
+        """Learn from the rewards of shown items (arm ids; their features, model scores, and
+        which were new items)."""
         arms = np.asarray(arms, dtype=np.int64)
         rewards = np.asarray(rewards, dtype=np.float64)
         if arms.shape != rewards.shape or arms.ndim != 1:
             raise ValueError(f"arms {arms.shape} and rewards {rewards.shape} must be equal 1-D")
         if len(arms) and arms.min() < 0:
             raise ValueError("arm ids must be >= 0")
-        self._grow(arms)
-        np.add.at(self.n, arms, 1.0)
-        np.add.at(self.s, arms, rewards)
+        if not np.all(np.isfinite(rewards)):
+            raise ValueError("rewards must be finite")
+        self._new = _flags(new, len(arms))
+        self._learn(arms, rewards, features, scores)
         self.t += 1
 
+    def _learn(self, arms, rewards, features, scores) -> None:
+        raise NotImplementedError
+
     def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "n": self.n.copy(), "s": self.s.copy(), "t": self.t,
-                "rng": self.rng.bit_generator.state}
+        return {"name": self.name, "t": self.t, "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("name") != self.name:
             raise ValueError(f"state is for policy {state.get('name')!r}, not {self.name!r}")
-        self.n, self.s, self.t = np.asarray(state["n"]), np.asarray(state["s"]), int(state["t"])
+        self.t = int(state["t"])
         self.rng.bit_generator.state = state["rng"]
 
 
-class Greedy(Policy):
+# ---- contextual policies, anchored to the model's score ------------------------------------
+
+class ContextualPolicy(Policy):
+    """Values from a Bayesian linear head over x = [1, score, phi] (``linear.py``), prior mean
+    ``[0, explore.score_weight, 0...]``: with no feedback the order is the model's. New items
+    add an offset of their own (``linear.ItemEffects``, prior sd ``explore.new_item_sd``) that
+    their own feedback teaches; items with interactions have none."""
+
+    def __init__(self, cfg: ExploreConfig, seed: int = 0):
+        super().__init__(cfg, seed)
+        self.head: BayesLinearHead | None = None
+        self.items = ItemEffects(cfg.new_item_sd, cfg.max_item_effects)
+
+    def _x(self, scores: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+        s = np.asarray(scores, np.float64).reshape(-1, 1)
+        phi = np.zeros((len(s), 0)) if features is None else np.asarray(features, np.float64)
+        x = np.hstack([np.ones_like(s), s, phi])
+        if self.head is None:
+            c, d = self.cfg, phi.shape[1]
+            self.head = BayesLinearHead(
+                np.r_[0.0, c.score_weight, np.zeros(d)],
+                np.r_[c.calibration_precision, c.score_weight_precision, np.full(d, c.ridge_lambda)],
+                a0=c.noise_prior_a, b0=c.noise_prior_b)
+        elif self.head.dim != x.shape[1]:
+            raise ValueError(f"features have dim {x.shape[1] - 2}, the policy's head has {self.head.dim - 2}")
+        return x
+
+    def _monotone(self, theta: np.ndarray) -> np.ndarray:
+        """The score's weight kept at or above ``min_score_weight``: feedback can calibrate the
+        model's score but never turn it upside down (one client's clicks on the items the
+        model ranks last would otherwise reverse every user's order)."""
+        theta[..., 1] = np.maximum(theta[..., 1], self.cfg.min_score_weight)
+        return theta
+
+    def mean_and_variance(self, scores, features, arms=None, new=None) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean value and its variance per candidate: the head's
+        (E[sigma^2] x^T Lambda^-1 x) plus a new item's own offset's."""
+        x = self._x(scores, features)
+        mean = x @ self._monotone(self.head.mean)
+        quad = np.einsum("nd,de,ne->n", x, self.head.cov, x)
+        arms = np.arange(len(x)) if arms is None else np.asarray(arms, np.int64)
+        d_mean, d_var = self.items.posterior(arms, _flags(new, len(x)), self.head.noise_var)
+        return mean + d_mean, self.head.noise_var * quad + d_var
+
+    def values(self, scores, arms, features, rng):
+        return self.mean_and_variance(scores, features, arms, self._new)[0]
+
+    def _draws(self, scores, arms, features, n_draws, rng):
+        """Posterior draws of every candidate's value: theta from the head (``_scale``: NIG or a
+        fixed sigma), each new item's offset from its own normal posterior."""
+        x = self._x(scores, features)
+        draws = self._monotone(self.head.sample_theta(n_draws, rng, self._scale())) @ x.T
+        if self._new.any():
+            d_mean, d_var = self.items.posterior(arms, self._new, self.head.noise_var)
+            draws += d_mean + np.sqrt(d_var) * rng.standard_normal(draws.shape)
+        return draws
+
+    def _scale(self) -> float | None:
+        return None
+
+    def _learn(self, arms, rewards, features, scores):
+        """One IRLS step of the logistic model at the current estimate (``linear.py``): clicks
+        in [0, 1] become working responses in logits, weighted by p (1 - p)."""
+        if scores is None:
+            raise ValueError(f"policy {self.name!r} learns from the shown items' model scores")
+        x = self._x(scores, features)
+        head = x @ self._monotone(self.head.mean)
+        offset, _ = self.items.posterior(arms, self._new, self.head.noise_var)
+        p = np.clip(_sigmoid(head + offset), _P_MIN, 1 - _P_MIN)
+        w = p * (1 - p)
+        z = head + offset + (np.clip(rewards, 0.0, 1.0) - p) / w
+        self.head.update(x, z - offset, w)  # backfitting: the head explains what offsets do not
+        self.items.update(arms, self._new, z - head, w)
+
+    def state_dict(self):
+        head = None if self.head is None else self.head.state_dict()
+        return {**super().state_dict(), "head": head, "items": self.items.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.head = None if state.get("head") is None else BayesLinearHead.from_state(state["head"])
+        self.items.load_state_dict(state["items"])
+
+
+class Greedy(ContextualPolicy):
+    """The posterior mean's order: the model's order until feedback teaches otherwise."""
+
     name, rule = "greedy", "greedy"
 
 
-class EpsilonGreedy(Policy):
+class EpsilonGreedy(ContextualPolicy):
     name, rule = "epsilon_greedy", "epsilon"
 
 
-class Softmax(Policy):
+class Softmax(ContextualPolicy):
     name, rule = "softmax", "softmax"
 
 
-class Uniform(Policy):
+class Uniform(ContextualPolicy):
     name, rule = "uniform", "uniform"
 
 
-class UCB1(Policy):
+class LinUCB(ContextualPolicy):
+    """mean + alpha sqrt(E[sigma^2] x^T Lambda^-1 x) (Li et al. 2010, on the anchored head)."""
+
+    name, needs_features = "linucb", True
+
+    def values(self, scores, arms, features, rng):
+        mean, var = self.mean_and_variance(scores, features, arms, self._new)
+        return mean + self.cfg.linucb_alpha * np.sqrt(var)
+
+
+class LinThompson(ContextualPolicy):
+    """theta ~ N(mu_n, v^2 Lambda_n^-1), fixed v (Agrawal & Goyal 2013), one draw per request."""
+
+    name, sampled, needs_features = "lin_thompson", True, True
+
+    def _scale(self) -> float | None:
+        return self.cfg.lin_thompson_v
+
+    def values(self, scores, arms, features, rng):
+        return self._draws(scores, arms, features, 1, rng)[0]
+
+
+class NeuralLinearTS(LinThompson):
+    """Neural-linear Thompson sampling (Riquelme et al. 2018): sigma^2 ~ InvGamma(a_n, b_n),
+    theta | sigma^2 ~ N(mu_n, sigma^2 Lambda_n^-1), over the model's representation; a new
+    item's extra prior variance comes from its text-only block of phi (``features.py``)."""
+
+    name = "neural_linear_ts"
+
+    def _scale(self) -> float | None:
+        return None  # sigma^2 drawn from its posterior
+
+
+# ---- context-free per-item baselines -----------------------------------------------------
+
+class ArmPolicy(Policy):
+    """Per item id (n pulls, s reward sum) over all users; value (s + m prior(score)) / (n + m)."""
+
+    def __init__(self, cfg: ExploreConfig, seed: int = 0):
+        super().__init__(cfg, seed)
+        self.n = np.zeros(0)
+        self.s = np.zeros(0)
+
+    def _grow(self, arms: np.ndarray) -> None:
+        need = int(arms.max()) + 1 if len(arms) else 0
+        if need > len(self.n):
+            self.n = np.concatenate([self.n, np.zeros(need - len(self.n))])
+            self.s = np.concatenate([self.s, np.zeros(need - len(self.s))])
+
+    def _stats(self, arms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._grow(arms)
+        return self.n[arms], self.s[arms]
+
+    def _prior(self, scores: np.ndarray) -> np.ndarray:
+        return _sigmoid(scores) if self.cfg.score_is_logit else scores
+
+    def _mean(self, scores, arms) -> np.ndarray:
+        n, s = self._stats(arms)
+        m = self.cfg.prior_strength
+        return (s + m * self._prior(scores)) / (n + m)
+
+    def values(self, scores, arms, features, rng):
+        return self._mean(scores, arms)
+
+    def _learn(self, arms, rewards, features, scores):
+        self._grow(arms)
+        np.add.at(self.n, arms, 1.0)
+        np.add.at(self.s, arms, rewards)
+
+    def state_dict(self):
+        return {**super().state_dict(), "n": self.n.copy(), "s": self.s.copy()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        n, s = np.asarray(state["n"], np.float64), np.asarray(state["s"], np.float64)
+        if n.shape != s.shape or n.ndim != 1:
+            raise ValueError(f"per-item state: n {n.shape} and s {s.shape} must be equal 1-D")
+        self.n, self.s = n, s
+
+
+class UCB1(ArmPolicy):
     """Mean + c * sqrt(2 ln t / (n + m)) (Auer et al. 2002, with the score as prior pulls)."""
 
     name = "ucb1"
@@ -264,7 +451,7 @@ class UCB1(Policy):
         return self._mean(scores, arms) + self.cfg.ucb_c * bonus
 
 
-class ThompsonBeta(Policy):
+class ThompsonBeta(ArmPolicy):
     """Beta-Bernoulli: theta_i ~ Beta(1 + s + m p0, 1 + n - s + m (1 - p0))."""
 
     name, sampled = "thompson_beta", True
@@ -282,7 +469,7 @@ class ThompsonBeta(Policy):
         return rng.beta(a, b, size=(n_draws, len(a)))
 
 
-class ThompsonGaussian(Policy):
+class ThompsonGaussian(ArmPolicy):
     """Normal-Normal (ratings): prior N(score, sigma^2 / m), known noise sigma."""
 
     name, sampled = "thompson_gaussian", True
@@ -301,81 +488,9 @@ class ThompsonGaussian(Policy):
         return rng.normal(mu, sd, size=(n_draws, len(mu)))
 
 
-class _Linear(Policy):
-    """Shared ridge regression r ~ x.theta: A = lambda I + sum x x^T, b = sum r x."""
-
-    needs_features = True
-
-    def __init__(self, cfg: ExploreConfig, seed: int = 0):
-        super().__init__(cfg, seed)
-        self.A_inv: np.ndarray | None = None
-        self.b: np.ndarray | None = None
-        self._chol: np.ndarray | None = None
-
-    def _init(self, d: int) -> None:
-        if self.A_inv is None:
-            self.A_inv = np.eye(d) / self.cfg.ridge_lambda
-            self.b = np.zeros(d)
-        elif self.A_inv.shape[0] != d:
-            raise ValueError(f"features have dim {d}, the linear model has {self.A_inv.shape[0]}")
-
-    def _theta(self, d: int) -> np.ndarray:
-        self._init(d)
-        return self.A_inv @ self.b
-
-    def update(self, arms, rewards, features=None):
-        if features is None:
-            raise ValueError(f"policy {self.name!r} needs the features of the shown items")
-        x = np.asarray(features, dtype=np.float64)
-        super().update(arms, rewards)
-        if x.ndim != 2 or len(x) != len(np.atleast_1d(arms)):
-            raise ValueError(f"features must be (n_shown, d), got {x.shape}")
-        self._init(x.shape[1])
-        for xi, ri in zip(x, np.asarray(rewards, dtype=np.float64), strict=True):
-            ax = self.A_inv @ xi  # Sherman-Morrison rank-1 inverse update
-            self.A_inv -= np.outer(ax, ax) / (1.0 + xi @ ax)
-            self.b += ri * xi
-        self._chol = None
-
-    def state_dict(self):
-        return {**super().state_dict(), "A_inv": self.A_inv, "b": self.b}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.A_inv, self.b, self._chol = state["A_inv"], state["b"], None
-
-
-class LinUCB(_Linear):
-    """x.theta + alpha sqrt(x^T A^-1 x) (Li et al. 2010, shared model)."""
-
-    name = "linucb"
-
-    def values(self, scores, arms, features, rng):
-        theta = self._theta(features.shape[1])
-        width = np.sqrt(np.einsum("nd,de,ne->n", features, self.A_inv, features))
-        return features @ theta + self.cfg.linucb_alpha * width
-
-
-class LinThompson(_Linear):
-    """theta ~ N(A^-1 b, v^2 A^-1) (Agrawal & Goyal 2013), one draw per request."""
-
-    name, sampled = "lin_thompson", True
-
-    def _draws(self, scores, arms, features, n_draws, rng):
-        theta = self._theta(features.shape[1])
-        if self._chol is None:
-            self._chol = np.linalg.cholesky(self.A_inv + 1e-12 * np.eye(len(theta)))
-        z = rng.standard_normal((n_draws, len(theta)))
-        thetas = theta + self.cfg.lin_thompson_v * z @ self._chol.T
-        return thetas @ features.T
-
-    def values(self, scores, arms, features, rng):
-        return self._draws(scores, arms, features, 1, rng)[0]
-
-
 POLICIES: dict[str, type[Policy]] = {
     p.name: p for p in (Greedy, EpsilonGreedy, Softmax, Uniform, UCB1, ThompsonBeta,
-                        ThompsonGaussian, LinUCB, LinThompson)
+                        ThompsonGaussian, LinUCB, LinThompson, NeuralLinearTS)
 }
 
 

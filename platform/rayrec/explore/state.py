@@ -6,12 +6,19 @@ The actor owns one policy (``policies.make_policy``). Per request the endpoint c
 ``finalize`` is called or when ``feedback_window_s`` has passed (items without feedback
 count as reward 0). The state is written to ``path`` (local path or pyarrow URI) every
 ``persist_every`` updates and on ``close``, and restored from it on start.
+
+The stored state is data, never code: an ``.npz`` of float/int arrays read with
+``allow_pickle=False`` plus one JSON document for the scalars, checked against the policy it
+is loaded into (name, keys, shapes). A file that fails the check is refused with an error,
+not executed. At most ``explore.max_pending`` slates await feedback; past that the oldest is
+learned early (its unclicked items as reward 0) and counted in ``evicted``.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
-import pickle
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -54,12 +61,64 @@ def _read_bytes(path: str) -> bytes | None:
     return target.read_bytes() if target.is_file() else None
 
 
-def shown(slate: Slate, n: int, arms: np.ndarray | None,
-          features: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The arm ids (default 0..n-1) and features of a slate's items, in slate order: what
-    ``BanditState.register`` awaits feedback for."""
-    arm_ids = np.arange(n) if arms is None else np.asarray(arms, np.int64)
-    return arm_ids[slate.indices], None if features is None else np.asarray(features)[slate.indices]
+def shown(slate: Slate, scores: np.ndarray, arms: np.ndarray | None, features: np.ndarray | None,
+          new: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """The arm ids (default 0..n-1), features, model scores and new-item flags of a slate's
+    items, in slate order: what ``BanditState.register`` awaits feedback for."""
+    scores = np.asarray(scores, np.float64)
+    arm_ids = np.arange(len(scores)) if arms is None else np.asarray(arms, np.int64)
+    feats = None if features is None else np.asarray(features, np.float64)[slate.indices]
+    flags = np.zeros(len(scores), bool) if new is None else np.asarray(new, bool)
+    return arm_ids[slate.indices], feats, scores[slate.indices], flags[slate.indices]
+
+
+_META = "__meta__"
+
+
+def encode_state(state: dict[str, Any]) -> bytes:
+    """A state dict as an .npz: each array under a key of its own, the rest of the structure
+    (scalars, strings, nested dicts, the generator's state) one JSON document naming them."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            key = f"a{len(arrays)}"
+            arrays[key] = value
+            return {"__array__": key}
+        if isinstance(value, dict):
+            return {str(k): walk(v) for k, v in value.items()}
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    meta = json.dumps(walk(state))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays, **{_META: np.array(meta)})
+    return buf.getvalue()
+
+
+def decode_state(raw: bytes) -> dict[str, Any]:
+    """The inverse of :func:`encode_state`. ``allow_pickle=False``: object arrays are refused,
+    so a planted file can fail to load but never runs code."""
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays.pop(_META)))
+    except Exception as e:
+        raise ValueError(f"policy state is not a rayrec state file (.npz + JSON): {type(e).__name__}: {e}") from None
+    if not isinstance(meta, dict) or any(a.dtype.kind not in "fiub" for a in arrays.values()):
+        raise ValueError("policy state: malformed structure or non-numeric arrays")
+
+    def build(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {"__array__"}:
+                if value["__array__"] not in arrays:
+                    raise ValueError(f"policy state names a missing array {value['__array__']!r}")
+                return arrays[value["__array__"]]
+            return {k: build(v) for k, v in value.items()}
+        return value
+
+    return build(meta)
 
 
 class BanditState:
@@ -72,33 +131,43 @@ class BanditState:
         self.updates_since_save = 0
         self.total_updates = 0
         self.restored = False
+        self.evicted = 0
         raw = _read_bytes(path) if path else None
         if raw is not None:
-            saved = pickle.loads(raw)
-            self.policy.load_state_dict(saved["policy"])
-            self.total_updates = saved["total_updates"]
+            saved = decode_state(raw)
+            try:
+                self.policy.load_state_dict(saved["policy"])
+                self.total_updates = int(saved["total_updates"])
+            except (KeyError, TypeError) as e:
+                raise ValueError(f"policy state {path}: missing or malformed field {e}") from None
             self.restored = True
 
     def select(
         self, scores: np.ndarray, k: int, features: np.ndarray | None = None,
         arms: np.ndarray | None = None, embeddings: np.ndarray | None = None,
-        request_id: str | None = None,
+        request_id: str | None = None, new: np.ndarray | None = None,
     ) -> Slate:
         self._expire()
-        slate = self.policy.select(scores, k, features, arms, embeddings)
+        slate = self.policy.select(scores, k, features, arms, embeddings, new)
         if request_id is not None:
-            self.register(request_id, *shown(slate, len(scores), arms, features))
+            self.register(request_id, *shown(slate, scores, arms, features, new))
         return slate
 
-    def register(self, request_id: str, shown_arms: np.ndarray, shown_features: np.ndarray | None) -> None:
+    def register(self, request_id: str, shown_arms: np.ndarray, shown_features: np.ndarray | None,
+                 shown_scores: np.ndarray | None = None, shown_new: np.ndarray | None = None) -> None:
         """Await feedback for a slate (chosen here or by a client on a copy of this state):
         every shown arm learns its reward, 0 without feedback, when the request finalizes."""
         self._expire()
         shown = np.asarray(shown_arms, np.int64)
         self.pending[request_id] = {
             "t": time.time(), "arms": shown, "rewards": np.zeros(len(shown)),
-            "features": None if shown_features is None else np.asarray(shown_features),
+            "features": None if shown_features is None else np.asarray(shown_features, np.float64),
+            "scores": np.zeros(len(shown)) if shown_scores is None else np.asarray(shown_scores, np.float64),
+            "new": np.zeros(len(shown), bool) if shown_new is None else np.asarray(shown_new, bool),
         }
+        while len(self.pending) > self.cfg.max_pending:  # bounded whatever the traffic
+            self.finalize(next(iter(self.pending)))
+            self.evicted += 1
 
     def state_dict(self) -> dict[str, Any]:
         """The policy's learned statistics (what a client's local copy selects with)."""
@@ -128,7 +197,7 @@ class BanditState:
         entry = self.pending.pop(request_id, None)
         if entry is None:
             return False
-        self.update(entry["arms"], entry["rewards"], entry["features"])
+        self.update(entry["arms"], entry["rewards"], entry["features"], entry["scores"], entry["new"])
         return True
 
     def _expire(self) -> None:
@@ -139,8 +208,8 @@ class BanditState:
                 break
             self.finalize(rid)
 
-    def update(self, arms, rewards, features=None) -> None:
-        self.policy.update(arms, rewards, features)
+    def update(self, arms, rewards, features=None, scores=None, new=None) -> None:
+        self.policy.update(arms, rewards, features, scores, new)
         self.total_updates += 1
         self.updates_since_save += 1
         if self.path and self.updates_since_save >= self.cfg.persist_every:
@@ -151,13 +220,14 @@ class BanditState:
             return None
         blob = {"policy": self.policy.state_dict(), "total_updates": self.total_updates,
                 "saved_at": time.time()}
-        _write_bytes(self.path, pickle.dumps(blob))
+        _write_bytes(self.path, encode_state(blob))
         self.updates_since_save = 0
         return self.path
 
     def stats(self) -> dict[str, Any]:
         return {"policy": self.policy.name, "total_updates": self.total_updates,
-                "pending": len(self.pending), "restored": self.restored, "path": self.path}
+                "pending": len(self.pending), "evicted": self.evicted, "restored": self.restored,
+                "path": self.path}
 
 
 @ray.remote(num_cpus=0, max_concurrency=1)
@@ -172,8 +242,8 @@ class BanditStateActor(BanditState):
 
 
 def default_state_path(cfg) -> str:
-    """``cfg.explore.state_path`` or ``<explore_dir>/bandit_state.pkl`` (cfg: RayrecConfig)."""
-    return cfg.explore.state_path or f"{cfg.explore_dir.rstrip('/')}/bandit_state.pkl"
+    """``cfg.explore.state_path`` or ``<explore_dir>/bandit_state.npz`` (cfg: RayrecConfig)."""
+    return cfg.explore.state_path or f"{cfg.explore_dir.rstrip('/')}/bandit_state.npz"
 
 
 def get_or_create_state_actor(

@@ -72,11 +72,32 @@ def exploration(result: dict[str, Any], regret_plot: str | None, tradeoff_plot: 
     rows = []
     for name, s in policies.items():
         reg = s.get("cum_regret")
+        slope = s.get("regret_slope")
         rows.append([name, _mean_ci(s.get("ctr"), 3),
                      f"{reg[0][-1]:.1f} ± {reg[1][-1]:.1f}" if reg else "n/a (replay)",
+                     f"{slope['ratio']:.2f}" if slope else "n/a",
                      *[_mean_ci(s.get(k), 3) for k in ("catalog_coverage", "intra_list_diversity", "novelty")]])
-    lines += table(["policy", "CTR", "cumulative regret", "catalog coverage", "intra-list diversity",
-                    "novelty"], rows)
+    lines += table(["policy", "CTR", "cumulative regret", "regret slope, last / first quarter", "catalog coverage",
+                    "intra-list diversity", "novelty"], rows)
+    arrivals = {n: s for n, s in policies.items() if "new_impression_share" in s}
+    if arrivals:
+        lines += ["", f"Items released during the horizon ({c.get('arrival_fraction', 0):.0%} of the catalog, over "
+                  f"the first {c.get('arrival_window', 0):.0%} of the rounds) are scored by the model from "
+                  "their text alone: how much each policy shows them, how many of them it finds a click "
+                  "for, and how soon after release.", ""]
+        lines += table(["policy", "impressions to new items", "new items in the best slates", "new items clicked",
+                        "rounds to first click (median)"],
+                       [[n, *[_mean_ci(s.get(k), 3 if k != "rounds_to_first_click" else 0)
+                              for k in ("new_impression_share", "new_best_share", "new_items_clicked",
+                                        "rounds_to_first_click")]]
+                        for n, s in arrivals.items()])
+    paired = {n: d for n, d in (result.get("vs_greedy") or {}).items() if "ci95" in d}
+    if paired:
+        lines += ["", "Cumulative regret minus greedy's, paired per seed (the same requests and clicks); "
+                  "negative is better than greedy, and a CI that excludes 0 says so beyond seed noise.", ""]
+        lines += table(["policy", "per seed", "mean ± sd", "95% CI"],
+                       [[n, ", ".join(f"{x:.0f}" for x in d["per_seed"]), f"{d['mean']:.0f} ± {d['sd']:.0f}",
+                         f"[{d['ci95'][0]:.0f}, {d['ci95'][1]:.0f}]"] for n, d in paired.items()])
     return (lines + image("cumulative regret per policy", regret_plot)
             + image("relevance against diversity per policy", tradeoff_plot))
 

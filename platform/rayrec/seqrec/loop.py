@@ -87,7 +87,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
-            saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+            # weights_only: the run directory is not trusted to hold code (tensors and plain data only)
+            saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
         net.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         state.update(saved["state"])

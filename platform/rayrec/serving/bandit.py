@@ -37,7 +37,7 @@ import ray
 
 from rayrec.config import RayrecConfig
 from rayrec.explore.policies import Policy, Slate, make_policy
-from rayrec.explore.state import BanditState, shown
+from rayrec.explore.state import BanditState, default_state_path, shown
 from rayrec.serving.calls import wait_for
 
 log = logging.getLogger("ray.serve")
@@ -67,9 +67,10 @@ class ServingBanditState(BanditState):
     def select_with(
         self, scores: np.ndarray, k: int, features: np.ndarray | None, arms: np.ndarray | None,
         request_id: str, diversity: str = "none", diversity_weight: float = 0.0,
+        embeddings: np.ndarray | None = None, new: np.ndarray | None = None,
     ) -> Slate:
         with request_diversity(self.policy, diversity, diversity_weight):
-            return self.select(scores, k, features, arms, embeddings=features, request_id=request_id)
+            return self.select(scores, k, features, arms, embeddings=embeddings, request_id=request_id, new=new)
 
     def close(self) -> str | None:
         """Learn from every pending request, then persist."""
@@ -87,7 +88,7 @@ class PolicyUnavailable(RuntimeError):
 
 def state_path(cfg: RayrecConfig, policy: str) -> str:
     """Where a policy's serving state persists: one file per policy."""
-    base = cfg.explore.state_path or f"{cfg.explore_dir.rstrip('/')}/bandit_state.pkl"
+    base = default_state_path(cfg)
     stem, dot, ext = base.rpartition(".")
     return f"{stem}.{policy}.{ext}" if dot else f"{base}.{policy}"
 
@@ -155,15 +156,19 @@ class BanditClient:
     async def select(
         self, policy: str, scores: np.ndarray, k: int, features: np.ndarray | None, arms: np.ndarray,
         request_id: str, diversity: str = "none", diversity_weight: float = 0.0,
+        embeddings: np.ndarray | None = None, new: np.ndarray | None = None,
     ) -> Slate:
-        """The slate, chosen on this replica's copy of the policy (module docstring)."""
+        """The slate, chosen on this replica's copy of the policy (module docstring).
+        ``features``: the policy's (``features.contextual_features``); ``embeddings``: the
+        candidates' vectors for diversity; ``new``: which candidates are new items."""
+        embeddings = features if embeddings is None else embeddings
         if self.sync_s <= 0:
             return await self._call(policy, "select_with", scores, k, features, arms, request_id,
-                                    diversity, diversity_weight)
+                                    diversity, diversity_weight, embeddings, new)
         copy = await self._local_copy(policy)
         with request_diversity(copy.policy, diversity, diversity_weight) as p:
-            slate = p.select(scores, k, features, arms, embeddings=features)
-        args = (policy, request_id, *shown(slate, len(scores), arms, features))
+            slate = p.select(scores, k, features, arms, embeddings=embeddings, new=new)
+        args = (policy, request_id, *shown(slate, scores, arms, features, new))
         self._registering[request_id] = (asyncio.create_task(self._register(*args)), args)
         while len(self._registering) > self.cfg.serve.request_cache_size:
             self._registering.popitem(last=False)
@@ -200,10 +205,10 @@ class BanditClient:
         finally:
             copy.refreshing = None
 
-    async def _register(self, policy: str, request_id: str, shown: np.ndarray,
-                        shown_features: np.ndarray | None) -> bool:
+    async def _register(self, policy: str, request_id: str, shown: np.ndarray, shown_features: np.ndarray | None,
+                        shown_scores: np.ndarray, shown_new: np.ndarray) -> bool:
         try:
-            await self._call(policy, "register", request_id, shown, shown_features)
+            await self._call(policy, "register", request_id, shown, shown_features, shown_scores, shown_new)
             return True
         except Exception as e:  # unavailable (or broken): feedback retries it, then answers 503
             self.registration_failures += 1

@@ -31,7 +31,8 @@ from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
 from rayrec.config import RayrecConfig, validate_config
-from rayrec.explore.policies import POLICIES
+from rayrec.explore.features import request_features
+from rayrec.explore.policies import POLICIES, ArmPolicy
 from rayrec.serving.api import (
     FeedbackRequest,
     FeedbackResponse,
@@ -208,9 +209,10 @@ class RecommenderIngress:
         user_id = None if req.user_id is None else str(req.user_id)
         weight = self.cfg.explore.diversity_weight if req.diversity is None else req.diversity
         method = req.diversity_method if weight > 0 else "none"
-        # The candidates' embeddings travel (retrieval -> here) only when something reads them:
-        # a diversity re-ranker or a linear policy.
-        features_needed = method != "none" or getattr(POLICIES.get(policy), "needs_features", True)
+        # The candidates' embeddings travel (retrieval -> here) only when something reads them: a
+        # diversity re-ranker or a contextual policy (every policy but the per-item baselines).
+        contextual = not issubclass(POLICIES.get(policy, ArmPolicy), ArmPolicy)
+        features_needed = method != "none" or contextual
         cand = await self.retrieval.retrieve.remote(RetrievalRequest(
             user_id=user_id, history=[str(h) for h in req.history], query=req.query, category=req.category,
             num_candidates=max(sc.rank_candidates, req.k), source=req.source, with_embeddings=features_needed,
@@ -236,12 +238,16 @@ class RecommenderIngress:
         final = retrieval_scores if ranker_scores is None else ranker_scores
 
         t_policy = time.perf_counter()
-        features = np.asarray(cand["embeddings"], dtype=np.float64) if features_needed else None
+        embeddings = np.asarray(cand["embeddings"], dtype=np.float64) if features_needed else None
+        new = np.asarray(cand["new"], dtype=bool)
         picks, props, learned = [], [], True
         if len(final):
             try:
+                features = (request_features(self.cfg.explore, embeddings, cand["context"], new)
+                            if contextual else embeddings)
                 slate = await self.bandit.select(policy, final, req.k, features, np.asarray(cand["item_idx"]),
-                                                 request_id, diversity=method, diversity_weight=weight)
+                                                 request_id, diversity=method, diversity_weight=weight,
+                                                 embeddings=embeddings, new=new)
                 picks, props = slate.indices.tolist(), slate.propensities.tolist()
             except PolicyUnavailable as e:  # logged as what it was: greedy, propensity 1
                 (picks, props), learned = greedy_fallback(final, req.k), False

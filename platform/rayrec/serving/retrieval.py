@@ -80,6 +80,8 @@ class FeatureStore:
         self.prior = popularity_prior(self.items["popularity"].to_numpy())  # row i = item i
         # Popularity share is the retrieval score of the cold-start path.
         self.pop_score = {int(i): float(p) / max_pop for i, p in zip(self.items["item_idx"], pop, strict=True)}
+        # New items: none of their interactions reached training (text is all the model has).
+        self.new_items = {int(i) for i, p in zip(self.items["item_idx"], pop, strict=True) if p <= 0}
         self.categories = set(self.items["category"].astype(str))
         self.category_of = {int(i): str(c) for i, c in zip(self.items["item_idx"], self.items["category"], strict=True)}
 
@@ -191,9 +193,16 @@ class RetrievalDeployment:
             "score": [float(s) for _, s in hits],
             "embeddings": (self.index.embeddings_for(idxs) if idxs else np.zeros((0, self.index.dim), np.float32))
             if req.with_embeddings else None,
+            # The exploration policies' user state: the mean index vector of the recent history.
+            "context": self._context(history) if req.with_embeddings else None,
+            "new": [i in store.new_items for i in idxs],
             "generation_error": generation_error,
             "latency_s": time.perf_counter() - t0,
         }
+
+    def _context(self, history: list[int], recent: int = 20) -> np.ndarray | None:
+        known = [i for i in history[-recent:] if self.index.has(i)]
+        return self.index.embeddings_for(known).mean(axis=0) if known else None
 
     def _source(self, requested: str | None, history: list[int], text: str | None) -> str:
         """index, generative or both: the request's, else the config's default for this request."""

@@ -6,6 +6,11 @@ stochastic logging policy with clicks drawn from a click model, and stops the en
 each logged request it also asks for the greedy slate and saves it with both slates' expected
 clicks (``<run_dir>/serve/counterfactual.json``): the ground truth that the off-policy
 estimates from the event log (:mod:`rayrec.explore.logged_ope`) are compared with.
+
+Simulated traffic never touches what a real endpoint serves: it runs as an app of its own
+(``<serve.app_name>_simulation`` at ``<serve.route_prefix>/simulation``) whose policies learn
+into ``<run_dir>/serve/simulation/`` instead of the run's exploration state, which
+``rayrec serve`` loads.
 """
 
 from __future__ import annotations
@@ -31,6 +36,16 @@ def counterfactual_location(cfg: RayrecConfig) -> str:
     return cfg.path(*COUNTERFACTUAL_FILE)
 
 
+def simulation_config(cfg: RayrecConfig) -> RayrecConfig:
+    """The config of the simulation's own endpoint: its own app name, route and policy state."""
+    sc = cfg.serve
+    return cfg.model_copy(update={
+        "serve": sc.model_copy(update={"app_name": f"{sc.app_name}_simulation",
+                                       "route_prefix": f"{sc.route_prefix.rstrip('/')}/simulation"}),
+        "explore": cfg.explore.model_copy(update={"state_path": cfg.path("serve", "simulation", "bandit_state.npz")}),
+    })
+
+
 def serve_and_simulate(cfg: RayrecConfig, n_requests: int | None = None) -> dict[str, Any]:
     """Start the endpoint, send the sample requests, replay simulated traffic with feedback, stop.
 
@@ -43,6 +58,7 @@ def serve_and_simulate(cfg: RayrecConfig, n_requests: int | None = None) -> dict
     from rayrec.serving.control import start_app, stop_app
 
     n_requests = cfg.serve.simulate_requests if n_requests is None else n_requests
+    cfg = simulation_config(cfg)
     url = start_app(cfg)
     samples: dict[str, Any] = {}
     try:
@@ -75,8 +91,10 @@ def _post(http, path: str, body: dict) -> dict:
     return out
 
 
-def click_model(cfg: RayrecConfig) -> Callable[[str, str], float]:
-    """(user_id, item_id) -> click probability for simulated feedback."""
+def click_model(cfg: RayrecConfig, include_test_items: bool = True) -> Callable[[str, str], float]:
+    """(user_id, item_id) -> click probability for simulated feedback: the synthetic world's
+    truth, else a click on a user's held-out items (the validation item and, unless
+    ``include_test_items`` is false, the test item) and 2% on anything else."""
     from rayrec.data import store
     from rayrec.data.world import saved_world
 
@@ -90,20 +108,21 @@ def click_model(cfg: RayrecConfig) -> Callable[[str, str], float]:
     held_out: dict[str, set[str]] = {}
     for uid, v, t in zip(users.set_index("user_idx").loc[hist["user_idx"], "user_id"].astype(str),
                          hist["valid_item"], hist["test_item"], strict=True):
-        held_out[uid] = {raw_item[x] for x in (v, t) if x >= 0}
+        held_out[uid] = {raw_item[x] for x in ((v, t) if include_test_items else (v,)) if x >= 0}
     return lambda u, i: 1.0 if str(i) in held_out.get(str(u), set()) else 0.02
 
 
-def simulate_traffic(cfg: RayrecConfig, http, users, n_requests: int) -> dict[str, Any]:
+def simulate_traffic(cfg: RayrecConfig, http, users, n_requests: int, policy: str | None = None,
+                     with_counterfactual: bool = True, include_test_items: bool = True) -> dict[str, Any]:
     """Logged traffic for off-policy evaluation, and its latency and degraded counts.
 
-    Each simulated user gets a slate from the stochastic logging policy (logged with its
-    propensities; clicks drawn from the click model are posted as feedback) and, for the
-    counterfactual, the greedy slate the same endpoint would have shown.
+    Each simulated user gets a slate from the logging policy (``serve.simulate_policy`` unless
+    ``policy``; logged with its propensities; clicks drawn from the click model are posted as
+    feedback) and, with ``with_counterfactual``, the greedy slate the same endpoint would have shown.
     """
     rng = np.random.default_rng(0)
-    click_p = click_model(cfg)
-    policy, k = cfg.serve.simulate_policy, cfg.explore.slate_size
+    click_p = click_model(cfg, include_test_items)
+    policy, k = policy or cfg.serve.simulate_policy, cfg.explore.slate_size
     shown = clicks = degraded = errors = 0
     latencies, counterfactual = [], {}
     for sent in range(n_requests):
@@ -123,6 +142,8 @@ def simulate_traffic(cfg: RayrecConfig, http, users, n_requests: int) -> dict[st
                 clicks += 1
                 http.post("/feedback", json={"request_id": body["request_id"],
                                              "item_id": item["item_id"], "reward": 1.0})
+        if not with_counterfactual:
+            continue
         g = http.post("/recommend", json={"user_id": uid, "k": k, "policy": "greedy"})
         if g.status_code == 200:
             greedy_items = [i["item_id"] for i in g.json()["items"]]
@@ -131,7 +152,8 @@ def simulate_traffic(cfg: RayrecConfig, http, users, n_requests: int) -> dict[st
                 "greedy_expected_clicks": float(sum(click_p(uid, i) for i in greedy_items)),
                 "logged_expected_clicks": float(sum(click_p(uid, i["item_id"]) for i in body["items"])),
             }
-    storage.write_text(counterfactual_location(cfg), json.dumps({"policy": policy, "requests": counterfactual}))
+    if with_counterfactual:
+        storage.write_text(counterfactual_location(cfg), json.dumps({"policy": policy, "requests": counterfactual}))
     lat = np.asarray(latencies) * 1000
     return {"requests": n_requests, "policy": policy, "impressions": shown, "clicks": clicks,
             "ctr": clicks / max(shown, 1), "degraded": degraded, "errors": errors,
