@@ -184,7 +184,7 @@ def test_endpoint_greedy_serves_the_quality_evaluation_measured(main_run) -> Non
     state = run / "fidelity" / "bandit_state.npz"  # this test's endpoint state, fresh
     cfg = cfg.model_copy(update={
         "serve": cfg.serve.model_copy(update={"use_ranker": False, "policy_sync_s": 0.5}),
-        "explore": cfg.explore.model_copy(update={"feedback_window_s": 1.0, "state_path": str(state),
+        "explore": cfg.explore.model_copy(update={"state_path": str(state),
                                                   "new_item_scale": 0.0, "new_context_scale": 0.0,
                                                   "new_item_sd": 0.0}),
     })

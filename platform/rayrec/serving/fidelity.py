@@ -7,6 +7,8 @@ full-catalog evaluation scored the served system (``evaluate/per_user.parquet``:
 target, same history. The ratio of the two NDCG@k is what exploration state, stale copies or a
 drifting index cost the model. ``measure_fidelity`` runs it before and after simulated traffic
 with feedback that the policy then learns from (``benchmarks/bench_endpoint_fidelity.py``).
+Nothing is learned while a measurement runs (its slates wait out the feedback window, as any
+request's do); ``learn_now`` then has the state actor learn every waiting slate at once.
 """
 
 from __future__ import annotations
@@ -68,12 +70,13 @@ def endpoint_vs_offline(cfg: RayrecConfig, http, k: int = 10, max_users: int | N
             "same_top_k_share": same / max(len(online), 1)}
 
 
-def learn_now(cfg: RayrecConfig, http, settle_s: float | None = None) -> None:
-    """Let the endpoint's policy learn what it was sent: wait out the feedback window, send one
-    request (the state actor learns every expired slate), then wait for the replicas' copies."""
-    time.sleep(cfg.explore.feedback_window_s + 0.5)
-    http.post("/recommend", json={"k": 1, "policy": "greedy"})
-    time.sleep(settle_s if settle_s is not None else 2 * cfg.serve.policy_sync_s + 1.0)
+def learn_now(cfg: RayrecConfig, policies: tuple[str, ...] = ("greedy",)) -> None:
+    """Let the endpoint's policy learn what it was sent: its state actor learns every slate
+    awaiting feedback (as the feedback window closing would), then the replicas' copies sync."""
+    from rayrec.serving.bandit import learn_pending
+
+    learn_pending(cfg.serve.app_name, list(policies))
+    time.sleep(2 * cfg.serve.policy_sync_s + 1.0)
 
 
 def measure_fidelity(cfg: RayrecConfig, n_requests: int = 1000, k: int = 10,
@@ -91,12 +94,11 @@ def measure_fidelity(cfg: RayrecConfig, n_requests: int = 1000, k: int = 10,
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
             before = endpoint_vs_offline(cfg, http, k, max_users)
-            learn_now(cfg, http)  # the measurement's own slates (no clicks) are learned too
             t0 = time.perf_counter()
             traffic = simulate_traffic(cfg, http, store.load_users(cfg.data_dir), n_requests, policy="greedy",
                                        with_counterfactual=False, include_test_items=False)
             traffic["seconds"] = time.perf_counter() - t0
-            learn_now(cfg, http)
+            learn_now(cfg)  # the traffic, and the measurement's own slates (no clicks), are learned
             after = endpoint_vs_offline(cfg, http, k, max_users)
     finally:
         stop_app(cfg)
