@@ -4,7 +4,8 @@
         [--set KEY=VALUE ...] --users 200 --requests 1000 --out fidelity.json
 
 On a run directory where `rayrec main` (or preprocess, train, evaluate) has run: starts the
-endpoint (`rayrec serve`'s app), asks it for each evaluated user's greedy top-10 (no
+endpoint (`rayrec serve`'s app, as its own app ``rayrec_fidelity`` whose policy starts fresh and
+learns into ``<run_dir>/serve/fidelity/``, never the state `rayrec serve` loads), asks it for each evaluated user's greedy top-10 (no
 diversity), scores them against the same held-out items as `rayrec evaluate` scored the served
 system, then sends ``--requests`` simulated greedy requests with feedback (clicks from the click
 model, never on a test item), has the policy learn them (and the measurement's own slates) at
@@ -31,8 +32,11 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     overrides = dict(kv.split("=", 1) for kv in args.set)
-    overrides |= {"serve.policy_sync_s": 0.5}
+    overrides |= {"serve.policy_sync_s": 0.5, "serve.app_name": "rayrec_fidelity"}
     cfg = load_config(args.config, overrides)
+    # Simulated traffic learns into a state of its own, never the one `rayrec serve` loads.
+    cfg = cfg.model_copy(update={"explore": cfg.explore.model_copy(update={
+        "state_path": cfg.path("serve", "fidelity", "bandit_state.npz")})})
     init_ray(cfg.ray)
     out = measure_fidelity(cfg, n_requests=args.requests, max_users=args.users)
     out["config"] = {"file": args.config, "overrides": overrides, "run_dir": cfg.run_dir}
