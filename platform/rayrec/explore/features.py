@@ -67,10 +67,6 @@ def contextual_features(
     return np.hstack([context_scale * ctx, new_block])
 
 
-def feature_width(dim: int) -> int:
-    return 2 * dim + 1
-
-
 def request_features(cfg, item_vectors, user_vector, is_new) -> np.ndarray:
     """``contextual_features`` with the explore section's widths and scales (cfg: ExploreConfig)."""
     return contextual_features(item_vectors, user_vector, is_new, **feature_settings(cfg))

@@ -81,10 +81,10 @@ class BayesLinearHead:
         """E[sigma^2] under the posterior, b / (a - 1)."""
         return self.b / (self.a - 1.0)
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean of x . theta and x^T Lambda_n^-1 x (the variance per unit sigma^2)."""
+    def quadratic_form(self, x: np.ndarray) -> np.ndarray:
+        """x^T Lambda_n^-1 x per row: the variance of x . theta per unit sigma^2."""
         x = self._check(x)
-        return x @ self.mean, np.einsum("nd,de,ne->n", x, self.cov, x)
+        return np.einsum("nd,de,ne->n", x, self.cov, x)
 
     def sample_theta(self, n_draws: int, rng: np.random.Generator, scale: float | None = None) -> np.ndarray:
         """(n_draws, d) posterior draws. ``scale`` None: sigma^2 ~ InvGamma(a_n, b_n) per draw

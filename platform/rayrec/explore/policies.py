@@ -292,18 +292,27 @@ class ContextualPolicy(Policy):
         theta[..., 1] = np.maximum(theta[..., 1], self.cfg.min_score_weight)
         return theta
 
+    def _mean_parts(self, x: np.ndarray, arms: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The posterior mean value per candidate, in its two parts: the head's x . theta and
+        each new item's own offset (0 for the others)."""
+        head = x @ self._monotone(self.head.mean)
+        if not new.any():  # the common case: no offsets to look up, no noise estimate needed
+            return head, np.zeros(len(x))
+        return head, self.items.posterior(arms, new, self.head.noise_var)[0]
+
     def mean_and_variance(self, scores, features, arms=None, new=None) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean value and its variance per candidate: the head's
         (E[sigma^2] x^T Lambda^-1 x) plus a new item's own offset's."""
         x = self._x(scores, features)
-        mean = x @ self._monotone(self.head.mean)
-        quad = np.einsum("nd,de,ne->n", x, self.head.cov, x)
         arms = np.arange(len(x)) if arms is None else np.asarray(arms, np.int64)
-        d_mean, d_var = self.items.posterior(arms, _flags(new, len(x)), self.head.noise_var)
-        return mean + d_mean, self.head.noise_var * quad + d_var
+        new = _flags(new, len(x))
+        noise_var = self.head.noise_var
+        d_mean, d_var = self.items.posterior(arms, new, noise_var)
+        return x @ self._monotone(self.head.mean) + d_mean, noise_var * self.head.quadratic_form(x) + d_var
 
     def values(self, scores, arms, features, rng):
-        return self.mean_and_variance(scores, features, arms, self._new)[0]
+        head, offset = self._mean_parts(self._x(scores, features), arms, self._new)
+        return head + offset
 
     def _draws(self, scores, arms, features, n_draws, rng):
         """Posterior draws of every candidate's value: theta from the head (``_scale``: NIG or a
@@ -324,8 +333,7 @@ class ContextualPolicy(Policy):
         if scores is None:
             raise ValueError(f"policy {self.name!r} learns from the shown items' model scores")
         x = self._x(scores, features)
-        head = x @ self._monotone(self.head.mean)
-        offset, _ = self.items.posterior(arms, self._new, self.head.noise_var)
+        head, offset = self._mean_parts(x, arms, self._new)
         p = np.clip(_sigmoid(head + offset), _P_MIN, 1 - _P_MIN)
         w = p * (1 - p)
         z = head + offset + (np.clip(rewards, 0.0, 1.0) - p) / w

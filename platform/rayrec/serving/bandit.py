@@ -267,9 +267,10 @@ class BanditClient:
             ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
 
 
-def learn_pending(app_name: str, policies: list[str], timeout_s: float = 60.0) -> int:
+def learn_pending(app_name: str, policies: list[str], timeout_s: float = 60.0, kill: bool = False) -> int:
     """Have each live policy actor of an app learn every slate still awaiting feedback now (as
-    its feedback window closing would), and persist; returns how many actors did."""
+    its feedback window closing would) and persist, then stop it with ``kill``; returns how
+    many actors there were."""
     done = 0
     for policy in policies:
         try:
@@ -277,16 +278,12 @@ def learn_pending(app_name: str, policies: list[str], timeout_s: float = 60.0) -
         except ValueError:
             continue
         ray.get(actor.close.remote(), timeout=timeout_s)
+        if kill:
+            ray.kill(actor)
         done += 1
     return done
 
 
 def kill_state_actors(app_name: str, policies: list[str]) -> None:
     """Persist and stop the detached policy actors of an app (after the app is deleted)."""
-    for policy in policies:
-        try:
-            actor = ray.get_actor(f"{ACTOR_PREFIX}:{app_name}:{policy}", namespace=NAMESPACE)
-        except ValueError:
-            continue
-        ray.get(actor.close.remote(), timeout=30)
-        ray.kill(actor)
+    learn_pending(app_name, policies, timeout_s=30, kill=True)

@@ -22,8 +22,7 @@ import pandas as pd
 
 from rayrec import storage
 from rayrec.config import RayrecConfig
-
-PER_USER_FILE = "per_user.parquet"  # written by evaluation.report
+from rayrec.evaluation.report import PER_USER_FILE
 
 
 def served_model(cfg: RayrecConfig, models: set[str]) -> str:
