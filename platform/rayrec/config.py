@@ -22,6 +22,7 @@ from rayrec.errors import ConfigError
 from rayrec.evaluation.config import EvalConfig
 from rayrec.explore.config import ExploreConfig
 from rayrec.generative.config import GeneratorConfig
+from rayrec.itemtower.config import TowerConfig
 from rayrec.models.config import ModelConfig
 from rayrec.retrieval.config import RetrievalConfig
 from rayrec.seqrec.config import RetrieverConfig
@@ -72,6 +73,7 @@ class RayrecConfig(Section):
     retriever: RetrieverConfig = Field(default_factory=RetrieverConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    tower: TowerConfig = Field(default_factory=TowerConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     explore: ExploreConfig = Field(default_factory=ExploreConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
@@ -122,6 +124,11 @@ class RayrecConfig(Section):
     def generator_adapter_dir(self) -> str:
         """The tuned generator's LoRA adapter (best by validation loss), written by its training."""
         return f"{self.generator_dir.rstrip('/')}/adapter"
+
+    @property
+    def tower_dir(self) -> str:
+        """The LoRA-tuned item tower (text -> retriever vector), written by `rayrec train-tower`."""
+        return self._under_run_dir(self.tower.out, "tower")
 
     @property
     def eval_dir(self) -> str:

@@ -24,6 +24,16 @@ class GenerativeEval(Section):
     history_items: int = Field(10, ge=1)  # newest titles in the prompt (tuned: as generator.history_items)
 
 
+class NewItemProtocol(Section):
+    """The new-item protocol (rayrec.data.newitems, `rayrec new-items`): the newest items held
+    out of every training stage, each user's first contact with one as the target."""
+
+    enabled: bool = False  # `rayrec main` runs it after the warm evaluation
+    fraction: float = Field(0.15, gt=0, lt=1)  # of the items with a positive, newest by first positive
+    min_history: int = Field(2, ge=1)  # positives a user needs before the target to be evaluated
+    tower: bool = True  # also LoRA-tune the item tower (rayrec.itemtower) and evaluate it
+
+
 class EvalConfig(Section):
     """Which split, which candidates, which metrics."""
 
@@ -49,3 +59,4 @@ class EvalConfig(Section):
     seed: int = 0
     out: str | None = None  # default: <run_dir>/eval
     generative: GenerativeEval = Field(default_factory=GenerativeEval)
+    new_items: NewItemProtocol = Field(default_factory=NewItemProtocol)

@@ -68,7 +68,12 @@ def als_lists(cfg, everyone: pd.DataFrame, users: pd.DataFrame, n_items: int, n:
     valid = load_sequences(cfg.data_dir, "valid")
     als = AlsBaseline(n_items, seed=cfg.evaluate.seed)
     tuned = als.tune(valid["user_idx"].tolist(), valid["history"].tolist(), valid["target"].tolist())
-    als.fit(everyone["user_idx"].tolist(), everyone["history"].tolist())
+    # Refit on every user's interactions before the evaluated items: the evaluated users' inputs,
+    # and for the others (the new-item protocol evaluates only some users) train + valid.
+    fit = dict(zip(valid["user_idx"], [np.append(h, t) for h, t in zip(valid["history"], valid["target"],
+                                                                       strict=True)], strict=True))
+    fit |= dict(zip(everyone["user_idx"], everyone["history"], strict=True))
+    als.fit(list(fit), list(fit.values()))
     return als.topn(users["user_idx"].tolist(), n), tuned
 
 
@@ -160,8 +165,16 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def run_full_catalog(cfg) -> dict[str, Any]:
-    """Evaluate every available system on the full catalog; write the report to cfg.eval_dir."""
+def run_full_catalog(cfg, retrievers: dict[str, Any] | None = None, held_out: np.ndarray | None = None,
+                     describe: dict[str, str] | None = None, pairs: list[tuple[str, str]] = (),
+                     notes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate every available system on the full catalog; write the report to cfg.eval_dir.
+
+    ``retrievers``: name -> a loaded SeqRetriever to evaluate (default: the run's, as
+    "retriever"; the first is what the ranker re-scores). ``held_out``: the new-item protocol's
+    held-out items (rayrec.data.newitems): each list's share of them in its top-K is reported.
+    ``describe`` / ``pairs``: what the report says each extra system is, and extra paired
+    comparisons (a, b) of NDCG@10; ``notes``: added to the report's protocol section."""
     from rayrec.data.store import load_items
     from rayrec.evaluation.evaluate import paired_bootstrap, resolve_checkpoint
     from rayrec.evaluation.report import track_evaluation, write_report
@@ -184,10 +197,13 @@ def run_full_catalog(cfg) -> dict[str, Any]:
         (lists["als"], notes["als"]), seconds["als"] = _timed(
             lambda: als_lists(cfg, all_users, users, len(items), depth))
     retrieved, source = None, None
-    if storage.is_dir(cfg.retriever_model_dir):
-        retriever = load_seq_retriever(cfg)
-        retrieved, seconds["retriever"] = _timed(lambda: retriever.retrieve(histories, depth))
-        lists["retriever"], source = [r[0] for r in retrieved], "retriever"
+    if retrievers is None:
+        retrievers = {"retriever": load_seq_retriever(cfg)} if storage.is_dir(cfg.retriever_model_dir) else {}
+    for name, retriever in retrievers.items():
+        out, seconds[name] = _timed(lambda r=retriever: r.retrieve(histories, depth))
+        lists[name] = [r[0] for r in out]
+        if retrieved is None:
+            retrieved, source = out, name
     if storage.is_file(storage.join(cfg.index_dir, "meta.json")) and (ec.baselines or retrieved is None):
         lists["text_retrieval"], seconds["text_retrieval"] = _timed(
             lambda: text_retrieval_lists(cfg, histories, depth))
@@ -210,9 +226,12 @@ def run_full_catalog(cfg) -> dict[str, Any]:
     rows = []
     for m in models:
         for (u, y), top in zip(users[["user_idx", "target"]].itertuples(index=False), lists[m], strict=True):
-            rows.append({"user_idx": int(u), "model": m, **list_metrics(top, int(y), ks),
-                         f"recall@{ec.rank_depth}": float(int(y) in top[: ec.rank_depth]),
-                         "top": top[: max(ks)].tolist()})  # what the system would show
+            row = {"user_idx": int(u), "model": m, **list_metrics(top, int(y), ks),
+                   f"recall@{ec.rank_depth}": float(int(y) in top[: ec.rank_depth]),
+                   "top": top[: max(ks)].tolist()}  # what the system would show
+            if held_out is not None:  # the share of the top-K slots given to new items
+                row[f"new_share@{ec.beyond_k}"] = float(np.isin(top[: ec.beyond_k], held_out).sum()) / ec.beyond_k
+            rows.append(row)
     per_user = pd.DataFrame(rows)
     summary = {}
     for m in models:
@@ -223,10 +242,11 @@ def run_full_catalog(cfg) -> dict[str, Any]:
                                                                      len(items), len(all_users)).items()}
     main = f"ndcg@{10 if 10 in ks else ks[-1]}"
     ndcg = {m: per_user[per_user["model"] == m].sort_values("user_idx")[main].to_numpy() for m in models}
-    pairs = [(m, b) for m in models if m not in (*BASELINES, "oracle") for b in BASELINES if b in models]
-    pairs += [(m, m.removesuffix("_ranker")) for m in models if m.endswith("_ranker")]
+    compared = [(m, b) for m in models if m not in (*BASELINES, "oracle") for b in BASELINES if b in models]
+    compared += [(m, m.removesuffix("_ranker")) for m in models if m.endswith("_ranker")]
+    compared += [(a, b) for a, b in pairs if a in models and b in models]
     comparisons = {f"{a}_vs_{b}": {"metric": main, **paired_bootstrap(ndcg[a], ndcg[b], ec.bootstrap, ec.seed)}
-                   for a, b in pairs}
+                   for a, b in compared}
     protocol = {
         "data_dir": cfg.data_dir, "split": ec.split, "users": len(users),
         "users_in_split": len(all_users),
@@ -254,6 +274,8 @@ def run_full_catalog(cfg) -> dict[str, Any]:
         },
         "ks": ks, "seed": ec.seed,
     }
+    protocol |= notes or {}
+    protocol["models"] |= describe or {}
     protocol["models"] = {m: d for m, d in protocol["models"].items() if m in models}
     result = {"protocol": protocol, "models": summary, "comparisons": comparisons,
               "timing": {"total_seconds": round(time.time() - t0, 2),

@@ -28,6 +28,10 @@ class RetrieverConfig(Section):
     # Add a learned projection of each item's text embedding (the text index's vectors) to its
     # id embedding, so items with few or no interactions still get a vector from their text.
     text_init: bool = False
+    # text_init only (seqrec.model): the ID part's norm bound (None: unbounded) and the chance
+    # that a training step reads an item from its text alone (DropoutNet; new items: always).
+    id_max_norm: float | None = Field(None, gt=0)
+    id_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     lr: float = Field(2e-3, gt=0)
     # cosine: lr decays to 0 by max_epochs or max_minutes, whichever comes first (a final
     # model that does not jump around between evaluations); constant: SASRec's original.

@@ -65,7 +65,7 @@ def validate(model: SASRec, rows: list[dict], metric: str) -> dict[str, float]:
 
 def train_loop_per_worker(loop_cfg: dict) -> None:
     """Ray Train entry. ``loop_cfg``: {"retriever": RetrieverConfig dump, "n_items": int,
-    "text_vectors": (n_items, d) array or None}."""
+    "text_vectors": (n_items, d) array or None, "trained": (n_items,) bool or None}."""
     rc = RetrieverConfig.model_validate(loop_cfg["retriever"])
     n_items = int(loop_cfg["n_items"])
     ctx = ray.train.get_context()
@@ -80,7 +80,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     inputs, targets = inputs.to(device), targets.to(device)  # once: the whole shard fits
     # DDP needs the same number of steps on every rank: the smallest shard sets the epoch.
     steps = int(_all_reduce([len(rows) // rc.batch_size or 1], dist.ReduceOp.MIN)[0])
-    net = SASRec(n_items, rc, loop_cfg.get("text_vectors"))
+    net = SASRec(n_items, rc, loop_cfg.get("text_vectors"), loop_cfg.get("trained"))
     model = ray.train.torch.prepare_model(net)
     opt = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
     state = {"epoch": 0, "best": -math.inf, "bad_evals": 0}

@@ -1,7 +1,16 @@
 """SASRec: causal self-attention over a user's recent items (Kang & McAuley, ICDM 2018).
 
     h_t   = Transformer(e_{i_1} + p_1, ..., e_{i_t} + p_t)[t]     (pre-norm blocks, causal)
-    s(i)  = <h_t, v_i>,   v_i = e_i (+ W x_i with text_init, x_i the item's text embedding)
+    s(i)  = <h_t, v_i>,   v_i = e_i                                    (ID-only)
+                          v_i = W x_i + m_i clip(e_i)                  (text_init)
+
+With ``text_init`` the model is text-grounded: x_i is the item's frozen text embedding, m_i = 1
+for an item with a training interaction and 0 for one without (a new item's vector is its text
+alone; its untrained e_i is never read), clip bounds the ID part's norm (``id_max_norm``), and
+during training each item's ID part is dropped with probability ``id_dropout`` (DropoutNet,
+Volkovs et al., NeurIPS 2017), so that W learns to place an item from its text alone, as it
+must for a new one. Items without a training interaction are left out of the training softmax:
+they did not exist yet, and pushing their text down would teach the model that new is bad.
 
 Input and output item embeddings are shared (v_i scores the next item; e_i reads the history),
 so a user vector ``h_t`` and the item vectors ``v`` live in one space and a FAISS inner-product
@@ -55,8 +64,10 @@ class Block(nn.Module):
 class SASRec(nn.Module):
     """The retriever network. ``forward(seqs)`` -> (B, T, dim) hidden states."""
 
-    def __init__(self, n_items: int, cfg: RetrieverConfig, text_vectors: np.ndarray | None = None):
+    def __init__(self, n_items: int, cfg: RetrieverConfig, text_vectors: np.ndarray | None = None,
+                 trained: np.ndarray | None = None):
         super().__init__()
+        self.id_dropout, self.id_max_norm = cfg.id_dropout, cfg.id_max_norm
         self.n_items, self.pad, self.max_len = n_items, n_items, cfg.max_len
         self.item = nn.Embedding(n_items + 1, cfg.dim, padding_idx=n_items)
         self.pos = nn.Embedding(cfg.max_len, cfg.dim)
@@ -71,6 +82,12 @@ class SASRec(nn.Module):
                 raise ValueError("retriever.text_init needs one text vector per catalog item")
             self.register_buffer("text", torch.as_tensor(np.asarray(text_vectors, np.float32)))
             self.text_proj = nn.Linear(self.text.shape[1], cfg.dim, bias=False)
+            # which items had a training interaction (default: all): the rest are text only
+            seen = np.ones(n_items, bool) if trained is None else np.asarray(trained, bool)
+            if len(seen) != n_items:
+                raise ValueError("retriever: one trained flag per catalog item")
+            self.register_buffer("trained", torch.as_tensor(seen))
+            self.register_buffer("new_vectors", None)  # set_new_item_vectors; saved with the model
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
         self.ln = nn.LayerNorm(cfg.dim)
@@ -78,17 +95,38 @@ class SASRec(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         """(n_items + 1, dim): every item's vector, the padding row last (always zero input)."""
         v = self.item.weight
-        if self.text_proj is not None:
-            v = v + F.pad(self.text_proj(self.text), (0, 0, 0, 1))
-        return v
+        if self.text_proj is None:
+            return v
+        e = v[: self.n_items]
+        if self.id_max_norm is not None:  # ||e_i|| <= id_max_norm (differentiable rescale)
+            e = e * (self.id_max_norm / e.norm(dim=1, keepdim=True).clamp(min=self.id_max_norm))
+        keep = self.trained.to(e.dtype)
+        if self.training and self.id_dropout > 0:  # the same items are "new" in input and output
+            keep = keep * (torch.rand(self.n_items, device=e.device) >= self.id_dropout).to(e.dtype)
+        text = self.text_proj(self.text)
+        if self.new_vectors is not None:  # the tuned item tower's vectors of untrained items
+            text = torch.where(self.trained[:, None], text, self.new_vectors)
+        return F.pad(text + keep[:, None] * e, (0, 0, 0, 1))
 
-    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+    def set_new_item_vectors(self, vectors: np.ndarray) -> None:
+        """Serve items without a training interaction from ``vectors`` (n_items, dim), e.g. the
+        LoRA-tuned item tower's (rayrec.itemtower); trained items keep their own vectors."""
+        if self.text_proj is None:
+            raise ValueError("new-item vectors need a text-grounded retriever (retriever.text_init)")
+        v = torch.as_tensor(np.asarray(vectors, np.float32))
+        if tuple(v.shape) != (self.n_items, self.item.weight.shape[1]):
+            raise ValueError(f"new-item vectors must be ({self.n_items}, {self.item.weight.shape[1]})")
+        self.new_vectors = v.to(self.item.weight.device)
+
+    def forward(self, seqs: torch.Tensor, vec: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states; ``vec``: the item vectors to read (one draw of the ID dropout shared
+        by the input and the softmax), default :meth:`item_vectors`."""
         t = seqs.shape[1]
         real = seqs != self.pad
         # Query t sees keys <= t that are real items; itself always, so no row is all-masked.
         causal = torch.ones(t, t, dtype=torch.bool, device=seqs.device).tril()
         mask = (causal[None] & real[:, None, :]) | torch.eye(t, dtype=torch.bool, device=seqs.device)
-        vec = self.item_vectors()
+        vec = self.item_vectors() if vec is None else vec
         h = self.drop(vec[seqs] * real[..., None] + self.pos.weight[-t:][None])
         for block in self.blocks:
             h = block(h, mask)
@@ -108,15 +146,22 @@ def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor,
              masked out; cost P x (N + 1) instead of P x n.
     """
     net = model.module if hasattr(model, "module") else model  # DDP wraps the module
-    h = model(inputs)
+    all_vec = net.item_vectors()
+    h = model(inputs, all_vec)
     keep = targets != net.pad
     h, y = h[keep], targets[keep]
-    vec = net.item_vectors()[: net.n_items]
+    vec = all_vec[: net.n_items]
+    absent = getattr(net, "trained", None)  # text_init: items without a training interaction
+    absent = None if absent is None or bool(absent.all()) else ~absent
     if cfg.loss == "full":
-        return F.cross_entropy(h @ vec.T, y)
+        logits = h @ vec.T
+        return F.cross_entropy(logits if absent is None else logits.masked_fill(absent, float("-inf")), y)
     neg = torch.randint(0, net.n_items, (cfg.num_negatives,), generator=generator).to(h.device)
+    drop = neg[None] == y[:, None]
+    if absent is not None:
+        drop = drop | absent[neg][None]
     pos_logit = (h * vec[y]).sum(-1, keepdim=True)
-    neg_logit = (h @ vec[neg].T).masked_fill(neg[None] == y[:, None], float("-inf"))
+    neg_logit = (h @ vec[neg].T).masked_fill(drop, float("-inf"))
     logits = torch.cat([pos_logit, neg_logit], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long, device=h.device))
 
@@ -144,7 +189,10 @@ def load_retriever(model_dir: str | Path) -> tuple[SASRec, dict]:
     cfg = RetrieverConfig.model_validate(meta["config"])
     state = torch.load(io.BytesIO(storage.read_bytes(storage.join(d, MODEL_FILE))), map_location="cpu",
                        weights_only=True)
-    text = state.get("text")
-    model = SASRec(int(meta["n_items"]), cfg, None if text is None else text.numpy())
+    text, trained = state.get("text"), state.get("trained")
+    model = SASRec(int(meta["n_items"]), cfg, None if text is None else text.numpy(),
+                   None if trained is None else trained.numpy())
+    if state.get("new_vectors") is not None:
+        model.set_new_item_vectors(state["new_vectors"].numpy())
     model.load_state_dict(state)
     return model.eval(), meta

@@ -54,7 +54,8 @@ def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
 
     init_ray(cfg.ray)
     rc = cfg.retriever
-    n_items = len(load_items(cfg.data_dir))
+    items = load_items(cfg.data_dir)
+    n_items = len(items)
     per_worker = {"CPU": 1.0, **({"GPU": 1.0} if rc.use_gpu else {})}
     needs = {k: v * rc.num_workers for k, v in per_worker.items()}
     require_resources(needs, f"retriever training ({rc.num_workers} workers, use_gpu={rc.use_gpu})")
@@ -64,6 +65,8 @@ def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
         raise ValueError(f"{n_windows} sequences with 2+ train items cannot feed {rc.num_workers} workers")
     n_users = len(seqs.unique("user_idx"))
     text = _text_vectors(cfg, n_items) if rc.text_init else None
+    # items with a training positive; the others (new) are read from their text alone
+    trained = (items["popularity"].to_numpy() > 0) if rc.text_init else None
     warn_if_busy(needs, "retriever training")
     log.info("training the retriever on %d users (%d windows) x %d items, %d worker(s)", n_users,
              n_windows, n_items, rc.num_workers)
@@ -74,7 +77,7 @@ def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"retriever": rc.model_dump(mode="json"), "n_items": n_items,
-                               "text_vectors": text},
+                               "text_vectors": text, "trained": trained},
             scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu),
             torch_config=TorchConfig(backend="nccl" if rc.use_gpu else "gloo"),
             run_config=RunConfig(

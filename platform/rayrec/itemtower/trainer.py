@@ -1,0 +1,83 @@
+"""``run_tower_training`` (`rayrec train-tower`): pairs from the trained retriever in the driver,
+the LoRA tower tuned by Ray Train + DeepSpeed on shards of the warm items, the best checkpoint
+by validation (held-out warm items, text only) published as ``<run_dir>/tower``; then the
+retriever's index is rebuilt so that items without interactions are served from the tower.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from rayrec import storage
+from rayrec.config import RayrecConfig
+from rayrec.runtime import init_ray, warn_if_busy
+from rayrec.tracking import start_run
+from rayrec.tracking.train import report_callbacks
+
+log = logging.getLogger(__name__)
+
+
+def run_tower_training(cfg: RayrecConfig) -> dict[str, Any]:
+    """LoRA-tune ``tower.backbone`` so that item text lands where the retriever ranks the item."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rayrec.data.store import load_items
+    from rayrec.itemtower.loop import VALID_METRIC, train_loop_per_worker
+    from rayrec.itemtower.pairs import tower_data
+    from rayrec.itemtower.vectors import build_text_grounded_index
+    from rayrec.seqrec.model import load_retriever
+    from rayrec.train.checkpoint import publish_checkpoint
+    from rayrec.train.trainer import require_schedulable, worker_resources
+
+    init_ray(cfg.ray)
+    tc, tr = cfg.tower, cfg.train
+    require_schedulable(cfg)
+    model, _ = load_retriever(cfg.retriever_model_dir)
+    items = load_items(cfg.data_dir)
+    trained = items["popularity"].to_numpy() > 0
+    data = tower_data(model, cfg.data_dir, items["text"].astype(str).tolist(), trained, tc.valid_fraction, tc.seed)
+    head = None if model.text_proj is None else model.text_proj.weight.detach().numpy()
+    if head is None:
+        log.warning("the retriever is ID-only: the tower's head starts random (set retriever.text_init)")
+    warn_if_busy({k: v * tr.num_workers for k, v in worker_resources(cfg).items()}, "item tower tuning")
+    log.info("tuning the %s item tower for %d steps on %d worker(s): %d train items, %d validation items, "
+             "%d user states", tc.backbone, tc.max_steps, tr.num_workers, len(data.train_items),
+             len(data.valid_items), len(data.states))
+    params = {"tower": tc.model_dump(mode="json"), "train_items": len(data.train_items),
+              "valid_items": len(data.valid_items), "states": len(data.states), "num_workers": tr.num_workers}
+    with start_run(cfg, "train-tower", params) as run:
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"cfg": cfg.model_dump(mode="json"), "data": data, "head": head},
+            scaling_config=ScalingConfig(num_workers=tr.num_workers, use_gpu=tr.use_gpu,
+                                         resources_per_worker=tr.resources_per_worker or None,
+                                         placement_strategy=tr.placement_strategy),
+            torch_config=TorchConfig(backend="nccl" if tr.use_gpu else "gloo"),
+            run_config=RunConfig(
+                name=tc.run_name, storage_path=storage.join(cfg.tower_dir, "runs"),
+                failure_config=FailureConfig(max_failures=tr.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints, checkpoint_score_order="max",
+                                                   checkpoint_score_attribute=VALID_METRIC),
+                callbacks=report_callbacks(run, "step"),
+            ),
+        )
+        t0 = time.perf_counter()
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        scored = [(m[VALID_METRIC], c, m) for c, m in (result.best_checkpoints or []) if VALID_METRIC in m]
+        if not scored:
+            raise RuntimeError(f"item tower tuning reported no {VALID_METRIC}; nothing to publish")
+        value, best, best_metrics = max(scored, key=lambda t: t[0])
+        tower = publish_checkpoint(best, cfg.tower_dir + "/model")
+    index = build_text_grounded_index(cfg)
+    return {"tower": tower, "index": index, "best_step": best_metrics["step"], VALID_METRIC: value,
+            "start_" + VALID_METRIC: best_metrics.get("start_" + VALID_METRIC),
+            "valid_hr@10": best_metrics.get("valid_hr@10"),
+            "start_valid_hr@10": best_metrics.get("start_valid_hr@10"),
+            "train_items": len(data.train_items), "valid_items": len(data.valid_items),
+            "items_per_s": best_metrics.get("items_per_s"), "fit_seconds": round(time.perf_counter() - t0, 1),
+            "run_dir": str(result.path)}
