@@ -174,3 +174,23 @@ def test_the_lora_item_tower_trains_and_serves_new_items_vectors(protocol, ray_c
     np.testing.assert_allclose(served[trained], frozen[trained], atol=1e-6)
     index = ItemIndex.load(cfg.retriever_index_dir)  # what the endpoint searches
     np.testing.assert_allclose(index.embeddings_for([int(held[0])])[0], vectors[held[0]], atol=1e-5)
+
+
+def test_the_synthetic_world_releases_items_during_the_log() -> None:
+    """data.synthetic.release_fraction: late items have no impression before their release, and
+    are shown (and clicked) after it."""
+    from rayrec.data.config import SyntheticWorldConfig
+    from rayrec.data.synthetic import T0, generate_chunk, release_times
+    from rayrec.data.world import SyntheticWorld
+
+    cfg = SyntheticWorldConfig(n_users=60, n_items=80, n_events=6000, release_fraction=0.25,
+                               malformed_fraction=0.0, days=60)
+    world = SyntheticWorld.generate(cfg)
+    table = generate_chunk(world, cfg, 0, np.arange(cfg.n_users), cfg.n_events).to_pandas()
+    release = release_times(cfg.n_items, cfg)
+    late = np.flatnonzero(release > T0)
+    assert len(late) == 20 and release[late].min() >= T0 + 0.5 * 60 * 86400
+    item, ts = table["item_id"].astype(int).to_numpy(), table["timestamp"].astype(int).to_numpy()
+    assert (ts >= release[item]).all()
+    shown_late = table[np.isin(item, late)]
+    assert len(shown_late) > 0 and (shown_late["event"] == "click").any()

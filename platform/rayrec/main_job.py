@@ -1,6 +1,7 @@
 """The main job (`rayrec main`): from raw logs to a served, evaluated, exploring recommender.
 
-The recipe, stage by stage: preprocess → index → train-retriever → train → evaluate → serve
+The recipe, stage by stage: preprocess → index → train-retriever → train → evaluate →
+new items (:mod:`rayrec.newitems`, with ``evaluate.new_items.enabled``) → serve
 (sample requests, simulated traffic with feedback: :mod:`rayrec.serving.traffic`) → bandit
 experiment → off-policy estimate from the endpoint's own log (:mod:`rayrec.explore.logged_ope`)
 → report (:mod:`rayrec.report`). Each stage reuses its earlier result when its config is
@@ -11,17 +12,12 @@ is recorded in the report and the run goes on. ``run_dir`` may be local or remot
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from rayrec import storage
 from rayrec.config import RayrecConfig
 from rayrec.runtime import init_ray
 from rayrec.stages import StageRunner
-
-
-def _plain(obj: Any) -> Any:
-    return asdict(obj) if is_dataclass(obj) else obj
 
 
 def run_main(cfg: RayrecConfig, rebuild: bool = False) -> dict[str, Any]:
@@ -31,6 +27,7 @@ def run_main(cfg: RayrecConfig, rebuild: bool = False) -> dict[str, Any]:
     from rayrec.evaluation.evaluate import run_evaluation
     from rayrec.explore.experiment import run_experiment
     from rayrec.explore.logged_ope import estimate_from_event_log
+    from rayrec.newitems import run_new_item_protocol
     from rayrec.report import write_report
     from rayrec.retrieval.index import META_FILE, build_index
     from rayrec.seqrec.trainer import run_retriever_training
@@ -50,11 +47,13 @@ def run_main(cfg: RayrecConfig, rebuild: bool = False) -> dict[str, Any]:
     if cfg.retriever.enabled:
         stages.run("train-retriever", lambda: run_retriever_training(cfg), (*data_cfg, "retriever"),
                    outputs=[cfg.retriever_model_dir, cfg.retriever_index_dir])
-    stages.run("train", lambda: _plain(run_training(cfg)), (*data_cfg, "model", "train", "retriever"),
+    stages.run("train", lambda: run_training(cfg), (*data_cfg, "model", "train", "retriever"),
                outputs=[cfg.checkpoint_dir])
     stages.run("evaluate", lambda: run_evaluation(cfg),
                (*data_cfg, "model", "train", "retrieval", "retriever", "evaluate"),
                outputs=[cfg.eval_dir], required=False)
+    if cfg.evaluate.new_items.enabled:  # the new-item protocol's own retrievers and tower
+        run_new_item_protocol(cfg, stages, required=False)
     stages.run("serve", lambda: serve_and_simulate(cfg), reusable=False, required=False)
     stages.run("bandit", lambda: run_experiment(cfg), (*data_cfg, "explore"),
                outputs=[cfg.explore_dir], required=False)

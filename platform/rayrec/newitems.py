@@ -8,8 +8,10 @@ Everything lives under ``<run_dir>/newitems`` and is built from the run's prepro
   retriever_id/    the ID-only retriever (SASRec) trained on it
   retriever_text/  the text-grounded retriever (retriever.text_init: W x_i + bounded ID part)
   tower/           the LoRA-tuned item tower on top of it (Ray Train + DeepSpeed ZeRO)
+  checkpoints/     the ranker, trained on the text-grounded retriever's lists of warm items
   eval/            the full-catalog report: popularity, ALS, text retrieval, the ID-only
-                   retriever, the text-grounded one with the frozen and with the tuned tower
+                   retriever, the text-grounded one with the frozen and with the tuned tower,
+                   each retriever's top-N re-scored by the protocol's ranker
 
 The retriever's other settings are the run's (``retriever``): only ``text_init`` differs
 between the two, so the comparison isolates what the item text adds.
@@ -36,12 +38,16 @@ def protocol_configs(cfg: RayrecConfig) -> dict[str, RayrecConfig]:
     dumped["retrieval"] = dumped["retrieval"] | {"out": None}
     dumped["tower"] = dumped["tower"] | {"out": None}
     dumped["train"] = dumped["train"] | {"storage_path": None}
-    # no ranker has been trained without the held-out items: none is evaluated
-    dumped["evaluate"] = dumped["evaluate"] | {"out": None, "checkpoint": None, "rank_retrieved": False}
+    # only the protocol's own ranker (trained without the held-out items) is ever evaluated
+    dumped["evaluate"] = dumped["evaluate"] | {"out": None, "checkpoint": None,
+                                               "rank_retrieved": cfg.evaluate.new_items.ranker}
+    dumped["train"] = dumped["train"] | {"init_from": None}
     out = {"base": RayrecConfig.model_validate(dumped)}
+    budget = cfg.evaluate.new_items.max_minutes or cfg.retriever.max_minutes
     for name, text_init in (("id", False), ("text", True)):
         variant = dict(dumped)
-        variant["retriever"] = dumped["retriever"] | {"text_init": text_init, "out": f"{root}/retriever_{name}"}
+        variant["retriever"] = dumped["retriever"] | {"text_init": text_init, "out": f"{root}/retriever_{name}",
+                                                      "max_minutes": budget}
         out[name] = RayrecConfig.model_validate(variant)
     return out
 
@@ -79,13 +85,16 @@ def _counts(base: RayrecConfig) -> dict[str, Any]:
     return load_manifest(base.data_dir).get("new_items", {})
 
 
-def run_new_item_protocol(cfg: RayrecConfig, stages: StageRunner | None = None) -> dict[str, Any]:
-    """Build and evaluate every system of the protocol; stages are reused when unchanged."""
+def run_new_item_protocol(cfg: RayrecConfig, stages: StageRunner | None = None, required: bool = True
+                          ) -> dict[str, Any] | None:
+    """Build and evaluate every system of the protocol; stages are reused when unchanged.
+    ``required`` False (the main job): a failed stage is recorded and the run goes on."""
     from rayrec.data.newitems import HELD_OUT_FILE, derive_new_item_dataset
     from rayrec.itemtower.trainer import run_tower_training
     from rayrec.retrieval.index import META_FILE, build_index
     from rayrec.runtime import init_ray
     from rayrec.seqrec.trainer import run_retriever_training
+    from rayrec.train.trainer import run_training
 
     init_ray(cfg.ray)
     stages = stages or StageRunner(cfg)
@@ -94,14 +103,20 @@ def run_new_item_protocol(cfg: RayrecConfig, stages: StageRunner | None = None) 
     data = ("data", "preprocess", "evaluate")
     stages.run("new-items-data", lambda: derive_new_item_dataset(cfg.data_dir, base.data_dir, ni.fraction,
                                                                  ni.min_history),
-               data, outputs=[storage.join(base.data_dir, HELD_OUT_FILE)])
+               data, outputs=[storage.join(base.data_dir, HELD_OUT_FILE)], required=required)
     stages.run("new-items-index", lambda: str(build_index(base)), (*data, "retrieval", "model"),
-               outputs=[storage.join(base.index_dir, META_FILE)])
+               outputs=[storage.join(base.index_dir, META_FILE)], required=required)
     for name in ("id", "text"):
         c = configs[name]
         stages.run(f"new-items-retriever-{name}", lambda c=c: run_retriever_training(c),
-                   (*data, "retrieval", "retriever"), outputs=[c.retriever_model_dir])
+                   (*data, "retrieval", "retriever"), outputs=[c.retriever_model_dir], required=required)
     if ni.tower:
         stages.run("new-items-tower", lambda: run_tower_training(configs["text"]),
-                   (*data, "retrieval", "retriever", "tower", "train"), outputs=[configs["text"].tower_dir])
-    return stages.run("new-items-evaluate", lambda: evaluate_new_items(configs), reusable=False)
+                   (*data, "retrieval", "retriever", "tower", "train"), outputs=[configs["text"].tower_dir],
+                   required=required)
+    if ni.ranker:  # on the text-grounded retriever's mined lists (warm items only)
+        stages.run("new-items-ranker", lambda: run_training(configs["text"]),
+                   (*data, "retrieval", "retriever", "model", "train"), outputs=[base.checkpoint_dir],
+                   required=required)
+    return stages.run("new-items-evaluate", lambda: evaluate_new_items(configs), reusable=False,
+                      required=required)

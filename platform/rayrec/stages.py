@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
 from rayrec import console, storage
@@ -72,6 +72,8 @@ class StageRunner:
         start = time.perf_counter()
         try:
             result = fn()
+            if is_dataclass(result):  # a stage's result is plain data (stamped as JSON, reported)
+                result = asdict(result)
         except Exception as exc:
             seconds = time.perf_counter() - start
             self.records.append(StageRecord(name, seconds, False, None, f"{type(exc).__name__}: {exc}"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rayrec.configbase import Section
 
@@ -56,6 +56,17 @@ class SyntheticWorldConfig(Section):
     series_fraction: float = Field(0.3, ge=0.0, le=1.0)  # items that are parts of a 2-5 part series
     series_follow: float = Field(0.5, ge=0.0, le=1.0)  # per impression: show part k+1 after a click on k
     sequential_strength: float = Field(0.5, ge=0.0, le=1.0)  # share of impressions near the last click
+    # New releases (rayrec.data.synthetic.release_times): this share of the items enters the
+    # catalog at a uniform time within release_window (fractions of the span), never shown before.
+    release_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    release_window: tuple[float, float] = (0.5, 0.9)
+
+    @model_validator(mode="after")
+    def _window(self) -> SyntheticWorldConfig:
+        lo, hi = self.release_window
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"release_window must be 0 <= start <= end <= 1, got {self.release_window}")
+        return self
 
 
 class DataConfig(Section):

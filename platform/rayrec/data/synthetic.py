@@ -57,6 +57,10 @@ def generate_chunk(world: SyntheticWorld, cfg: SyntheticWorldConfig, chunk: int,
     in_sess = pos % cfg.session_length
     item, click = world.simulate(users, counts, in_sess == 0, rng)
     ts = _timestamps(rng, cfg, counts, pos)
+    if cfg.release_fraction > 0:  # an item released late has no impression before its release
+        live = ts >= release_times(world.n_items, cfg)[item]
+        user, item, click, ts = user[live], item[live], click[live], ts[live]
+        n = len(user)
     user_s = pc.cast(pa.array(user, pa.int64()), pa.string()).to_numpy(zero_copy_only=False).astype(object)
     item_s = pc.cast(pa.array(item, pa.int64()), pa.string()).to_numpy(zero_copy_only=False).astype(object)
     ts_s = pc.cast(pa.array(ts, pa.int64()), pa.string()).to_numpy(zero_copy_only=False).astype(object)
@@ -92,6 +96,19 @@ def _write_chunk(world_ref, cfg: SyntheticWorldConfig, chunk: int, u0: int, u1: 
     else:
         pq.write_table(table, path, filesystem=fs, row_group_size=250_000)
     return table.num_rows
+
+
+def release_times(n_items: int, cfg: SyntheticWorldConfig) -> np.ndarray:
+    """Unix seconds each item enters the catalog: T0 for most; a seeded ``release_fraction`` of
+    the items (any popularity: new releases, not a long tail) at uniform times within
+    ``release_window`` of the log's span. The world's tastes are unchanged: a released item is
+    drawn, shown and clicked as before, only never before it exists."""
+    rng = np.random.default_rng([cfg.seed, 4242])
+    out = np.full(n_items, T0, dtype=np.int64)
+    late = rng.choice(n_items, size=int(round(cfg.release_fraction * n_items)), replace=False)
+    lo, hi = cfg.release_window
+    out[late] = T0 + (rng.uniform(lo, hi, size=len(late)) * cfg.days * 86400).astype(np.int64)
+    return out
 
 
 def _timestamps(rng: np.random.Generator, cfg: SyntheticWorldConfig, counts: np.ndarray,

@@ -32,6 +32,8 @@ class NewItemProtocol(Section):
     fraction: float = Field(0.15, gt=0, lt=1)  # of the items with a positive, newest by first positive
     min_history: int = Field(2, ge=1)  # positives a user needs before the target to be evaluated
     tower: bool = True  # also LoRA-tune the item tower (rayrec.itemtower) and evaluate it
+    ranker: bool = True  # also train the ranker on the protocol's data; every retriever + it is evaluated
+    max_minutes: float | None = Field(None, gt=0)  # each protocol retriever's budget (None: retriever.max_minutes)
 
 
 class EvalConfig(Section):

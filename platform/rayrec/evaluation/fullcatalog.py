@@ -196,27 +196,26 @@ def run_full_catalog(cfg, retrievers: dict[str, Any] | None = None, held_out: np
         lists["popularity"], seconds["popularity"] = _timed(lambda: popularity_lists(popularity, histories, depth))
         (lists["als"], notes["als"]), seconds["als"] = _timed(
             lambda: als_lists(cfg, all_users, users, len(items), depth))
-    retrieved, source = None, None
+    retrieved, source = {}, None  # name -> (items, scores) per user: what a ranker re-scores
     if retrievers is None:
         retrievers = {"retriever": load_seq_retriever(cfg)} if storage.is_dir(cfg.retriever_model_dir) else {}
     for name, retriever in retrievers.items():
-        out, seconds[name] = _timed(lambda r=retriever: r.retrieve(histories, depth))
-        lists[name] = [r[0] for r in out]
-        if retrieved is None:
-            retrieved, source = out, name
-    if storage.is_file(storage.join(cfg.index_dir, "meta.json")) and (ec.baselines or retrieved is None):
+        retrieved[name], seconds[name] = _timed(lambda r=retriever: r.retrieve(histories, depth))
+        lists[name] = [r[0] for r in retrieved[name]]
+        source = source or name
+    if storage.is_file(storage.join(cfg.index_dir, "meta.json")) and (ec.baselines or not retrieved):
         lists["text_retrieval"], seconds["text_retrieval"] = _timed(
             lambda: text_retrieval_lists(cfg, histories, depth))
-        if retrieved is None:  # no sequential retriever: the text index is the retrieval stage
-            retrieved, source = [(t, None) for t in lists["text_retrieval"]], "text_retrieval"
+        if not retrieved:  # no sequential retriever: the text index is the retrieval stage
+            retrieved, source = {"text_retrieval": [(t, None) for t in lists["text_retrieval"]]}, "text_retrieval"
     if ec.generative.enabled:
         (lists["generative"], notes["generative"]), seconds["generative"] = _timed(
             lambda: generative_lists(cfg, histories, items))
     checkpoint = resolve_checkpoint(cfg, required=False) if ec.rank_retrieved else None
-    if retrieved is not None and checkpoint is not None:
-        top_n = [(c[: ec.rank_depth], None if s is None else s[: ec.rank_depth]) for c, s in retrieved]
-        name = f"{source}_ranker"
-        lists[name], seconds[name] = _timed(lambda: ranker_lists(cfg, users, top_n, items, checkpoint))
+    for base, found in retrieved.items() if checkpoint is not None else ():  # each retriever + the ranker
+        top_n = [(c[: ec.rank_depth], None if s is None else s[: ec.rank_depth]) for c, s in found]
+        name = f"{base}_ranker"
+        lists[name], seconds[name] = _timed(lambda t=top_n: ranker_lists(cfg, users, t, items, checkpoint))
     if ec.baselines:
         oracle, t_oracle = _timed(lambda: oracle_lists(cfg, users, items, depth))
         if oracle is not None:
@@ -269,8 +268,8 @@ def run_full_catalog(cfg, retrievers: dict[str, Any] | None = None, held_out: np
                            f" ({ec.generative.history_items} titles per prompt)"
                            f" generating {ec.generative.k} catalog titles (trie-constrained beam search); "
                            f"beams and latency {notes.get('generative')}"),
-            f"{source}_ranker": f"{source} top-{ec.rank_depth} re-scored by {cfg.model.kind} on "
-                                f"{cfg.model.backbone}, checkpoint {checkpoint}",
+            **{f"{b}_ranker": f"{b} top-{ec.rank_depth} re-scored by {cfg.model.kind} on "
+                              f"{cfg.model.backbone}, checkpoint {checkpoint}" for b in retrieved},
         },
         "ks": ks, "seed": ec.seed,
     }

@@ -40,12 +40,22 @@ def evaluation(result: dict[str, Any], per_user, plot: str | None) -> list[str]:
     p = result.get("protocol", {})
     headline, rows = model_rows(result, per_user)
     full = p.get("candidates") == "full"
-    lines = ["", "## Offline evaluation", "",
-             (f"How well each system ranks the held-out item of {num(p.get('users'))} {p.get('split')} "
-              "users against " + ("every unseen catalog item (a miss scores 0)" if full
-                                  else f"{p.get('candidates')} candidates")
-              + "; intervals are 95% bootstrap CIs over users."), ""]
-    extra = [c for c in ("mrr", *(k for k in (rows[0] if rows else {}) if k.startswith("recall@")),
+    if p.get("protocol") == "new_items":
+        n = p.get("new_items") or {}
+        lines = ["", "## New items", "",
+                 (f"The newest {num(n.get('held_out_items'))} items ({n.get('fraction', 0):.0%} of those with "
+                  "an interaction, by first interaction) were held out of every training stage, their text "
+                  f"cut to what exists at release. For {num(p.get('users'))} users, the first contact with "
+                  "one is ranked against every item the user has not seen, held-out items included (a miss "
+                  "scores 0); `new_share` is the share of the top-10 given to held-out items. Intervals "
+                  "are 95% bootstrap CIs over users."), ""]
+    else:
+        lines = ["", "## Offline evaluation", "",
+                 (f"How well each system ranks the held-out item of {num(p.get('users'))} {p.get('split')} "
+                  "users against " + ("every unseen catalog item (a miss scores 0)" if full
+                                      else f"{p.get('candidates')} candidates")
+                  + "; intervals are 95% bootstrap CIs over users."), ""]
+    extra = [c for c in ("mrr", *(k for k in (rows[0] if rows else {}) if k.startswith(("recall@", "new_share@"))),
                          *(k for k in (rows[0] if rows else {}) if k.startswith(("coverage@", "novelty@"))),
                          "ms_per_user") if rows and c in rows[0]]
     lines += table(["model", *[f"{m} (95% CI)" for m in headline], *[c.replace("ms_per_user", "ms/user") for c in extra]],

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 MARKDOWN_FILE, JSON_FILE, FIGURE_DIR = "report.md", "report.json", "report"
 
 
+NEW_ITEMS_STAGE = "new-items-evaluate"  # rayrec.newitems' last stage: the new-item protocol's report
+
+
 def _failure(results: dict[str, Any], stage: str, title: str) -> list[str]:
     error = next((r.get("error") for r in results.get("stages", []) if r["name"] == stage), None)
     return ["", f"## {title}", "", f"Not available: the {stage} stage failed ({error})."] if error else []
@@ -77,6 +80,10 @@ def write_report(run_dir: str, results: dict[str, Any], metric: str = "ndcg@10")
         lines += quality.evaluation(evaluation, per_user, bars)
     else:
         lines += _failure(results, "evaluate", "Offline evaluation")
+    if new_items := results.get(NEW_ITEMS_STAGE):
+        lines += quality.evaluation(new_items, _per_user(new_items), None)
+    else:
+        lines += _failure(results, NEW_ITEMS_STAGE, "New items")
     if serving := results.get("serve"):
         lines += sections.serving(serving)
     else:
