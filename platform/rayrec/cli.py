@@ -65,6 +65,21 @@ def _train_generator(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     return run_generator_training(cfg)
 
 
+def _train_tower(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.itemtower.trainer import run_tower_training
+
+    return run_tower_training(cfg)
+
+
+def _new_items(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.newitems import run_new_item_protocol
+    from rayrec.stages import StageRunner
+
+    result = run_new_item_protocol(cfg, StageRunner(cfg, rebuild=args.rebuild))
+    return {"report": result["files"], "models": result["models"], "comparisons": result["comparisons"],
+            "protocol": result["protocol"]["new_items"]}
+
+
 def _evaluate(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     from rayrec.evaluation.evaluate import run_evaluation
 
@@ -108,6 +123,31 @@ def _feedback(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     from rayrec.feedback import run_feedback_loop
 
     return run_feedback_loop(cfg)
+
+
+def _catalog(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    """`rayrec catalog add|hide`: a client of the running endpoint's admin routes."""
+    from rayrec.errors import UserFacingError
+    from rayrec.serving import catalog_client as client
+
+    sc = cfg.serve
+    host = "127.0.0.1" if sc.host in ("0.0.0.0", "::") else sc.host
+    url = args.url or f"http://{host}:{sc.port}{sc.route_prefix.rstrip('/')}"
+    if args.action == "add":
+        if not args.file:
+            raise UserFacingError("catalog add needs --file ITEMS.jsonl (one JSON object per line)")
+        rows = client.read_items_file(args.file)  # every line checked before anything is sent
+        key = client.admin_key(args.admin_key_env or sc.admin_api_keys_env, sc.admin_api_keys_file)
+        result, total = client.add_items(url, key, rows, max(1, args.batch_size), args.timeout), len(rows)
+    else:
+        if not args.item_id:
+            raise UserFacingError("catalog hide needs --item-id ID (repeatable)")
+        key = client.admin_key(args.admin_key_env or sc.admin_api_keys_env, sc.admin_api_keys_file)
+        result, total = client.hide_items(url, key, args.item_id, args.timeout), len(args.item_id)
+    client.print_result(result)
+    if result["rejected"]:
+        raise UserFacingError(f"{len(result['rejected'])} of {total} rejected (listed above)")
+    return result
 
 
 def _main(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
@@ -156,6 +196,23 @@ COMMANDS: dict[str, Command] = {
         "evaluate.generative.adapter=tuned.",
         _train_generator,
     ),
+    "train-tower": Command(
+        "LoRA-tune the item tower: an item's retriever vector from its text (Ray Train + DeepSpeed)",
+        "Tune tower.backbone (MiniLM) with LoRA under DeepSpeed ZeRO so that each warm item's text, "
+        "read alone, is ranked by the users who clicked it as the retriever ranks the item itself; "
+        "validate on warm items held out of the tuning, publish the best to <out>/tower/model and "
+        "rebuild the retriever's index so that items without interactions are served from it. "
+        "Needs a text-grounded retriever (retriever.text_init: true).",
+        _train_tower,
+    ),
+    "new-items": Command(
+        "the new-item protocol: hold out the newest items from every stage, train, evaluate",
+        "Derive <out>/newitems/data (the newest evaluate.new_items.fraction of the items held out of "
+        "every training stage, each user's first contact with one the target), build its text index, "
+        "train the ID-only and the text-grounded retriever and the LoRA item tower on it, and rank the "
+        "full catalog: <out>/newitems/eval. Stages are reused when their config is unchanged.",
+        _new_items,
+    ),
     "evaluate": Command(
         "offline evaluation against baselines",
         "HR@K, NDCG@K, MRR, AUC, diversity, coverage and novelty of the ranker against popularity "
@@ -185,6 +242,15 @@ COMMANDS: dict[str, Command] = {
         "Write the LoRA adapter (or, with --merge, the adapter merged into the base weights) "
         "with tokenizer and config to --export-dir.",
         _export,
+    ),
+    "catalog": Command(
+        "add items to (or hide items from) a running endpoint, without retraining",
+        "`catalog add --file items.jsonl` posts the file's items (one JSON object per line: item_id, "
+        "title, optional genres and text) to the endpoint's POST /items in batches and prints each row "
+        "as added or rejected with its reason; `catalog hide --item-id X [--item-id Y]` stops "
+        "recommending items. Needs an admin key (the endpoint's serve.admin_api_keys_env, read from "
+        "--admin-key-env here). A bad file line is an error naming its line; nothing is sent then.",
+        _catalog,
     ),
     "feedback": Command(
         "retrain from the endpoint's feedback log and promote if better",
@@ -228,11 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.description)
         _add_common_flags(p)
-        if name == "main":
+        if name in ("main", "new-items"):
             p.add_argument("--rebuild", action="store_true", help="rebuild every stage")
         if name == "train":
             p.add_argument("--stage", choices=["all", "retriever", "ranker"], default="all",
                            help="which model to train (default: the retriever, then the ranker)")
+        if name == "catalog":
+            p.add_argument("action", choices=["add", "hide"], help="add items from --file, or hide --item-id")
+            p.add_argument("--file", help="JSON lines of items to add (item_id, title, genres, text)")
+            p.add_argument("--item-id", action="append", default=[], help="an item to hide (repeatable)")
+            p.add_argument("--url", help="the endpoint (default http://serve.host:serve.port/serve.route_prefix)")
+            p.add_argument("--admin-key-env", help="env var holding the admin key (default serve.admin_api_keys_env)")
+            p.add_argument("--batch-size", type=int, default=500, help="rows per POST (<= serve.admin_max_rows)")
+            p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each POST")
         if name == "export":
             p.add_argument("--checkpoint", help="checkpoint dir (default: the training run's best)")
             p.add_argument("--export-dir", required=True, help="where to write the artifact")
@@ -281,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Long-running or multi-stage commands report their own lines; the others are one stage each.
-_NOT_A_STAGE = {"main", "serve"}
+_NOT_A_STAGE = {"main", "serve", "catalog"}
 
 
 def _run(cfg: RayrecConfig, args: argparse.Namespace) -> Any:

@@ -1,6 +1,7 @@
 """The main job (`rayrec main`): from raw logs to a served, evaluated, exploring recommender.
 
-The recipe, stage by stage: preprocess → index → train-retriever → train → evaluate →
+The recipe, stage by stage: preprocess → index → train-retriever → train-tower (a text-grounded
+retriever's item tower) → train → evaluate →
 new items (:mod:`rayrec.newitems`, with ``evaluate.new_items.enabled``) → serve
 (sample requests, simulated traffic with feedback: :mod:`rayrec.serving.traffic`) → bandit
 experiment → off-policy estimate from the endpoint's own log (:mod:`rayrec.explore.logged_ope`)
@@ -27,6 +28,7 @@ def run_main(cfg: RayrecConfig, rebuild: bool = False) -> dict[str, Any]:
     from rayrec.evaluation.evaluate import run_evaluation
     from rayrec.explore.experiment import run_experiment
     from rayrec.explore.logged_ope import estimate_from_event_log
+    from rayrec.itemtower.trainer import run_tower_training
     from rayrec.newitems import run_new_item_protocol
     from rayrec.report import write_report
     from rayrec.retrieval.index import META_FILE, build_index
@@ -47,6 +49,9 @@ def run_main(cfg: RayrecConfig, rebuild: bool = False) -> dict[str, Any]:
     if cfg.retriever.enabled:
         stages.run("train-retriever", lambda: run_retriever_training(cfg), (*data_cfg, "retriever"),
                    outputs=[cfg.retriever_model_dir, cfg.retriever_index_dir])
+    if cfg.retriever.enabled and cfg.retriever.text_init and cfg.tower.enabled:
+        stages.run("train-tower", lambda: run_tower_training(cfg),
+                   (*data_cfg, "retrieval", "retriever", "tower", "train"), outputs=[cfg.tower_dir])
     stages.run("train", lambda: run_training(cfg), (*data_cfg, "model", "train", "retriever"),
                outputs=[cfg.checkpoint_dir])
     stages.run("evaluate", lambda: run_evaluation(cfg),

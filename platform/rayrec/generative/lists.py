@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from rayrec.generative import prompts
 from rayrec.generative.decode import generate_items
-from rayrec.generative.trie import CatalogTrie
+from rayrec.generative.trie import CatalogTrie, title_tokens
 
 
 @dataclass
@@ -42,13 +43,22 @@ class Generator:
         return cls(model.eval(), tokenizer, CatalogTrie.from_titles(tokenizer, titles.tolist()), titles)
 
     def recommend(self, history: np.ndarray, k: int, request: str | None = None,
-                  history_items: int = 10, beams: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k unseen items for one user (their last ``history_items`` titles and/or a request)."""
+                  history_items: int = 10, beams: int | None = None,
+                  exclude: Iterable[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k unseen items for one user (their last ``history_items`` titles and/or a request);
+        ``exclude``: more items never to name (e.g. hidden from the served catalog)."""
         prompt = prompts.render(self.tokenizer, self.titles[history[-history_items:]].tolist(), request)
         t0 = time.perf_counter()
-        out = generate_items(self.model, self.tokenizer, self.trie, [prompt], k, [history.tolist()], beams)[0]
+        banned = [*history.tolist(), *exclude]
+        out = generate_items(self.model, self.tokenizer, self.trie, [prompt], k, [banned], beams)[0]
         self.timings.append((time.perf_counter() - t0, out.forward_passes))
         return out.items, out.scores
+
+    def add_titles(self, titles: list[str]) -> None:
+        """Items added to the running catalog: their titles become nameable (item = the next index)."""
+        for seq in title_tokens(self.tokenizer, titles):
+            self.trie.add(seq)
+        self.titles = np.concatenate([self.titles.astype(object), np.asarray(titles, dtype=object)])
 
     def lists(self, histories: list[np.ndarray], k: int, **kw) -> list[np.ndarray]:
         return [self.recommend(h, k, **kw)[0] for h in histories]

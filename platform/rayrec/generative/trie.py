@@ -25,27 +25,34 @@ class CatalogTrie:
         self.below: list[int] = [0]  # node -> number of items whose path passes through it
         self.leaf_items: dict[int, list[int]] = {}  # leaf -> items with exactly this title
         self.paths: list[list[int]] = []  # item -> nodes on its path (root first)
-        for item, seq in enumerate(sequences):
-            node, path = 0, [0]
-            for token in [*seq, end_id]:
-                child = self.children[node].get(token)
-                if child is None:
-                    child = self.children[node][token] = len(self.children)
-                    self.children.append({})
-                    self.below.append(0)
-                node = child
-                path.append(node)
-            for n in path:
-                self.below[n] += 1
-            self.leaf_items.setdefault(node, []).append(item)
-            self.paths.append(path)
-        self.max_depth = max(len(p) for p in self.paths) - 1  # tokens in the longest title + end
+        self.max_depth = 0  # tokens in the longest title + end
+        for seq in sequences:
+            self.add(seq)
+
+    def add(self, seq: Sequence[int]) -> int:
+        """Append one title's path; returns its item (the next index). Items added to a running
+        catalog join the tree this way, no rebuild: views made after it can generate them."""
+        item = len(self.paths)
+        node, path = 0, [0]
+        for token in [*seq, self.end_id]:
+            child = self.children[node].get(token)
+            if child is None:
+                child = self.children[node][token] = len(self.children)
+                self.children.append({})
+                self.below.append(0)
+            node = child
+            path.append(node)
+        for n in path:
+            self.below[n] += 1
+        self.leaf_items.setdefault(node, []).append(item)
+        self.paths.append(path)
+        self.max_depth = max(self.max_depth, len(path) - 1)
+        return item
 
     @classmethod
     def from_titles(cls, tokenizer, titles: Iterable[str]) -> CatalogTrie:
         """Titles tokenised as the model writes them after the prompt (no special tokens)."""
-        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in titles]
-        return cls(ids, tokenizer.eos_token_id)
+        return cls(title_tokens(tokenizer, titles), tokenizer.eos_token_id)
 
     def view(self, banned: Iterable[int] = ()) -> TrieView:
         """This catalog minus ``banned`` items (e.g. the user's history)."""
@@ -54,6 +61,11 @@ class CatalogTrie:
         for item in banned:
             removed.update(self.paths[item])
         return TrieView(self, removed, banned)
+
+
+def title_tokens(tokenizer, titles: Iterable[str]) -> list[list[int]]:
+    """Each title's tokens as the model writes them after the prompt (no special tokens)."""
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in titles]
 
 
 class TrieView:

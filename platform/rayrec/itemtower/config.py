@@ -15,6 +15,9 @@ class TowerConfig(Section):
     Workers, GPUs, ZeRO stage and precision are the ``train`` section's (one way to scale jobs).
     """
 
+    # `rayrec main` tunes the tower after a text-grounded retriever (retriever.text_init), so
+    # that the endpoint serves items without interactions (and POST /items) from it.
+    enabled: bool = True
     backbone: str = "minilm"  # the encoder the retriever's text part reads (retrieval.encoder)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     max_length: int = Field(48, ge=8)  # tokens per item text (titles, year, genres: ~20)

@@ -29,6 +29,15 @@ def tower_model_dir(cfg) -> str:
     return storage.join(cfg.tower_dir, "model")
 
 
+def encoder_files(cfg) -> list[str]:
+    """The files whose bytes decide what :class:`NewItemEncoder` returns (the retriever's
+    weights and the tower's): vectors stored under another fingerprint of them are stale."""
+    from rayrec.itemtower.model import WEIGHTS_FILE
+    from rayrec.seqrec.model import MODEL_FILE
+
+    return [storage.join(cfg.retriever_model_dir, MODEL_FILE), storage.join(tower_model_dir(cfg), WEIGHTS_FILE)]
+
+
 class NewItemEncoder:
     """Loaded once (a replica, an evaluation); ``encode(texts)`` -> (n, retriever dim) float32."""
 

@@ -160,6 +160,37 @@ class ItemIndex:
         """Embeddings of the given items, in the given order."""
         return self.item_embeddings[self.rows(item_idxs)]
 
+    def add(self, item_idxs: Iterable[int], vectors: np.ndarray, categories: Iterable[str]) -> None:
+        """Append items to this (loaded) index: items added to a running endpoint's catalog.
+
+        All or nothing: every check and copy happens before FAISS's ``add``, the last step, so
+        an error leaves the index as it was. An IVF index puts them in its trained lists
+        (no retraining); search and :meth:`embeddings_for` see them at once.
+        """
+        idxs = np.asarray(list(item_idxs), dtype=np.int64)
+        vec = np.ascontiguousarray(vectors, dtype=np.float32)
+        cats = np.asarray([str(c) for c in categories], dtype=object)
+        if vec.ndim != 2 or vec.shape[1] != self.dim:
+            raise ValueError(f"vectors must have shape (n, {self.dim}); got {vec.shape}")
+        if not len(idxs) == len(vec) == len(cats):
+            raise ValueError(f"item_idxs ({len(idxs)}), vectors ({len(vec)}) and categories ({len(cats)}) "
+                             "must have one row per item")
+        taken = [int(i) for i in idxs if int(i) in self._row_of]
+        if taken or len(set(idxs.tolist())) != len(idxs):
+            raise ValueError(f"item_idx already in the index or repeated: {taken[:5] or idxs.tolist()[:5]}")
+        if not np.all(np.isfinite(vec)):
+            raise ValueError("vectors must be finite")
+        if len(idxs) == 0:
+            return
+        start = len(self.item_idxs)
+        all_idxs = np.concatenate([self.item_idxs, idxs])
+        all_vec = np.concatenate([self.item_embeddings, vec])
+        all_cats = np.concatenate([self.categories, cats])
+        self.index.add(vec)
+        self.item_idxs, self.item_embeddings, self.categories = all_idxs, all_vec, all_cats
+        self._row_of.update({int(i): start + r for r, i in enumerate(idxs)})
+        self.meta["count"] = len(self.item_idxs)
+
     def save(self, out_dir: str) -> str:
         """Write the index files to ``out_dir`` (a local path or a URI)."""
         storage.write_bytes(storage.join(out_dir, INDEX_FILE), faiss.serialize_index(self.index).tobytes())
@@ -263,13 +294,14 @@ def build_index(cfg) -> str:
     return index.save(cfg.index_dir)
 
 
-def build_retriever_index(cfg) -> str:
+def build_retriever_index(cfg, retriever=None) -> str:
     """Index the trained retriever's item vectors (inner product = its own scores) at
-    ``cfg.retriever_index_dir``: the collaborative half of retrieval."""
+    ``cfg.retriever_index_dir``: the collaborative half of retrieval. ``retriever``: a loaded
+    SeqRetriever (e.g. with the item tower's new-item vectors), default the run's."""
     from rayrec.data.store import load_items
     from rayrec.seqrec.scorer import SeqRetriever
 
-    retriever = SeqRetriever(cfg.retriever_model_dir)
+    retriever = retriever or SeqRetriever(cfg.retriever_model_dir)
     items = load_items(cfg.data_dir)
     if len(items) != retriever.n_items:
         raise ValueError(f"the retriever at {cfg.retriever_model_dir} knows {retriever.n_items} items "

@@ -47,12 +47,12 @@ def retrieve_topn(model: SASRec, histories: Sequence[Sequence[int]], n: int,
             h_np = h.cpu().numpy() if index is not None else None
             for r in range(len(h)):
                 ex = np.array(exclude[s + r], dtype=np.int64)
-                ex = ex[(ex >= 0) & (ex < model.n_items)]  # ids new since training: nothing to drop
-                if index is not None:
+                if index is not None:  # the index may hold items added since training: drop those too
                     hits = index.search(h_np[r], n, exclude=set(ex.tolist()))
                     items = np.asarray([i for i, _ in hits], dtype=np.int64)
                     raw = np.asarray([sc for _, sc in hits], dtype=np.float64)
                 else:
+                    ex = ex[(ex >= 0) & (ex < model.n_items)]  # ids new since training: not in the matrix
                     row = logits[r].clone()
                     row[torch.as_tensor(ex, device=device)] = float("-inf")
                     k = min(n, model.n_items - len(np.unique(ex)))

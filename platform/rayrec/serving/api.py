@@ -94,6 +94,56 @@ class FeedbackRequest(BaseModel):
     reward: float = Field(ge=-1e6, le=1e6, allow_inf_nan=False)
 
 
+class NewItem(BaseModel):
+    """One item to add to the running catalog (POST /items)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    item_id: ItemId = Field(description="Raw id, new to the catalog (at most 200 characters).")
+    title: str = Field(description="Non-empty, at most 300 characters.")
+    genres: list[str] = Field(default_factory=list, description="Genres, the first one the item's category.")
+    text: str | None = Field(None, description="Free text appended to the item's text (what the text index "
+                                               "and the ranker read; at most serve.max_text_length).")
+
+
+class AddItemsRequest(BaseModel):
+    """Items to add; each row is added or rejected on its own."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    items: list[NewItem] = Field(min_length=1, description="At most serve.admin_max_rows rows.")
+
+
+class HideItemsRequest(BaseModel):
+    """Items never to recommend again (catalog items or added ones)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    item_ids: list[ItemId] = Field(min_length=1, description="At most serve.admin_max_rows ids.")
+
+
+class RejectedRow(BaseModel):
+    item_id: str
+    index: int  # the row's position in the request
+    reason: str  # the field and what is wrong with it
+
+
+class AddItemsResponse(BaseModel):
+    """200: at least one row added; 422 (same body): every row rejected. Added items are served
+    by every replica within serve.catalog_refresh_s, and after a restart."""
+
+    added: list[str]
+    rejected: list[RejectedRow]
+    note: str | None = None  # e.g. the items reached the text index only (an ID-only retriever)
+    catalog_version: int  # the commit this answer saw
+
+
+class HideItemsResponse(BaseModel):
+    hidden: list[str]
+    rejected: list[RejectedRow]
+    catalog_version: int
+
+
 class ErrorBody(BaseModel):
     """Every 4xx/5xx body of the app: a short phrase and what was wrong (one line, or one
     line per invalid field for 422 on the request schema)."""
@@ -113,12 +163,33 @@ _NOT_FOUND = {
     "recommend": "the history names an item, or category a category, that is not in the catalog",
     "feedback": "unknown or expired request_id, or the item was not shown in it",
 }
+_ADMIN_ERRORS = {
+    401: "missing or unknown admin key (x-api-key or Authorization: Bearer)",
+    403: "no admin keys are configured (serve.admin_api_keys_env / admin_api_keys_file), or a client "
+         "key was presented: catalog changes need an admin key",
+    413: "request body larger than serve.admin_max_body_bytes",
+    503: "the catalog change did not finish within serve.admin_timeout_s, or the event log is down; "
+         "retry after Retry-After (rows that did land are then rejected as already added)",
+}
 
 
 def error_responses(route: str, codes: tuple[int, ...]) -> dict[int, dict]:
     """The documented error statuses of one route, each with the one error body."""
-    text = _ERRORS | {404: _NOT_FOUND[route]}
+    text = _ERRORS | ({404: _NOT_FOUND[route]} if route in _NOT_FOUND else {})
     return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
+
+
+def admin_responses(model: type[BaseModel]) -> dict[int, dict]:
+    """An admin route's statuses: its 422 is either every row rejected (``model``'s body, each
+    row with its reason) or a body the schema refuses (the error body)."""
+    out = {code: {"model": ErrorBody, "description": text} for code, text in _ADMIN_ERRORS.items()}
+    out[400] = {"model": ErrorBody, "description": _ERRORS[400]}
+    out[422] = {"description": "every row was rejected (this route's own body, each row with its reason), "
+                               "or the body does not match the schema (the error body)",
+                "content": {"application/json": {"schema": {"anyOf": [
+                    {"$ref": f"#/components/schemas/{model.__name__}"},
+                    {"$ref": "#/components/schemas/ErrorBody"}]}}}}
+    return out
 
 
 def with_config_limits(schema: dict, sc) -> dict:
@@ -136,6 +207,10 @@ def with_config_limits(schema: dict, sc) -> dict:
     fb = props.get("FeedbackRequest", {}).get("properties", {})
     if fb:
         fb["reward"]["minimum"], fb["reward"]["maximum"] = sc.reward_min, sc.reward_max
+    for name, field in (("AddItemsRequest", "items"), ("HideItemsRequest", "item_ids")):
+        admin = props.get(name, {}).get("properties", {})
+        if admin:
+            admin[field]["maxItems"] = sc.admin_max_rows
     return schema
 
 
@@ -172,11 +247,13 @@ def key_is_valid(presented: str | None, keys: list[str]) -> bool:
 class BodySizeLimit:
     """ASGI middleware: bodies over the limit get 413 before any parsing happens.
 
-    ``limit()`` gives the current replica's limit (``serve.max_body_bytes``); when it returns
-    None (no replica), ``max_bytes`` applies.
+    ``limit(scope)`` gives the current replica's limit for this request (``serve.max_body_bytes``,
+    ``admin_max_body_bytes`` on the admin routes); when it returns None (no replica),
+    ``max_bytes`` applies.
     """
 
-    def __init__(self, app, limit: Callable[[], int | None] = lambda: None, max_bytes: int = 65_536) -> None:
+    def __init__(self, app, limit: Callable[[dict], int | None] = lambda scope: None,
+                 max_bytes: int = 65_536) -> None:
         self.app = app
         self.limit = limit
         self.default_max = max_bytes
@@ -184,7 +261,7 @@ class BodySizeLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.limit() or self.default_max
+        limit = self.limit(scope) or self.default_max
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await self._reject(send, int(declared), limit)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from rayrec.config import RayrecConfig, load_config
+from rayrec.serving.catalog import catalog_dir
 from rayrec.serving.generation import GenerationDeployment
 from rayrec.serving.ingress import RecommenderIngress
 from rayrec.serving.ranking import RankingDeployment
@@ -29,7 +30,8 @@ def _absolute_dirs(cfg: RayrecConfig) -> RayrecConfig:
         "train": cfg.train.model_copy(update={"storage_path": cfg.checkpoint_dir}),
         "retrieval": cfg.retrieval.model_copy(update={"out": cfg.index_dir}),
         "retriever": cfg.retriever.model_copy(update={"out": cfg.retriever_dir}),
-        "serve": cfg.serve.model_copy(update={"event_log": cfg.event_log_dir}),
+        "serve": cfg.serve.model_copy(update={"event_log": cfg.event_log_dir, "catalog": catalog_dir(cfg)}),
+        "tower": cfg.tower.model_copy(update={"out": cfg.tower_dir}),
         "explore": cfg.explore.model_copy(update={"out": cfg.explore_dir}),
     })
 

@@ -109,6 +109,24 @@ class ServeConfig(Section):
     api_keys_env: str = "RAYREC_API_KEYS"
     api_keys_file: str | None = None
     require_api_key: bool = False
+    # Admin keys (POST /items, /items/hide: catalog changes on the running endpoint), read like
+    # the client keys above but never the same list: none configured, the admin routes are 403.
+    admin_api_keys_env: str = "RAYREC_ADMIN_KEYS"
+    admin_api_keys_file: str | None = None
+    # Added and hidden items persist here (local path or URI); default: <run_dir>/catalog.
+    catalog: str | None = None
+    admin_max_rows: int = Field(1000, ge=1)  # rows per POST /items (item ids per /items/hide)
+    max_added_items: int = Field(100_000, ge=0)  # items added since training, every POST together
+    # Body limit of the admin routes (1000 rows with free text do not fit max_body_bytes).
+    admin_max_body_bytes: int = Field(4 * 1024 * 1024, ge=256)
+    # Embedding and persisting one POST's rows; past it the answer is a 503 (the rows may still
+    # land: a retry reports them as already added).
+    admin_timeout_s: float = Field(120.0, gt=0)
+    # Each retrieval (and generation) replica checks the persisted catalog this often and loads
+    # what other replicas added: a posted item is served everywhere within about this long.
+    catalog_refresh_s: float = Field(1.0, gt=0)
+    # Commits (one per POST) kept as separate files before they are merged into one.
+    catalog_compact_segments: int = Field(64, ge=2)
     event_log: str | None = None  # default: <run_dir>/events
     event_flush_rows: int = Field(64, ge=1)
     event_flush_interval_s: float = Field(2.0, gt=0)

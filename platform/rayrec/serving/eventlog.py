@@ -5,6 +5,8 @@ Layout (columns from :mod:`rayrec.data.schema`)::
     <event_log_dir>/impressions/part-<unix_ms>-<writer>-<seq>.parquet   IMPRESSION_COLUMNS
     <event_log_dir>/feedback/part-<unix_ms>-<writer>-<seq>.parquet      FEEDBACK_COLUMNS
     <event_log_dir>/explanations/part-<unix_ms>-<writer>-<seq>.parquet  EXPLANATION_COLUMNS
+    <event_log_dir>/catalog/part-<unix_ms>-<writer>-<seq>.parquet       CATALOG_SCHEMA (items
+                                                                         added / hidden live)
 
 Each writer (one per ingress replica) buffers rows and writes a new part file when
 ``flush_rows`` rows are buffered, every ``flush_interval_s`` seconds from a background
@@ -80,10 +82,26 @@ EXPLANATION_SCHEMA = pa.schema(
         ("seconds", pa.float64()),
     ]
 )
+# One row per item added to (action "add") or hidden from ("hide") the running catalog by the
+# admin routes; ``retriever``: the item got a sequential-retriever vector (False: text index only).
+CATALOG_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("timestamp", pa.float64()),
+        ("action", pa.string()),
+        ("item_idx", pa.int64()),
+        ("item_id", pa.string()),
+        ("title", pa.string()),
+        ("category", pa.string()),
+        ("retriever", pa.bool_()),
+    ]
+)
 assert tuple(IMPRESSION_SCHEMA.names) == IMPRESSION_COLUMNS
 assert tuple(FEEDBACK_SCHEMA.names) == FEEDBACK_COLUMNS
 assert tuple(EXPLANATION_SCHEMA.names) == EXPLANATION_COLUMNS
-_SCHEMAS = {IMPRESSIONS: IMPRESSION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA, EXPLANATIONS: EXPLANATION_SCHEMA}
+CATALOG = "catalog"
+_SCHEMAS = {IMPRESSIONS: IMPRESSION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA, EXPLANATIONS: EXPLANATION_SCHEMA,
+            CATALOG: CATALOG_SCHEMA}
 
 
 
@@ -134,7 +152,7 @@ class EventLogWriter:
             self._thread.start()
 
     def append(self, kind: str, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Buffer rows of one kind ('impressions' or 'feedback'); columns are checked now."""
+        """Buffer rows of one kind (impressions, feedback, explanations, catalog); columns are checked now."""
         if self._closed:
             raise RuntimeError("event log writer is closed")
         rows = list(rows)
@@ -155,6 +173,9 @@ class EventLogWriter:
 
     def log_explanations(self, rows: Iterable[Mapping[str, Any]]) -> None:
         self.append(EXPLANATIONS, rows)
+
+    def log_catalog(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self.append(CATALOG, rows)
 
     def check_capacity(self, rows: int = 1) -> None:
         """Raise EventLogFull now if ``rows`` more would not fit (before acting on a request)."""
@@ -290,6 +311,11 @@ def read_report(root: str) -> dict[str, int]:
 def read_explanations(root: str) -> pd.DataFrame:
     """Every explanation the endpoint generated (served or withheld), oldest first."""
     return _read_kind(root, EXPLANATIONS)
+
+
+def read_catalog_events(root: str) -> pd.DataFrame:
+    """Every item added to or hidden from the running catalog, oldest first."""
+    return _read_kind(root, CATALOG)
 
 
 def read_events(root: str) -> tuple[pd.DataFrame, pd.DataFrame]:

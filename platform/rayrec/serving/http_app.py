@@ -30,9 +30,20 @@ def _ingress() -> Any:
         return None
 
 
-def _max_body_bytes() -> int | None:
+ADMIN_PATHS = ("/items", "/items/hide")  # the admin routes (catalog changes), under any route prefix
+
+
+def is_admin_path(path: str) -> bool:
+    return path.rstrip("/").endswith(ADMIN_PATHS)
+
+
+def _max_body_bytes(scope: dict) -> int | None:
+    """This request's body limit: the admin routes take whole batches of items."""
     ingress = _ingress()
-    return None if ingress is None else ingress.cfg.serve.max_body_bytes
+    if ingress is None:
+        return None
+    sc = ingress.cfg.serve
+    return sc.admin_max_body_bytes if is_admin_path(scope.get("path", "")) else sc.max_body_bytes
 
 
 class RecommenderAPI(FastAPI):
@@ -98,15 +109,38 @@ def bad_request(msg: str, status: int = 422) -> HTTPException:
     return HTTPException(status_code=status, detail=msg)
 
 
+def _presented_key(request: Request) -> str | None:
+    """The key in ``x-api-key``, else in ``Authorization: Bearer``."""
+    presented = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if presented is None and auth.lower().startswith("bearer "):
+        presented = auth[7:].strip()
+    return presented
+
+
 async def require_key(request: Request) -> None:
     """API-key check (no-op unless serve.require_api_key); keys are never logged or echoed."""
     ingress = _ingress()
     if ingress is None or not ingress.cfg.serve.require_api_key:
         return
-    presented = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
-    if presented is None and auth.lower().startswith("bearer "):
-        presented = auth[7:].strip()
-    if not key_is_valid(presented, ingress.api_keys):
+    if not key_is_valid(_presented_key(request), ingress.api_keys):
         raise HTTPException(status_code=401, detail="missing or invalid API key",
                             headers={"WWW-Authenticate": "Bearer"})
+
+
+async def require_admin_key(request: Request) -> None:
+    """Admin-key check of the catalog routes, always on: no admin keys configured is a 403 (the
+    routes are off), a client key is a 403 (known, but not allowed), anything else a 401.
+    Keys are never logged or echoed."""
+    ingress = _ingress()
+    admin_keys = getattr(ingress, "admin_keys", None) or []  # outside Serve: none
+    if not admin_keys:
+        raise HTTPException(status_code=403, detail="catalog changes are off: no admin keys configured "
+                            "(serve.admin_api_keys_env / serve.admin_api_keys_file)")
+    presented = _presented_key(request)
+    if key_is_valid(presented, admin_keys):
+        return
+    if key_is_valid(presented, ingress.client_keys):
+        raise HTTPException(status_code=403, detail="a client API key cannot change the catalog: use an admin key")
+    raise HTTPException(status_code=401, detail="missing or invalid admin key",
+                        headers={"WWW-Authenticate": "Bearer"})

@@ -16,6 +16,7 @@ they read their per-replica settings (API keys, limits) from this ingress instan
 
 # No `from __future__ import annotations`: FastAPI must see the real request model types
 # on the methods Serve rewrites into routes.
+import asyncio
 import logging
 import time
 import uuid
@@ -23,7 +24,7 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-from fastapi import Depends
+from fastapi import Depends, HTTPException
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -34,17 +35,22 @@ from rayrec.config import RayrecConfig, validate_config
 from rayrec.explore.features import request_features
 from rayrec.explore.policies import POLICIES, ArmPolicy
 from rayrec.serving.api import (
+    AddItemsRequest,
+    AddItemsResponse,
     FeedbackRequest,
     FeedbackResponse,
+    HideItemsRequest,
+    HideItemsResponse,
     RecommendRequest,
     RecommendResponse,
+    admin_responses,
     error_responses,
     load_api_keys,
 )
 from rayrec.serving.bandit import BanditClient, PolicyUnavailable
 from rayrec.serving.calls import wait_for
 from rayrec.serving.eventlog import EventLogWriter
-from rayrec.serving.http_app import bad_request, fastapi_app, require_key
+from rayrec.serving.http_app import bad_request, fastapi_app, require_admin_key, require_key
 from rayrec.serving.retrieval import RetrievalRequest
 from rayrec.serving.slate import (
     explanation_rows,
@@ -55,6 +61,22 @@ from rayrec.serving.slate import (
 )
 
 log = logging.getLogger("ray.serve")
+
+
+def _admin_and_client_keys(sc, api_keys: list[str]) -> tuple[list[str], list[str]]:
+    """(admin keys, the client keys to recognise on the admin routes). An admin key that is
+    also a client key would let every client change the catalog: refused at start."""
+    admin = load_api_keys(sc.admin_api_keys_env, sc.admin_api_keys_file)
+    client = api_keys
+    if not client:  # auth off for clients: their keys are still told apart from admin keys
+        try:
+            client = load_api_keys(sc.api_keys_env, sc.api_keys_file)
+        except OSError:
+            client = []
+    if set(admin) & set(client):
+        raise ValueError(f"a key in ${sc.admin_api_keys_env} / serve.admin_api_keys_file is also a client key "
+                         f"(${sc.api_keys_env} / serve.api_keys_file): admin keys must be separate")
+    return admin, client
 
 
 @serve.deployment(name="Ingress")
@@ -76,6 +98,7 @@ class RecommenderIngress:
                 f"serve.require_api_key is on but no keys were found in ${sc.api_keys_env} "
                 f"or serve.api_keys_file={sc.api_keys_file!r}"
             )
+        self.admin_keys, self.client_keys = _admin_and_client_keys(sc, self.api_keys)
         try:
             ctx = serve.get_replica_context()
             replica, app_name = ctx.replica_id.unique_id, ctx.app_name
@@ -99,8 +122,8 @@ class RecommenderIngress:
             boundaries=[1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
             tag_keys=("stage",),
         )
-        log.info("ingress ready: events -> %s, auth %s", self.cfg.event_log_dir,
-                 "on" if sc.require_api_key else "off")
+        log.info("ingress ready: events -> %s, auth %s, catalog changes %s", self.cfg.event_log_dir,
+                 "on" if sc.require_api_key else "off", "on (admin keys)" if self.admin_keys else "off")
 
     def __del__(self) -> None:
         # Serve calls __del__ on graceful shutdown: write out the buffered events.
@@ -132,6 +155,8 @@ class RecommenderIngress:
                 out[key] = await wait_for(call.remote(), 5.0)
             except Exception as e:
                 out[key], out["status"] = {"error": type(e).__name__}, "degraded"
+        if (out["catalog"] or {}).get("catalog_error"):  # added items cannot be loaded
+            out["status"] = "degraded"
         ev = self.events
         out["event_log"] = {"buffered_rows": ev.buffered, "max_buffered_rows": ev.max_buffered_rows,
                             "rows_written": dict(ev.rows_written), "last_error": ev.last_error}
@@ -182,6 +207,72 @@ class RecommenderIngress:
             }])
         return FeedbackResponse(request_id=req.request_id, item_id=item_id, reward=float(req.reward),
                                 policy=policy, recorded=status == "recorded", duplicate=status == "duplicate")
+
+    # ---- catalog changes (admin) ---------------------------------------------------------
+    @fastapi_app.post("/items", response_model=AddItemsResponse, dependencies=[Depends(require_admin_key)],
+                      responses=admin_responses(AddItemsResponse))
+    async def add_items(self, req: AddItemsRequest) -> JSONResponse:
+        """Add items to the running catalog (admin key), no retraining: each row is checked on its
+        own, the good ones embedded (the text index and, when it has a text encoder, the
+        sequential retriever), persisted and served by every replica within
+        serve.catalog_refresh_s. 200 when any row was added, 422 when none was (same body)."""
+        self._check_admin_rows(len(req.items), "items")
+        out = await self._catalog_call("add_items", [r.model_dump() for r in req.items])
+        self._log_catalog("add", out["items"])
+        body = AddItemsResponse(added=[it["item_id"] for it in out["items"]], rejected=out["rejected"],
+                                note=out["note"], catalog_version=out["version"])
+        return JSONResponse(jsonable_encoder(body), status_code=200 if body.added else 422)
+
+    @fastapi_app.post("/items/hide", response_model=HideItemsResponse, dependencies=[Depends(require_admin_key)],
+                      responses=admin_responses(HideItemsResponse))
+    async def hide_items(self, req: HideItemsRequest) -> JSONResponse:
+        """Never recommend these items again, on any path (admin key); persisted like added
+        items. 200 when any id was hidden, 422 when none was (same body). With several
+        retrieval replicas the answer waits one catalog refresh (serve.catalog_refresh_s), the
+        time every replica takes to load the change: after the 200 no replica serves them."""
+        self._check_admin_rows(len(req.item_ids), "item_ids")
+        out = await self._catalog_call("hide_items", [str(i) for i in req.item_ids])
+        self._log_catalog("hide", out["items"])
+        sc = self.cfg.serve
+        if out["items"] and sc.retrieval_replicas > 1:
+            await asyncio.sleep(sc.catalog_refresh_s + 0.5)
+        body = HideItemsResponse(hidden=[it["item_id"] for it in out["items"]], rejected=out["rejected"],
+                                 catalog_version=out["version"])
+        return JSONResponse(jsonable_encoder(body), status_code=200 if body.hidden else 422)
+
+    def _check_admin_rows(self, n: int, field: str) -> None:
+        limit = self.cfg.serve.admin_max_rows
+        if n > limit:
+            raise bad_request(f"{field}: more than {limit} rows (serve.admin_max_rows); send them in batches")
+        self.events.check_capacity(n)  # each change is logged: 503 before changing anything
+
+    async def _catalog_call(self, method: str, payload: list) -> dict[str, Any]:
+        """The retrieval deployment's catalog change, within serve.admin_timeout_s (a timeout is
+        a 503: the rows may still land, and a retry then reports them as already added)."""
+        timeout = self.cfg.serve.admin_timeout_s
+        try:
+            return await wait_for(getattr(self.retrieval, method).remote(payload), timeout + 5.0)
+        except TimeoutError:
+            raise HTTPException(status_code=503, headers={"Retry-After": "5"}, detail=(
+                f"the catalog change did not finish within {timeout}s (serve.admin_timeout_s); rows may "
+                "still be added: retry, and rows already added are rejected as such")) from None
+        except Exception as e:  # storage or the retrieval replica failing: nothing was committed
+            log.warning("catalog %s failed: %s", method, str(e)[-2000:])
+            raise HTTPException(status_code=503, headers={"Retry-After": "5"}, detail=(
+                f"the catalog change failed ({type(getattr(e, 'cause', None) or e).__name__}); retry, and rows "
+                "already added are rejected as such")) from None
+
+    def _log_catalog(self, action: str, items: list[dict[str, Any]]) -> None:
+        now = time.time()
+        request_id = uuid.uuid4().hex
+        self.events.log_catalog([{
+            "request_id": request_id, "timestamp": now, "action": action, "item_idx": int(it["item_idx"]),
+            "item_id": it["item_id"], "title": it["title"], "category": it["category"],
+            "retriever": bool(it.get("retriever", False)),
+        } for it in items])
+        if items:
+            log.info("catalog: %s %d items (request %s)", "added" if action == "add" else "hid", len(items),
+                     request_id)
 
     # ---- pipeline ----------------------------------------------------------------------
     def _check(self, req: RecommendRequest) -> None:
@@ -332,4 +423,5 @@ class RecommenderIngress:
         }
         while len(self._slates) > self.cfg.serve.request_cache_size:
             self._slates.popitem(last=False)
+
 

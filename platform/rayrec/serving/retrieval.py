@@ -13,11 +13,19 @@ LM       with ``serve.generation`` on, the generation deployment names catalog i
          index list the same way). If it fails or is late, the index list is served and the
          response says so (``generation_error``).
 Items the user has seen are excluded; a category filter applies to every path.
+
+Items added to the running endpoint (``POST /items``, :mod:`rayrec.serving.catalog`) join the
+text index, the retriever's index (when it has a text-to-vector encoder) and the feature store
+as new items; hidden items are dropped from every path. Each replica loads what any replica
+committed within ``serve.catalog_refresh_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +39,17 @@ from rayrec.config import RayrecConfig, validate_config
 from rayrec.models.prior import popularity_prior, ranker_priors
 from rayrec.retrieval.query import blend_hits
 from rayrec.serving.calls import wait_for
+from rayrec.serving.catalog import (
+    CatalogCommitter,
+    CatalogLog,
+    catalog_dir,
+    check_hidden_ids,
+    check_new_items,
+    item_texts,
+    model_key,
+    new_commit_id,
+    rows_by_action,
+)
 
 log = logging.getLogger("ray.serve")
 
@@ -88,6 +107,30 @@ class FeatureStore:
     def item_rows(self, item_idxs: list[int]) -> pd.DataFrame:
         return self.items.iloc[[self._row_of[i] for i in item_idxs]]
 
+    @property
+    def next_item_idx(self) -> int:
+        """The item_idx the next added item gets (the trained catalog is 0..n-1)."""
+        return int(self.items["item_idx"].max()) + 1 if len(self.items) else 0
+
+    def add_items(self, item_idxs: np.ndarray, item_ids: list[str], titles: list[str], categories: list[str],
+                  texts: list[str]) -> None:
+        """Items added to the running catalog: readable like any item (texts for the ranker and
+        explanations), popularity 0 (last on the popularity path) and new, so exploration
+        policies that favour new items can find them."""
+        rows = pd.DataFrame({"item_idx": np.asarray(item_idxs, dtype=np.int64), "item_id": item_ids,
+                             "title": titles, "category": categories, "text": texts,
+                             "popularity": np.zeros(len(item_ids), dtype=np.int64)})
+        start = len(self.items)
+        self.items = pd.concat([self.items, rows.astype(self.items.dtypes.to_dict())], ignore_index=True)
+        for r, (i, item_id, cat) in enumerate(zip(rows["item_idx"].tolist(), item_ids, categories, strict=True)):
+            self.item_idx_of[item_id] = i
+            self._row_of[i] = start + r
+            self.pop_score[i] = 0.0
+            self.category_of[i] = cat
+            self.new_items.add(i)
+        self.categories.update(categories)
+        self.popular = np.concatenate([self.popular, rows["item_idx"].to_numpy()])
+
 
 def _plain(priors: list[np.ndarray] | None) -> list | None:
     return None if priors is None else priors[0].tolist()
@@ -123,9 +166,11 @@ class RetrievalDeployment:
                 log.warning("sequential retriever unavailable, history queries use the text index: %s", e)
         self._encoder_cls = TextEncoder
         self._encoder = None  # loaded on the first text query: most requests never need it
+        self._init_catalog()
         log.info(
-            "retrieval ready: %d items in index (%s), %d users, encoder %s",
-            len(self.index), self.index.meta.get("type"), len(self.store.user_idx_of), self.encoder_name,
+            "retrieval ready: %d items in index (%s, %d added, %d hidden), %d users, encoder %s",
+            len(self.index), self.index.meta.get("type"), self.n_added, len(self.hidden),
+            len(self.store.user_idx_of), self.encoder_name,
         )
 
     @property
@@ -137,16 +182,238 @@ class RetrievalDeployment:
     def catalog_info(self) -> dict[str, Any]:
         return {"n_items": len(self.index), "n_users": len(self.store.user_idx_of), "encoder": self.encoder_name,
                 "history_retrieval": "sequential retriever" if self.retriever else "text index",
-                "retriever_error": self.retriever_error}
+                "retriever_error": self.retriever_error, "added_items": self.n_added,
+                "hidden_items": len(self.hidden), "catalog_version": self.catalog.seq,
+                "catalog_error": self.catalog_error}
 
     def lookup_item(self, item_id: str) -> int | None:
         """item_idx of a raw item id, or None when it is not in the catalog."""
         return self.store.item_idx_of.get(str(item_id))
 
+    # ---- items added to / hidden from the running catalog (serving.catalog) ----------------
+    def _init_catalog(self) -> None:
+        """Load every item added and hidden so far: a restarted replica serves them at once."""
+        sc = self.cfg.serve
+        self.catalog = CatalogLog(catalog_dir(self.cfg))
+        self.committer = CatalogCommitter(self.catalog.root, sc.catalog_compact_segments)
+        self.catalog_error: str | None = None
+        self.hidden: set[int] = set()
+        self.n_base = self.store.next_item_idx  # item_idx below: the trained catalog
+        self.n_added = 0
+        self._text_key = f"{self.encoder_name}:{self.index.dim}"
+        self._retriever_key = None
+        if self.retriever is not None:
+            from rayrec.itemtower.vectors import encoder_files
+
+            # The files NewItemEncoder reads: vectors they did not make are embedded again.
+            self._retriever_key = model_key(encoder_files(self.cfg))
+        self._new_item_encoder = None  # NewItemEncoder: loaded when an item first needs it
+        self._item_encoder = None  # a TextEncoder of its own (a tokenizer is not thread-safe)
+        self._embed_lock = threading.Lock()
+        self._loading: asyncio.Task | None = None  # the catalog load in flight (one at a time)
+        self._poller: asyncio.Task | None = None
+        self._checked_at = time.monotonic()
+        try:
+            batch = self._load_new()
+        except Exception as e:  # served without them, said in /healthz; the poller retries
+            self.catalog_error = f"{type(e).__name__}: {e}"
+            log.error("catalog at %s unreadable, serving the trained catalog only: %s", self.catalog.root, e)
+        else:
+            self._apply(batch)
+
+    def _new_items_encoder(self):
+        """NewItemEncoder: text -> retriever vector (tuned tower or the retriever's text part)."""
+        if self._new_item_encoder is None:
+            from rayrec.itemtower.vectors import NewItemEncoder
+
+            self._new_item_encoder = NewItemEncoder(self.cfg)
+        return self._new_item_encoder
+
+    def _embed(self, texts: list[str], release_texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(text index vectors, retriever vectors or None) of added items; in a worker thread."""
+        with self._embed_lock:
+            if self._item_encoder is None:
+                self._item_encoder = self._encoder_cls(self.encoder_name)
+            text = self._item_encoder.encode(texts)
+            retriever = None
+            if self.retriever is not None and self._new_items_encoder().available:
+                retriever = self._new_items_encoder().encode(release_texts)
+        return text, retriever
+
+    def _retriever_note(self) -> str | None:
+        """What an answer to POST /items says when its items miss the sequential retriever."""
+        if self.retriever is None or self._new_items_encoder().available:
+            return None
+        return (f"added to the text index only ({self._new_items_encoder().reason}): the items answer free-text "
+                "queries, and history requests only through text, not the sequential retriever")
+
+    def _load_new(self) -> tuple | None:
+        """The commits since the last load, their vectors ready (stored ones when this replica's
+        models made them, else embedded now); runs in a worker thread, applies nothing."""
+        new = self.catalog.read_new()  # the log advances when the batch is applied
+        if new is None:
+            return None
+        rows, doc = new
+        adds, hides = rows_by_action(rows)
+        text_vec, text_ok = self._stored_vectors(adds, "text", self._text_key)
+        retr_vec, retr_ok = self._stored_vectors(adds, "retriever", self._retriever_key)
+        known = self.store.item_idx_of  # (skipped when applied: no use embedding them)
+        stale = [r for r in range(len(adds)) if adds["item_id"][r] not in known
+                 and (not text_ok[r] or (self.retriever is not None and not retr_ok[r]))]
+        if stale:  # made by other models (a retrained retriever, another encoder): embed again
+            log.info("catalog: embedding %d added items again for this replica's models", len(stale))
+            release = [item_texts(str(adds["title"][r]), list(adds["genres"][r]), None)[1] for r in stale]
+            text, retr = self._embed([str(adds["text"][r]) for r in stale], release)
+            for j, r in enumerate(stale):
+                text_vec[r] = text[j]
+                retr_vec[r] = None if retr is None else retr[j]
+        return adds, text_vec, retr_vec if self.retriever is not None else None, hides, doc
+
+    @staticmethod
+    def _stored_vectors(adds: pd.DataFrame, kind: str, key: str | None) -> tuple[list, list[bool]]:
+        """Each row's stored ``kind`` vector and whether this replica's model (``key``) made it
+        (then a null vector means that model has none, e.g. an ID-only retriever)."""
+        ok = [key is not None and k == key for k in adds[f"{kind}_key"]]
+        vec = [np.asarray(v, dtype=np.float32) if good and v is not None else None
+               for good, v in zip(ok, adds[f"{kind}_vector"], strict=True)]
+        return vec, ok
+
+    def _apply(self, batch: tuple | None) -> None:
+        """Add a loaded batch to the indexes and the store, in commit order (no await: requests
+        on this replica see all of it or none). Ids the catalog holds already are skipped, as
+        every replica skips them, so every replica numbers the rest alike."""
+        if batch is None:
+            return
+        adds, text_vec, retr_vec, hides, doc = batch
+        keep = [r for r, i in enumerate(adds["item_id"]) if i not in self.store.item_idx_of]
+        if keep:
+            a = adds.iloc[keep]
+            idxs = np.arange(self.store.next_item_idx, self.store.next_item_idx + len(keep), dtype=np.int64)
+            cats = a["category"].astype(str).tolist()
+            self.index.add(idxs, np.stack([text_vec[r] for r in keep]), cats)
+            with_vec = [j for j, r in enumerate(keep) if retr_vec is not None and retr_vec[r] is not None]
+            if with_vec:
+                self.retriever.index.add(idxs[with_vec], np.stack([retr_vec[keep[j]] for j in with_vec]),
+                                         [cats[j] for j in with_vec])
+            self.store.add_items(idxs, a["item_id"].astype(str).tolist(), a["title"].astype(str).tolist(), cats,
+                                 a["text"].astype(str).tolist())
+            self.n_added += len(keep)
+        self.hidden.update(self.store.item_idx_of[i] for i in hides if i in self.store.item_idx_of)
+        self.catalog.advance(doc)
+
+    async def _load_and_apply(self) -> None:
+        try:
+            batch = await asyncio.to_thread(self._load_new)
+        except Exception as e:  # storage failing: served as it is, said in /healthz, tried again
+            self.catalog_error = f"{type(e).__name__}: {e}"
+            log.warning("catalog refresh from %s failed: %s", self.catalog.root, e)
+            return
+        finally:
+            self._checked_at = time.monotonic()
+        self.catalog_error = None
+        self._apply(batch)
+
+    async def _refresh(self, timeout_s: float, fresh: bool = False) -> None:
+        """Load what was committed since the last load. One load runs at a time; its result is
+        applied even when the caller stops waiting. ``fresh``: it must start after this call
+        (to see a commit just made), not join one already running."""
+        self._same_loop()
+        if fresh and self._loading is not None and not self._loading.done():
+            await wait_for(asyncio.shield(self._loading), timeout_s)
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.get_running_loop().create_task(self._load_and_apply())
+        await wait_for(asyncio.shield(self._loading), timeout_s)
+
+    def _same_loop(self) -> None:
+        """Serve runs a replica on one event loop for good; a caller that runs it on a loop per
+        call (a benchmark's ``asyncio.run``) gets tasks of its own, never a dead loop's."""
+        loop = asyncio.get_running_loop()
+        if getattr(self, "_loop", None) is not loop:
+            self._loop, self._loading, self._poller = loop, None, None
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.serve.catalog_refresh_s)
+            try:
+                await self._refresh(max(10.0, self.cfg.serve.catalog_refresh_s))
+            except TimeoutError:
+                log.warning("catalog refresh from %s is slow; still waiting for it", self.catalog.root)
+
+    async def _fresh(self) -> None:
+        """Keep this replica within ``serve.catalog_refresh_s`` of the persisted catalog: the
+        poller runs on the replica's event loop (started by the first request); a request that
+        finds the last check too old (the poller just started) waits for one, briefly."""
+        self._same_loop()
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        interval = self.cfg.serve.catalog_refresh_s
+        if time.monotonic() - self._checked_at > 3 * interval:
+            with contextlib.suppress(TimeoutError):  # served from what is loaded; the load goes on
+                await self._refresh(timeout_s=interval)
+
+    def _taken(self, item_id: str) -> str | None:
+        idx = self.store.item_idx_of.get(item_id)
+        if idx is None:
+            return None
+        return "item_id: already in the catalog" if idx < self.n_base else "item_id: already added"
+
+    async def add_items(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """POST /items (the ingress checked the key and the schema): check each row, embed the
+        good ones here, commit them, then load the commit as every replica does. Returns
+        ``{"items": [{item_id, item_idx, title, category, retriever}], "rejected", "note", "version"}``."""
+        sc = self.cfg.serve
+        deadline = time.monotonic() + sc.admin_timeout_s
+        await self._refresh(sc.admin_timeout_s, fresh=True)  # what other replicas added counts
+        room = max(sc.max_added_items - self.n_added, 0)
+        good, rejected = check_new_items(rows, self._taken, sc.max_text_length, room, sc.max_added_items)
+        done: set[str] = set()
+        if good:
+            text, retr = await wait_for(asyncio.to_thread(
+                self._embed, [r["text"] for r in good], [r["release_text"] for r in good]), sc.admin_timeout_s)
+            persisted = [{k: r[k] for k in ("item_id", "title", "genres", "extra_text", "text", "category")}
+                         | {"text_key": self._text_key, "text_vector": text[j],
+                            "retriever_key": self._retriever_key,  # null vector: this retriever has none
+                            "retriever_vector": retr[j] if retr is not None else None}
+                         for j, r in enumerate(good)]
+            result = await self.committer.commit(new_commit_id(), persisted, [], sc.max_added_items,
+                                                 max(deadline - time.monotonic(), 1.0))
+            done = set(result["done"])
+            rejected += [{"item_id": r["item_id"], "index": r["index"], "reason": result["rejected"][r["item_id"]]}
+                         for r in good if r["item_id"] in result["rejected"]]
+            await self._refresh(max(deadline - time.monotonic(), 1.0), fresh=True)
+        items = [{"item_id": r["item_id"], "item_idx": self.store.item_idx_of.get(r["item_id"], -1),
+                  "title": r["title"], "category": r["category"],
+                  "retriever": self.retriever is not None and self.retriever.index.has(
+                      self.store.item_idx_of.get(r["item_id"], -1))}
+                 for r in good if r["item_id"] in done]
+        return {"items": items, "rejected": sorted(rejected, key=lambda r: r["index"]),
+                "note": self._retriever_note() if items else None, "version": self.catalog.seq}
+
+    async def hide_items(self, item_ids: list[str]) -> dict[str, Any]:
+        """POST /items/hide: never recommend these items again (any path), on every replica."""
+        sc = self.cfg.serve
+        await self._refresh(sc.admin_timeout_s, fresh=True)
+        good, rejected = check_hidden_ids(
+            [str(i) for i in item_ids], lambda i: i in self.store.item_idx_of,
+            lambda i: self.store.item_idx_of[i] in self.hidden)
+        done: set[str] = set()
+        if good:
+            result = await self.committer.commit(new_commit_id(), [], [r["item_id"] for r in good],
+                                                 sc.max_added_items, sc.admin_timeout_s)
+            done = set(result["done"])
+            rejected += [{"item_id": r["item_id"], "index": r["index"], "reason": result["rejected"][r["item_id"]]}
+                         for r in good if r["item_id"] in result["rejected"]]
+            await self._refresh(sc.admin_timeout_s, fresh=True)
+        rows = self.store.item_rows([self.store.item_idx_of[r["item_id"]] for r in good if r["item_id"] in done])
+        items = [{"item_id": str(i), "item_idx": int(x), "title": str(t), "category": str(c)}
+                 for i, x, t, c in zip(rows["item_id"], rows["item_idx"], rows["title"], rows["category"], strict=True)]
+        return {"items": items, "rejected": sorted(rejected, key=lambda r: r["index"]), "version": self.catalog.seq}
+
     async def retrieve(self, req: RetrievalRequest) -> dict[str, Any]:
         """Candidates best first with metadata, embeddings and how the query was formed
         (or ``{"error": msg}`` for a request naming unknown items)."""
         t0 = time.perf_counter()
+        await self._fresh()
         store = self.store
         user_idx = store.user_idx_of.get(str(req.user_id), -1) if req.user_id is not None else -1
         unknown = [i for i in req.history if i not in store.item_idx_of]
@@ -155,7 +422,7 @@ class RetrievalDeployment:
         if req.category is not None and req.category not in store.categories:
             return {"error": f"unknown category {req.category!r}; known: {sorted(store.categories)[:50]}"}
         history = list(store.history_of.get(user_idx, [])) + [store.item_idx_of[i] for i in req.history]
-        exclude = set(history)
+        exclude = set(history) | self.hidden
         text = req.query.strip() if req.query and req.query.strip() else None
         wanted = self._source(req.source, history, text)
         pending, generation_error = None, None
@@ -172,6 +439,7 @@ class RetrievalDeployment:
                 source = "generative" if wanted == "generative" else f"{source}+generative"
             elif wanted == "generative":  # the index answers instead, visibly
                 hits, source = self._index_hits(history, text, exclude, req)
+        hits = [(i, s) for i, s in hits if i not in self.hidden]  # hidden while this request ran
         idxs = [i for i, _ in hits]
         rows = store.item_rows(idxs)
         return {
@@ -239,18 +507,17 @@ class RetrievalDeployment:
             log.warning("generation failed: %s", str(e)[-2000:])
             return [], f"{type(getattr(e, 'cause', None) or e).__name__}"
         return [(int(i), float(s)) for i, s in zip(out["item_idx"], out["score"], strict=True)
-                if self.index.has(int(i)) and (category is None or self.store.category_of[int(i)] == category)], None
+                if self.index.has(int(i)) and int(i) not in self.hidden
+                and (category is None or self.store.category_of[int(i)] == category)], None
 
     def _sequential(self, history: list[int], exclude: set[int], k: int,
                     category: str | None) -> list[tuple[int, float]]:
-        """The retriever's top-k (log-lift scores), the same call as offline evaluation."""
-        if category is None:
-            items, scores = self.retriever.retrieve([history], k, [sorted(exclude)])[0]
-            return list(zip(items.tolist(), scores.tolist(), strict=True))
-        # A category filter: search deeper, keep the category (rare; not the evaluated path).
-        items, scores = self.retriever.retrieve([history], min(len(self.index), 20 * k), [sorted(exclude)])[0]
+        """The retriever's top-k (log-lift scores), the same call as offline evaluation; its
+        index holds the added items and ``exclude`` drops seen and hidden ones there."""
+        depth = k if category is None else min(len(self.index), 20 * k)  # a category: search deeper (rare)
+        items, scores = self.retriever.retrieve([history], depth, [sorted(exclude)])[0]
         return [(int(i), float(s)) for i, s in zip(items, scores, strict=True)
-                if self.store.category_of.get(int(i)) == category][:k]
+                if int(i) not in exclude and (category is None or self.store.category_of.get(int(i)) == category)][:k]
 
     def _text(self, history: list[int] | None, text: str | None, exclude: set[int], k: int,
               category: str | None) -> list[tuple[int, float]]:
