@@ -113,6 +113,29 @@ def test_no_held_out_item_reaches_any_training_stage_input(protocol, ray_cluster
         assert not np.isin(part, held).any()
 
 
+def test_the_user_state_reads_the_history_text_recency_weighted() -> None:
+    """text_query: q_t is the unit-norm decay-weighted mean of the text vectors read so far
+    (pads weigh nothing), and U starts at 0, so the model starts as plain SASRec."""
+    from rayrec.seqrec.config import RetrieverConfig
+    from rayrec.seqrec.data import batch_inputs
+    from rayrec.seqrec.model import SASRec
+
+    rc = RetrieverConfig(max_len=5, dim=8, layers=1, text_init=True, text_query=True, text_query_decay=0.5)
+    text = np.random.default_rng(2).normal(size=(6, 4)).astype(np.float32)
+    model = SASRec(6, rc, text).eval()
+    seqs = batch_inputs([[1, 2, 3], [4]], 5, model.pad)
+    q = model.history_text(seqs, seqs != model.pad)
+    want = 0.25 * text[1] + 0.5 * text[2] + text[3]
+    np.testing.assert_allclose(q[0, -1].detach().numpy(), want / np.linalg.norm(want), rtol=1e-5)
+    np.testing.assert_allclose(q[1, -1].detach().numpy(), text[4] / np.linalg.norm(text[4]), rtol=1e-5)
+    plain = SASRec(6, rc.model_copy(update={"text_query": False}), text).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("text_query")})
+    torch.testing.assert_close(model(seqs), plain(seqs))  # U = 0 at the start
+    with torch.no_grad():
+        model.text_query.weight.normal_()
+    assert not torch.allclose(model(seqs), plain(seqs))
+
+
 def test_an_item_without_interactions_is_read_from_its_text_alone() -> None:
     """text_init: an untrained item's vector is W x (its ID embedding is never read), and it is
     left out of the training softmax, so training never pushes a new item down."""
@@ -163,6 +186,16 @@ def test_the_lora_item_tower_trains_and_serves_new_items_vectors(protocol, ray_c
     save_retriever(cfg.retriever_model_dir, SASRec(N_ITEMS, cfg.retriever, text, trained), cfg.retriever)
     out = run_tower_training(cfg)
     assert out["best_step"] in (1, 2) and np.isfinite(out["valid_ndcg@10"])
+    # served only where it adds: published iff it beats the frozen tower on validation
+    published = out["valid_ndcg@10"] > out["start_valid_ndcg@10"]
+    assert (NewItemEncoder(cfg).kind == "tuned") == published
+    if not published:  # this tiny run: publish a tuned tower by hand to test the serving path
+        from rayrec.itemtower.model import build_tower, save_tower, trainable_state
+        from rayrec.itemtower.vectors import build_text_grounded_index, tower_model_dir
+
+        tower, _ = build_tower(cfg.tower, 8, seed=1)
+        save_tower(tower_model_dir(cfg), trainable_state(tower), cfg.tower, 8)
+        build_text_grounded_index(cfg)
     enc = NewItemEncoder(cfg)
     assert enc.kind == "tuned"
     vectors = enc.encode(items["text"].tolist())

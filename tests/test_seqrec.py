@@ -249,3 +249,18 @@ def test_a_rerun_with_more_epochs_resumes_from_the_last_checkpoint(trained) -> N
         "retriever": cfg.retriever.model_copy(update={"max_epochs": done + 10})}))
     assert more["last"]["start_epoch"] == done and more["last"]["epoch"] == done + 10
     assert more["valid_ndcg@10"] >= first["valid_ndcg@10"] - 1e-9  # the best is kept across runs
+
+
+def test_a_changed_setting_is_a_run_of_its_own() -> None:
+    """The Ray Train run name carries a fingerprint of the model-shaping settings: a new seed or
+    text_init never resumes another run's checkpoint; more epochs (how long) do."""
+    from rayrec.seqrec.config import RetrieverConfig
+    from rayrec.seqrec.trainer import run_name
+
+    base = RetrieverConfig()
+    name = run_name(base, 100, 50)
+    assert name.startswith("retriever-") and name == run_name(RetrieverConfig(), 100, 50)
+    assert run_name(base.model_copy(update={"max_epochs": 500, "num_workers": 4}), 100, 50) == name
+    for changed in ({"seed": 1}, {"text_init": True}, {"dim": 32}, {"dropout": 0.1}):
+        assert run_name(base.model_copy(update=changed), 100, 50) != name
+    assert run_name(base, 101, 50) != name and run_name(base, 100, 51) != name  # other data

@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Long-running or multi-stage commands report their own lines; the others are one stage each.
-_NOT_A_STAGE = {"main", "serve", "catalog"}
+_NOT_A_STAGE = {"main", "serve", "catalog", "new-items"}
 
 
 def _run(cfg: RayrecConfig, args: argparse.Namespace) -> Any:

@@ -123,3 +123,13 @@ def local_copy(location: str) -> str:
         except OSError:  # another process got there first
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def remove(location: str) -> None:
+    """Delete a file or directory tree (local or remote); nothing there is fine."""
+    fs, path = resolve_fs(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)

@@ -26,6 +26,7 @@ class TowerConfig(Section):
     warmup_ratio: float = Field(0.05, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    distill_weight: float = Field(1.0, ge=0)  # the score-distillation term (itemtower.loop)
     max_steps: int = Field(150, ge=1)
     eval_every_steps: int = Field(50, ge=1)
     # Warm items held out of the tower's training to validate it: text-only vectors of items it

@@ -21,6 +21,7 @@ from torch import nn
 
 from rayrec import storage
 from rayrec.itemtower.config import TowerConfig
+from rayrec.retrieval.encoder import mean_pool
 
 WEIGHTS_FILE, META_FILE = "tower.safetensors", "tower.json"
 
@@ -35,9 +36,7 @@ class ItemTower(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.head(nn.functional.normalize(pooled.float(), dim=-1))
+        return self.head(mean_pool(hidden, attention_mask))
 
 
 def build_tower(tc: TowerConfig, out_dim: int, head: np.ndarray | None = None, seed: int = 0):

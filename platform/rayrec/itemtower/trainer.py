@@ -27,7 +27,7 @@ def run_tower_training(cfg: RayrecConfig) -> dict[str, Any]:
     from rayrec.data.store import load_items
     from rayrec.itemtower.loop import VALID_METRIC, train_loop_per_worker
     from rayrec.itemtower.pairs import tower_data
-    from rayrec.itemtower.vectors import build_text_grounded_index
+    from rayrec.itemtower.vectors import build_text_grounded_index, tower_model_dir
     from rayrec.seqrec.model import load_retriever
     from rayrec.train.checkpoint import publish_checkpoint
     from rayrec.train.trainer import require_schedulable, worker_resources
@@ -48,6 +48,7 @@ def run_tower_training(cfg: RayrecConfig) -> dict[str, Any]:
              len(data.valid_items), len(data.states))
     params = {"tower": tc.model_dump(mode="json"), "train_items": len(data.train_items),
               "valid_items": len(data.valid_items), "states": len(data.states), "num_workers": tr.num_workers}
+    t0 = time.perf_counter()
     with start_run(cfg, "train-tower", params) as run:
         trainer = TorchTrainer(
             train_loop_per_worker,
@@ -57,14 +58,15 @@ def run_tower_training(cfg: RayrecConfig) -> dict[str, Any]:
                                          placement_strategy=tr.placement_strategy),
             torch_config=TorchConfig(backend="nccl" if tr.use_gpu else "gloo"),
             run_config=RunConfig(
-                name=tc.run_name, storage_path=storage.join(cfg.tower_dir, "runs"),
+                # a run of its own per call: a failed worker starts the tuning over (minutes
+                # long), and a rerun with other settings never mixes with an earlier run's files
+                name=f"{tc.run_name}_{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage.join(cfg.tower_dir, "runs"),
                 failure_config=FailureConfig(max_failures=tr.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints, checkpoint_score_order="max",
                                                    checkpoint_score_attribute=VALID_METRIC),
                 callbacks=report_callbacks(run, "step"),
             ),
         )
-        t0 = time.perf_counter()
         result = trainer.fit()
         if result.error:
             raise result.error
@@ -72,12 +74,22 @@ def run_tower_training(cfg: RayrecConfig) -> dict[str, Any]:
         if not scored:
             raise RuntimeError(f"item tower tuning reported no {VALID_METRIC}; nothing to publish")
         value, best, best_metrics = max(scored, key=lambda t: t[0])
-        tower = publish_checkpoint(best, cfg.tower_dir + "/model")
+        start = best_metrics.get("start_" + VALID_METRIC, float("-inf"))
+        # Served only where it adds: a tuned tower no better on validation than the frozen one it
+        # started from is not published (and an older one is removed), so NewItemEncoder serves
+        # the retriever's own frozen text part.
+        tower = None
+        storage.remove(tower_model_dir(cfg))
+        if value > start:
+            tower = publish_checkpoint(best, tower_model_dir(cfg))
+        else:
+            log.warning("the tuned item tower (validation %s %.4f) does not beat the frozen one (%.4f): "
+                        "not published, new items keep the frozen text part", VALID_METRIC, value, start)
     index = build_text_grounded_index(cfg)
-    return {"tower": tower, "index": index, "best_step": best_metrics["step"], VALID_METRIC: value,
+    return {"tower": tower or "not published: no better than the frozen tower on validation", "index": index,
+            "best_step": best_metrics["step"], VALID_METRIC: value,
             "start_" + VALID_METRIC: best_metrics.get("start_" + VALID_METRIC),
-            "valid_hr@10": best_metrics.get("valid_hr@10"),
-            "start_valid_hr@10": best_metrics.get("start_valid_hr@10"),
+            **{k: best_metrics.get(k) for k in best_metrics if k.startswith(("valid_", "start_valid_"))},
             "train_items": len(data.train_items), "valid_items": len(data.valid_items),
             "items_per_s": best_metrics.get("items_per_s"), "fit_seconds": round(time.perf_counter() - t0, 1),
             "run_dir": str(result.path)}

@@ -10,6 +10,14 @@ import torch
 from rayrec.models.backbone import resolve_backbone
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Unit-norm mean of the real tokens' hidden states: (B, T, d) -> (B, d) float32. The one
+    sentence vector of the text index and of the item tower (rayrec.itemtower)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+
 class TextEncoder:
     """A transformers encoder turned into a sentence embedder (mean pooling over real tokens)."""
 
@@ -38,8 +46,5 @@ class TextEncoder:
                 chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
             ).to(self.device)
             hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-            out[start : start + len(chunk)] = pooled.cpu().numpy()
+            out[start : start + len(chunk)] = mean_pool(hidden, enc["attention_mask"]).cpu().numpy()
         return out

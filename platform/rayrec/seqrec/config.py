@@ -32,6 +32,10 @@ class RetrieverConfig(Section):
     # that a training step reads an item from its text alone (DropoutNet; new items: always).
     id_max_norm: float | None = Field(None, gt=0)
     id_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # text_init only: the user state adds a learned map of the history's text (seqrec.model),
+    # q_t = recency-weighted mean of the text vectors read so far (weight decay^(t - k)).
+    text_query: bool = False
+    text_query_decay: float = Field(0.9, gt=0.0, le=1.0)
     lr: float = Field(2e-3, gt=0)
     # cosine: lr decays to 0 by max_epochs or max_minutes, whichever comes first (a final
     # model that does not jump around between evaluations); constant: SASRec's original.

@@ -11,6 +11,10 @@ during training each item's ID part is dropped with probability ``id_dropout`` (
 Volkovs et al., NeurIPS 2017), so that W learns to place an item from its text alone, as it
 must for a new one. Items without a training interaction are left out of the training softmax:
 they did not exist yet, and pushing their text down would teach the model that new is bad.
+With ``text_query`` the user state also reads the history's text, h_t + U q_t, q_t the unit-norm
+recency-weighted mean of the text vectors read so far (the text index's history query; U starts
+at 0): the score of an item then includes a learned text-to-text similarity U^T W, which is what
+a new item can be found by.
 
 Input and output item embeddings are shared (v_i scores the next item; e_i reads the history),
 so a user vector ``h_t`` and the item vectors ``v`` live in one space and a FAISS inner-product
@@ -88,6 +92,11 @@ class SASRec(nn.Module):
                 raise ValueError("retriever: one trained flag per catalog item")
             self.register_buffer("trained", torch.as_tensor(seen))
             self.register_buffer("new_vectors", None)  # set_new_item_vectors; saved with the model
+        # text_query: the user state also reads what the history's text says (seqrec.model doc)
+        self.text_query, self.query_decay = None, cfg.text_query_decay
+        if cfg.text_init and cfg.text_query:
+            self.text_query = nn.Linear(self.text.shape[1], cfg.dim, bias=False)
+            nn.init.zeros_(self.text_query.weight)  # starts as plain SASRec
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
         self.ln = nn.LayerNorm(cfg.dim)
@@ -130,7 +139,21 @@ class SASRec(nn.Module):
         h = self.drop(vec[seqs] * real[..., None] + self.pos.weight[-t:][None])
         for block in self.blocks:
             h = block(h, mask)
-        return self.ln(h)
+        h = self.ln(h)
+        if self.text_query is not None:
+            h = h + self.text_query(self.history_text(seqs, real))
+        return h
+
+    def history_text(self, seqs: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """(B, T, d_text): at each position, the unit-norm recency-weighted mean of the text
+        vectors read so far, q_t ~ sum_{k<=t} decay^(t-k) x_{i_k} (the text index's history query)."""
+        t = seqs.shape[1]
+        pos = torch.arange(t, device=seqs.device, dtype=torch.float32)
+        age = pos[:, None] - pos[None, :]  # (T, T): t - k
+        weights = torch.where(age >= 0, self.query_decay ** age.clamp(min=0), torch.zeros_like(age))
+        weights = weights[None] * real[:, None, :].to(weights.dtype)  # (B, T, T), pads weigh 0
+        text = F.pad(self.text, (0, 0, 0, 1))[seqs]  # (B, T, d_text), the pad row is zero
+        return F.normalize(weights @ text, dim=-1)
 
     def user_vectors(self, seqs: torch.Tensor) -> torch.Tensor:
         """(B, dim): the hidden state at the newest item, which scores the next one."""

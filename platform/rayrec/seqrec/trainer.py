@@ -7,6 +7,8 @@ becomes the servable artifact ``<retriever_dir>/model``, and its item vectors th
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,22 @@ def _text_vectors(cfg: RayrecConfig, n_items: int) -> np.ndarray:
     items = load_items(cfg.data_dir)
     return embed_items_ray(items, cfg.retrieval.encoder or cfg.model.backbone,
                            batch_size=cfg.retrieval.embed_batch_size)
+
+
+# Settings that do not shape the model (how long it trains, where, on what hardware, what is
+# mined after): a run that differs only in them resumes (e.g. more epochs continue a run).
+NOT_SHAPING = {"enabled", "num_workers", "use_gpu", "torch_threads", "keep_checkpoints", "max_failures",
+               "mine_positions", "mine_candidates", "run_name", "out", "max_epochs", "max_minutes",
+               "patience", "eval_every_epochs", "early_stopping_metric"}
+
+
+def run_name(rc, n_items: int, n_windows: int) -> str:
+    """``<retriever.run_name>-<fingerprint>``: Ray Train resumes a run of the same name, so the
+    name carries a hash of every setting that shapes the model and of the data's size. The same
+    configuration resumes; a changed one (a seed, a tuning trial, text_init) is a run of its own."""
+    shaping = rc.model_dump(mode="json", exclude=NOT_SHAPING) | {"n_items": n_items, "n_windows": n_windows}
+    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{rc.run_name}-{digest}"
 
 
 def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
@@ -81,7 +99,7 @@ def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
             scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu),
             torch_config=TorchConfig(backend="nccl" if rc.use_gpu else "gloo"),
             run_config=RunConfig(
-                name=rc.run_name, storage_path=cfg.retriever_dir + "/runs",
+                name=run_name(rc, n_items, n_windows), storage_path=cfg.retriever_dir + "/runs",
                 failure_config=FailureConfig(max_failures=rc.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=rc.keep_checkpoints,
                                                    checkpoint_score_attribute=metric,
