@@ -167,14 +167,14 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def run_full_catalog(cfg, retrievers: dict[str, Any] | None = None, held_out: np.ndarray | None = None,
                      describe: dict[str, str] | None = None, pairs: list[tuple[str, str]] = (),
-                     notes: dict[str, Any] | None = None) -> dict[str, Any]:
+                     protocol_notes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate every available system on the full catalog; write the report to cfg.eval_dir.
 
     ``retrievers``: name -> a loaded SeqRetriever to evaluate (default: the run's, as
     "retriever"; the first is what the ranker re-scores). ``held_out``: the new-item protocol's
     held-out items (rayrec.data.newitems): each list's share of them in its top-K is reported.
     ``describe`` / ``pairs``: what the report says each extra system is, and extra paired
-    comparisons (a, b) of NDCG@10; ``notes``: added to the report's protocol section."""
+    comparisons (a, b) of NDCG@10; ``protocol_notes``: added to the report's protocol section."""
     from rayrec.data.store import load_items
     from rayrec.evaluation.evaluate import paired_bootstrap, resolve_checkpoint
     from rayrec.evaluation.report import track_evaluation, write_report
@@ -273,7 +273,7 @@ def run_full_catalog(cfg, retrievers: dict[str, Any] | None = None, held_out: np
         },
         "ks": ks, "seed": ec.seed,
     }
-    protocol |= notes or {}
+    protocol |= protocol_notes or {}
     protocol["models"] |= describe or {}
     protocol["models"] = {m: d for m, d in protocol["models"].items() if m in models}
     result = {"protocol": protocol, "models": summary, "comparisons": comparisons,
