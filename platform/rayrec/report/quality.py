@@ -71,6 +71,22 @@ def evaluation(result: dict[str, Any], per_user, plot: str | None) -> list[str]:
     return lines + image("quality against the baselines", plot)
 
 
+def item_tower(result: dict[str, Any]) -> list[str]:
+    """The LoRA item tower's validation against the frozen tower it started from, and whether it
+    is served (rayrec.itemtower.trainer publishes it only when it is better)."""
+    rows = [[name, num(result.get(f"start_{key}")), num(result.get(key))]
+            for name, key in (("new and warm targets", "valid_ndcg@10"), ("new targets", "valid_new_ndcg@10"),
+                              ("warm targets", "valid_warm_ndcg@10"),
+                              ("warm targets' top-10 share of text items", "valid_warm_new_share@10"))]
+    published = not str(result.get("tower", "")).startswith("not published")
+    return (["", (f"The LoRA item tower, validated on {num(result.get('valid_items'))} warm items held out of its "
+                  "tuning (read from text among the warm catalog, beside as many warm targets; NDCG@10): "
+                  + ("better than the frozen tower, so new items are served from it."
+                     if published else "no better than the frozen tower, so it is not served; new items "
+                     "keep the retriever's frozen text part.")), ""]
+            + table(["validation", "frozen tower", "tuned tower"], rows))
+
+
 def exploration(result: dict[str, Any], regret_plot: str | None, tradeoff_plot: str | None) -> list[str]:
     c = result.get("config", {})
     policies = result.get("policies", {})

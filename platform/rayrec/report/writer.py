@@ -24,6 +24,7 @@ MARKDOWN_FILE, JSON_FILE, FIGURE_DIR = "report.md", "report.json", "report"
 
 
 NEW_ITEMS_STAGE = "new-items-evaluate"  # rayrec.newitems' last stage: the new-item protocol's report
+NEW_ITEMS_TOWER_STAGE = "new-items-tower"
 
 
 def _failure(results: dict[str, Any], stage: str, title: str) -> list[str]:
@@ -82,6 +83,8 @@ def write_report(run_dir: str, results: dict[str, Any], metric: str = "ndcg@10")
         lines += _failure(results, "evaluate", "Offline evaluation")
     if new_items := results.get(NEW_ITEMS_STAGE):
         lines += quality.evaluation(new_items, _per_user(new_items), None)
+        if tower := results.get(NEW_ITEMS_TOWER_STAGE):
+            lines += quality.item_tower(tower)
     else:
         lines += _failure(results, NEW_ITEMS_STAGE, "New items")
     if serving := results.get("serve"):
