@@ -190,7 +190,7 @@ def test_preprocess_then_train_jobs(job_cluster: Cluster, tmp_path: Path) -> Non
         "--set retriever.max_epochs=3 --set retriever.eval_every_epochs=3 --set retriever.mine_candidates=20",
     )
     assert code == 0, log
-    from rayrec.train.checkpoint import best_checkpoint
+    from rayrec.checkpoints import best_checkpoint
 
     # Both stages ran: the retriever was published and the ranker trained on its mined lists.
     assert (out / "retriever" / "model" / "retriever.json").is_file()

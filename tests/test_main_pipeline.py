@@ -158,7 +158,7 @@ def test_feedback_loop_switches_the_live_endpoint(main_run) -> None:
     assert fb["examples"] == len(examples) and Path(fb["candidate"]).exists()
     assert set(fb["valid_ndcg@10"]) == {"current", "candidate"}
     assert fb["promoted"], fb
-    assert (run / "feedback" / "promoted_checkpoint").read_text() == fb["candidate"]
+    assert json.loads((run / "feedback" / "promoted.json").read_text())["checkpoint"] == fb["candidate"]
     assert fb["endpoint"]["switched"], fb["endpoint"]
     assert health["ranker"]["version"] == fb["candidate"]
     assert responses and {code for code, _ in responses} == {200}, responses  # none dropped

@@ -6,6 +6,7 @@ report, stage stamps) must land in the bucket, and nothing under a local ``s3:``
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ def test_feedback_loop_on_the_bucket(remote_run) -> None:
 
     cfg = remote_run[0]
     fb = run_feedback_loop(cfg)  # the fixture's server, env and Ray connection are still up
-    promoted = storage.read_text(cfg.path("feedback", "promoted_checkpoint"))
+    promoted = json.loads(storage.read_text(cfg.path("feedback", "promoted.json")))["checkpoint"]
     assert fb["promoted"], fb
     assert fb["candidate"].startswith(f"s3://{BUCKET}/run/feedback/") and promoted == fb["candidate"]
     assert fb["round_dir"].startswith(f"s3://{BUCKET}/run/feedback/")

@@ -1,22 +1,19 @@
-"""Checkpoint discovery, serving export (adapter / merged) and the DeepSpeed config builder."""
+"""Checkpoint discovery, the one resolver of what a run serves (promoted, best, latest), serving export (adapter / merged) and the DeepSpeed config builder."""
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from rayrec.checkpoints import MANIFEST_FILE, latest_checkpoint
 from rayrec.models.config import ModelConfig
 from rayrec.models.ranker import build_ranker, load_ranker, save_ranker
 from rayrec.models.tiny import make_tiny_backbone
-from rayrec.train.checkpoint import (
-    MANIFEST_FILE,
-    export_serving_artifact,
-    latest_checkpoint,
-    write_manifest,
-)
+from rayrec.train.checkpoint import export_serving_artifact, write_manifest
 from rayrec.train.config import TrainConfig
 from rayrec.train.deepspeed import build_ds_config
 
@@ -97,7 +94,7 @@ def test_ds_config_from_train_config():
 def test_best_checkpoint_prefers_the_recorded_best_over_the_latest(trained_ranker, tmp_path):
     """run_training records the best by validation; evaluation, serving, export and the
     feedback loop take it; a stale pointer (its checkpoint deleted) falls back to the latest."""
-    from rayrec.train.checkpoint import best_checkpoint, record_best
+    from rayrec.checkpoints import best_checkpoint, record_best
 
     _, cfg, model, collator = trained_ranker
     assert best_checkpoint(str(tmp_path))[0] is None
@@ -111,3 +108,59 @@ def test_best_checkpoint_prefers_the_recorded_best_over_the_latest(trained_ranke
     assert path == str(tmp_path / "run" / "step_00000010") and "best by valid_ndcg@10 (0.5000)" in how
     (tmp_path / "run" / "step_00000010" / MANIFEST_FILE).unlink()
     assert best_checkpoint(str(tmp_path))[0] == str(tmp_path / "run" / "step_00000020")
+
+
+def test_one_resolver_serves_the_promotion_until_a_newer_training_run(trained_ranker, tmp_path):
+    """Endpoint, evaluation, feedback and export ask rayrec.checkpoints.served_checkpoint: a
+    restarted endpoint serves what the feedback loop promoted; a newer training run supersedes
+    the promotion; a torn, foreign or incomplete pointer is skipped with the reason; a promotion
+    over a checkpoint that is no longer served is refused."""
+    import json
+
+    from rayrec.checkpoints import promote, promoted_file, record_best, served_checkpoint
+    from rayrec.config import RayrecConfig
+    from rayrec.evaluation.evaluate import resolve_checkpoint
+
+    _, mcfg, model, collator = trained_ranker
+    cfg = RayrecConfig.model_validate({"run_dir": str(tmp_path)})
+
+    def step(name: str) -> str:
+        d = os.path.join(cfg.checkpoint_dir, "run", name)
+        save_ranker(os.path.join(d, "model"), mcfg, model, collator)
+        write_manifest(d)
+        return d
+
+    assert served_checkpoint(cfg).path is None and "untuned backbone" in served_checkpoint(cfg).how
+    best, tuned = step("step_00000010"), os.path.join(tmp_path, "feedback", "r1", "step_00000004")
+    record_best(cfg.checkpoint_dir, best, "valid_ndcg@10", 0.3)
+    save_ranker(os.path.join(tuned, "model"), mcfg, model, collator)
+    write_manifest(tuned)
+    assert served_checkpoint(cfg).path == best
+    assert served_checkpoint(cfg, "/explicit").how == "configured"
+
+    assert promote(cfg, tuned, over=best, metrics={"current": 0.3, "candidate": 0.4}).path == tuned
+    resolved = served_checkpoint(cfg)
+    assert resolved.path == tuned and "promoted by the feedback loop" in resolved.how
+    assert resolve_checkpoint(cfg) == tuned  # evaluation reads the same answer
+    # a second round that compared against the old best loses: the run no longer serves it
+    refused = promote(cfg, best, over=best, metrics={})
+    assert refused.path is None and "changed during the round" in refused.how
+    assert served_checkpoint(cfg).path == tuned
+
+    # the promoted checkpoint torn (manifest gone): the best, saying why
+    os.rename(os.path.join(tuned, MANIFEST_FILE), os.path.join(tuned, "m"))
+    resolved = served_checkpoint(cfg)
+    assert resolved.path == best and "incomplete" in resolved.how
+    os.rename(os.path.join(tuned, "m"), os.path.join(tuned, MANIFEST_FILE))
+    # a pointer that is not a promotion record (or not JSON) is data, never trusted: skipped
+    pointer = Path(promoted_file(cfg))
+    record = pointer.read_text()
+    for bad in ("not json", json.dumps({"checkpoint": tuned, "exec": "rm -rf /"}), "[1]"):
+        pointer.write_text(bad)
+        assert served_checkpoint(cfg).path == best, bad
+    pointer.write_text(record)
+    # a newer training run records a new best: it supersedes the promotion
+    newer = step("step_00000020")
+    record_best(cfg.checkpoint_dir, newer, "valid_ndcg@10", 0.5)
+    resolved = served_checkpoint(cfg)
+    assert resolved.path == newer and "superseded by a newer training run" in resolved.how

@@ -75,9 +75,9 @@ def test_zero_training_learns_and_checkpoint_reloads(ray_cluster, toy_run, stage
     """2 workers STRICT_SPREAD over the 2 nodes. ZeRO-3: a worker fails at step 24 and the run
     recovers from the step-16 checkpoint. ZeRO-2: a restarted job (same storage path + run
     name) continues from the finished run's last checkpoint."""
+    from rayrec.checkpoints import best_checkpoint, latest_checkpoint
     from rayrec.models.prior import candidate_priors, load_item_prior
     from rayrec.models.ranker import load_ranker
-    from rayrec.train.checkpoint import best_checkpoint, latest_checkpoint
     from rayrec.train.loop import failure_marker, ranking_metrics
     from rayrec.train.trainer import run_training
 

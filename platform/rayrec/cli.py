@@ -111,9 +111,10 @@ def _serve(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 
 def _export(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
-    from rayrec.train.checkpoint import best_checkpoint, export_serving_artifact
+    from rayrec.checkpoints import served_checkpoint
+    from rayrec.train.checkpoint import export_serving_artifact
 
-    checkpoint = args.checkpoint or best_checkpoint(cfg.checkpoint_dir)[0]
+    checkpoint = args.checkpoint or served_checkpoint(cfg).path
     if checkpoint is None:
         raise SystemExit(f"no checkpoint found under {cfg.checkpoint_dir}; run `rayrec train` first")
     return export_serving_artifact(checkpoint, args.export_dir, merge=args.merge)
@@ -308,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--batch-size", type=int, default=500, help="rows per POST (<= serve.admin_max_rows)")
             p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each POST")
         if name == "export":
-            p.add_argument("--checkpoint", help="checkpoint dir (default: the training run's best)")
+            p.add_argument("--checkpoint", help="checkpoint dir (default: what the run serves: the feedback promotion, else the training run's best)")
             p.add_argument("--export-dir", required=True, help="where to write the artifact")
             p.add_argument("--merge", action="store_true", help="merge LoRA into the base weights")
     return parser

@@ -1,8 +1,10 @@
 """The feedback loop: served impressions and feedback → training examples → a new adapter,
 fine-tuned from the current one → evaluated against it → promoted only when it is better.
 
-Promotion records the new checkpoint in ``<run_dir>/feedback/promoted_checkpoint`` (the run
-directory may be local or remote) and, when the endpoint ``serve.app_name`` runs on the same Ray
+Promotion records the new checkpoint in ``<run_dir>/feedback/promoted.json``
+(rayrec.checkpoints.promote: under a lock, only over the checkpoint the run still serves; the
+run directory may be local or remote), which every later endpoint, evaluation and round reads
+(rayrec.checkpoints.served_checkpoint), and, when the endpoint ``serve.app_name`` runs on the same Ray
 cluster, switches its ranking replicas to it in place (``rayrec.serving.control.switch_adapter``:
 a ranking user_config change, no dropped requests).
 
@@ -76,20 +78,18 @@ def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
     """One round: build examples from the log, fine-tune from the current adapter, evaluate
     both on the validation split, promote the new adapter when its NDCG@10 is higher by more
     than ``feedback.min_improvement``, and switch the running endpoint to it."""
+    from rayrec.checkpoints import promote, served_checkpoint
     from rayrec.errors import UserFacingError
     from rayrec.evaluation.evaluate import run_evaluation
     from rayrec.runtime import init_ray
-    from rayrec.train.checkpoint import best_checkpoint
     from rayrec.train.trainer import require_schedulable, run_training
 
     init_ray(cfg.ray)
     # Before any work: the round trains one worker (plus its data feed); evaluation checks its
     # scoring actors when it starts (scoring_on_ray).
     require_schedulable(cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 1})}))
-    promoted_file = cfg.path("feedback", "promoted_checkpoint")
-    current = (cfg.serve.checkpoint
-               or (storage.read_text(promoted_file).strip() if storage.is_file(promoted_file) else None)
-               or best_checkpoint(cfg.checkpoint_dir)[0])
+    current, how = served_checkpoint(cfg, cfg.serve.checkpoint)
+    log.info("feedback: the run serves %s (%s)", current, how)
     if current is None:
         raise UserFacingError(f"no current ranker under {cfg.checkpoint_dir}: run `rayrec train` first")
     examples = feedback_examples(cfg)
@@ -123,15 +123,16 @@ def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
         return _ndcg10(run_evaluation(cfg.model_copy(update={"evaluate": ev})))
 
     before, after = evaluate(current, "current"), evaluate(candidate, "candidate")
-    promoted = after - before > cfg.feedback.min_improvement
-    switch: dict[str, Any] = {"switched": False, "reason": "not promoted"}
-    if promoted:
-        storage.write_text(promoted_file, candidate)
-        switch = {"switched": False, "reason": "feedback.switch_endpoint is false"}
-        if cfg.feedback.switch_endpoint:
-            from rayrec.serving.control import switch_adapter
+    promoted, why = False, f"not better by feedback.min_improvement ({cfg.feedback.min_improvement})"
+    if after - before > cfg.feedback.min_improvement:  # under the lock, over what the run still serves
+        done = promote(cfg, candidate, current, {"current": before, "candidate": after})
+        promoted, why = done.path is not None, done.how
+    switch: dict[str, Any] = {"switched": False, "reason": why if not promoted else
+                              "feedback.switch_endpoint is false"}
+    if promoted and cfg.feedback.switch_endpoint:
+        from rayrec.serving.control import switch_adapter
 
-            switch = switch_adapter(cfg, candidate)
+        switch = switch_adapter(cfg, candidate)
     result = {"examples": len(examples), "current": current, "candidate": candidate,
               "valid_ndcg@10": {"current": before, "candidate": after}, "promoted": promoted,
               "endpoint": switch, "round_dir": round_dir}

@@ -264,15 +264,17 @@ def beyond_accuracy(
 
 
 def resolve_checkpoint(cfg, required: bool | None = None) -> str | None:
-    """evaluate.checkpoint, else the training run's best ranker checkpoint (the latest when no
-    best was recorded; None when there is none and it is not required)."""
+    """evaluate.checkpoint, else what the run serves (rayrec.checkpoints.served_checkpoint: the
+    feedback loop's promotion, else the training run's best, else the latest; None when there is
+    none and it is not required)."""
     if cfg.evaluate.checkpoint:
         if not Path(cfg.evaluate.checkpoint).exists() and "://" not in cfg.evaluate.checkpoint:
             raise FileNotFoundError(f"evaluate.checkpoint {cfg.evaluate.checkpoint} does not exist")
         return cfg.evaluate.checkpoint
-    from rayrec.train.checkpoint import best_checkpoint
+    from rayrec.checkpoints import served_checkpoint
 
-    ckpt, _ = best_checkpoint(cfg.checkpoint_dir)
+    ckpt, how = served_checkpoint(cfg)
+    log.info("evaluating ranker %s (%s)", ckpt, how)
     required = cfg.evaluate.require_checkpoint if required is None else required
     if ckpt is None and required:
         raise FileNotFoundError(

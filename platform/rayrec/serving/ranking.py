@@ -20,26 +20,10 @@ import numpy as np
 from ray import serve
 from ray.serve import metrics
 
-from rayrec.config import RayrecConfig, validate_config
+from rayrec.checkpoints import served_checkpoint
+from rayrec.config import validate_config
 
 log = logging.getLogger("ray.serve")
-
-
-def resolve_checkpoint(cfg: RayrecConfig, requested: str | None) -> tuple[str | None, str]:
-    """Pick the adapter: the requested one, else the training run's best (or latest), else none.
-
-    Returns ``(checkpoint_or_None, how_it_was_chosen)``.
-    """
-    if requested:
-        return requested, "configured"
-    try:
-        from rayrec.train.checkpoint import best_checkpoint
-    except ImportError:
-        return None, f"training extras not installed: untuned backbone {cfg.model.backbone}"
-    found, how = best_checkpoint(cfg.checkpoint_dir)
-    if found:
-        return found, how
-    return None, f"no adapter under {cfg.checkpoint_dir}: untuned backbone {cfg.model.backbone}"
 
 
 def _device(num_gpus: float) -> str:
@@ -93,7 +77,7 @@ class RankingDeployment:
     def _load(self, requested: str | None) -> None:
         from rayrec.models.ranker import load_ranker
 
-        checkpoint, why = resolve_checkpoint(self.cfg, requested)
+        checkpoint, why = served_checkpoint(self.cfg, requested)
         t0 = time.perf_counter()
         ranker = load_ranker(self.cfg.model, checkpoint, device=self.device)  # remote: downloaded
         # Swap only once the new ranker is fully loaded: in-flight batches keep the old one.
@@ -111,7 +95,7 @@ class RankingDeployment:
             raise ValueError(f"fault_injection accepts 'raise' and 'sleep_s', got {sorted(fault)}")
         requested = user_config.get("checkpoint")
         async with self._swap_lock:
-            wanted, _ = resolve_checkpoint(self.cfg, requested)
+            wanted, _ = served_checkpoint(self.cfg, requested)
             current = self.version if self.ranker is not None else None
             if self.ranker is None or (wanted or f"untuned:{self.cfg.model.backbone}") != current:
                 try:

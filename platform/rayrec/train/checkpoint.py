@@ -1,4 +1,6 @@
-"""Training checkpoints: layout, writing under ZeRO, finding the latest, exporting for serving.
+"""Training checkpoints: layout, writing under ZeRO, resuming, publishing, exporting for serving.
+
+Which checkpoint a run serves (best, promoted, latest, complete or not) is rayrec.checkpoints.
 
 A checkpoint directory (one per report, ``step_XXXXXXXX``) holds:
   model/    the servable ranker (``save_ranker``: ranker.json, adapter/, head, tokenizer/)
@@ -12,20 +14,17 @@ A checkpoint directory (one per report, ``step_XXXXXXXX``) holds:
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from rayrec.checkpoints import MANIFEST_FILE
 from rayrec.models.ranker import ARTIFACT_FILE, load_ranker, save_ranker
 
 STEP_DIR = "step_{:08d}"
-_STEP_RE = re.compile(r"^step_(\d{8})$")
 DS_DIR, DS_TAG, MODEL_DIR, CONFIG_FILE = "ds", "state", "model", "rayrec_config.yaml"
-MANIFEST_FILE = "manifest.json"
-BEST_FILE = "best_checkpoint.json"  # <checkpoint_dir>/: the run's best by validation (run_training)
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -66,20 +65,6 @@ def write_manifest(ckpt_dir: str) -> None:
     (root / MANIFEST_FILE).write_text(json.dumps({"files": sizes}, indent=1))
 
 
-def is_complete(fs, ckpt_path: str) -> bool:
-    """Every file the manifest names is there with its size (local or remote ``fs``)."""
-    import pyarrow.fs as pafs
-
-    try:
-        with fs.open_input_stream(f"{ckpt_path}/{MANIFEST_FILE}") as f:
-            sizes = json.loads(f.read())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False  # no manifest yet (in progress, interrupted) or a torn one
-    infos = fs.get_file_info([f"{ckpt_path}/{rel}" for rel in sizes])
-    return all(i.type == pafs.FileType.File and i.size == size
-               for i, size in zip(infos, sizes.values(), strict=True))
-
-
 def restore_checkpoint(ckpt_dir: str, engine) -> dict:
     """Load DeepSpeed state (params, optimizer, scheduler, step) and return the client state."""
     _, client = engine.load_checkpoint(
@@ -89,67 +74,6 @@ def restore_checkpoint(ckpt_dir: str, engine) -> dict:
     if client is None:
         raise RuntimeError(f"could not load DeepSpeed state from {ckpt_dir}/{DS_DIR}")
     return client
-
-
-def _fs_and_path(uri: str):
-    from rayrec.storage import resolve_fs
-
-    return resolve_fs(uri)
-
-
-def latest_checkpoint(checkpoint_dir: str) -> str | None:
-    """The most recently written complete checkpoint under ``checkpoint_dir`` (local or s3://),
-    looking in ``<dir>/step_*`` and ``<dir>/<run_name>/step_*``; None when there is none."""
-    import pyarrow.fs as pafs
-
-    fs, root = _fs_and_path(checkpoint_dir)
-    if fs.get_file_info(root).type != pafs.FileType.Directory:
-        return None
-    best: tuple[float, int, str] | None = None
-    for info in fs.get_file_info(pafs.FileSelector(root, recursive=False)):
-        dirs = [info]
-        if info.type == pafs.FileType.Directory and not _STEP_RE.match(info.base_name):
-            dirs = fs.get_file_info(pafs.FileSelector(info.path, recursive=False))
-        for d in dirs:
-            m = _STEP_RE.match(d.base_name)
-            if d.type != pafs.FileType.Directory or not m:
-                continue
-            if not is_complete(fs, d.path):
-                continue  # incomplete (still uploading or interrupted)
-            marker = fs.get_file_info(f"{d.path}/{MANIFEST_FILE}")
-            key = (marker.mtime.timestamp() if marker.mtime else 0.0, int(m.group(1)), d.path)
-            best = key if best is None or key > best else best
-    if best is None:
-        return None
-    scheme = checkpoint_dir.split("://", 1)[0] + "://" if "://" in checkpoint_dir else ""
-    return scheme + best[2]
-
-
-def record_best(checkpoint_dir: str, checkpoint: str, metric: str, value: float) -> None:
-    """Point ``<checkpoint_dir>/best_checkpoint.json`` at the run's best checkpoint."""
-    fs, root = _fs_and_path(checkpoint_dir)
-    fs.create_dir(root, recursive=True)
-    with fs.open_output_stream(f"{root}/{BEST_FILE}") as f:
-        f.write(json.dumps({"checkpoint": checkpoint, "metric": metric, "value": value}).encode())
-
-
-def best_checkpoint(checkpoint_dir: str) -> tuple[str | None, str]:
-    """The checkpoint to evaluate and serve, and why: the run's best by validation when
-    recorded and complete, else the latest complete one. Returns (None, reason) if none."""
-    fs, root = _fs_and_path(checkpoint_dir)
-    try:
-        with fs.open_input_stream(f"{root}/{BEST_FILE}") as f:
-            best = json.loads(f.read())
-        path = best["checkpoint"]
-        inner = _fs_and_path(path)[1]
-        if is_complete(fs, inner):
-            return path, f"best by {best['metric']} ({best['value']:.4f}) under {checkpoint_dir}"
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no run finished with validation, or the pointer is stale: the latest then
-    latest = latest_checkpoint(checkpoint_dir)
-    if latest is None:
-        return None, f"no complete checkpoint under {checkpoint_dir}"
-    return latest, f"latest under {checkpoint_dir}"
 
 
 def publish_checkpoint(checkpoint, dest: str) -> str:

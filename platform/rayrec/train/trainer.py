@@ -7,13 +7,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from rayrec.checkpoints import MANIFEST_FILE, record_best
 from rayrec.config import RayrecConfig
 from rayrec.data.schema import EXAMPLES_DIR
 from rayrec.models.prior import load_item_prior
 from rayrec.runtime import init_ray, require_resources, warn_if_busy
 from rayrec.tracking import start_run
 from rayrec.tracking.train import report_callbacks
-from rayrec.train.checkpoint import CONFIG_FILE, MANIFEST_FILE, MODEL_DIR, record_best
+from rayrec.train.checkpoint import CONFIG_FILE, MODEL_DIR
 from rayrec.train.history import MetricsHistory, history_location, read_history
 from rayrec.train.loop import (
     CHECKPOINT_SCORE,
