@@ -109,6 +109,13 @@ def make_serving_env(root: Path, **extra) -> dict:
     return {"overrides": overrides, "cfg": cfg, "adapters": adapters, "root": root}
 
 
+def vid(checkpoint: str) -> str:
+    """The opaque id answers and /healthz give an adapter (never its path)."""
+    from rayrec.checkpoints import version_id
+
+    return version_id(str(checkpoint), "")
+
+
 def wait_ranker(url: str, pred, timeout: float = 90.0) -> dict:
     deadline = time.time() + timeout
     last = None

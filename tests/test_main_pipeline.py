@@ -125,6 +125,7 @@ def test_second_run_reuses_built_stages(main_run) -> None:
 def test_feedback_loop_switches_the_live_endpoint(main_run) -> None:
     """Event log -> examples -> fine-tune from the current adapter -> compare -> promote ->
     switch the running endpoint, while requests keep flowing."""
+    from rayrec.checkpoints import version_id
     from rayrec.data.store import load_users
     from rayrec.feedback import feedback_examples, run_feedback_loop
     from rayrec.serving.control import start_app, stop_app
@@ -160,9 +161,17 @@ def test_feedback_loop_switches_the_live_endpoint(main_run) -> None:
     assert fb["promoted"], fb
     assert json.loads((run / "feedback" / "promoted.json").read_text())["checkpoint"] == fb["candidate"]
     assert fb["endpoint"]["switched"], fb["endpoint"]
-    assert health["ranker"]["version"] == fb["candidate"]
+    assert health["ranker"]["version"] == version_id(fb["candidate"], "")  # an opaque id, not a path
     assert responses and {code for code, _ in responses} == {200}, responses  # none dropped
-    assert responses[-1][1] == fb["candidate"]
+    assert responses[-1][1] == version_id(fb["candidate"], "")
+    # #23: a restarted endpoint serves what the feedback loop promoted (one resolver, read at start)
+    assert fb_cfg.serve.checkpoint is None
+    url = start_app(fb_cfg)
+    try:
+        restarted = httpx.get(f"{url}/healthz", timeout=60).json()["ranker"]
+    finally:
+        stop_app(fb_cfg)
+    assert restarted["version"] == version_id(fb["candidate"], ""), restarted
 
 
 def test_endpoint_greedy_serves_the_quality_evaluation_measured(main_run) -> None:

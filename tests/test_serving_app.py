@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from serving_support import API_KEY, N_ITEMS, free_port, make_serving_env, post, wait_ranker  # noqa: E402
+from serving_support import API_KEY, N_ITEMS, free_port, make_serving_env, post, vid, wait_ranker  # noqa: E402
 
 pytestmark = pytest.mark.slow  # one app start-up (~50 s on 2 cores) shared by the module
 
@@ -73,7 +73,7 @@ def app_url(serving_env):
 
     url = start_app(_app_cfg(serving_env))  # the port of the running Serve instance
     assert url.endswith(PREFIX)
-    wait_ranker(url, lambda r: r["version"] == serving_env["adapters"][1])
+    wait_ranker(url, lambda r: r["version"] == vid(serving_env["adapters"][1]))
     yield url
     with contextlib.suppress(Exception):
         serve.delete(APP)
@@ -88,7 +88,7 @@ def test_known_user_gets_ranked_items_with_stage_scores(app_url, serving_env):
     body = r.json()
     assert body["degraded"] is False and body["degraded_reason"] is None
     assert body["cold_start"] is False and body["retrieval_source"] == "history"
-    assert body["model_version"] == serving_env["adapters"][1]
+    assert body["model_version"] == vid(serving_env["adapters"][1])
     assert body["policy"] == "greedy" and len(body["request_id"]) == 32
     items = body["items"]
     assert len(items) == 5 and [it["position"] for it in items] == list(range(5))
@@ -271,7 +271,15 @@ def test_auth_on_and_off(app_url, serving_env):
         assert post(url, "/recommend", {"k": 1}, headers={"x-api-key": API_KEY}).status_code == 200
         r = post(url, "/recommend", {"k": 1}, headers={"authorization": f"Bearer {API_KEY}"})
         assert r.status_code == 200
-        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # probes stay open
+        # probes stay open, but without a key they learn up or down and nothing else (no path,
+        # no counters, no error text); a client key sees the details, the ranker by opaque id
+        r = httpx.get(f"{url}/healthz", timeout=10)
+        assert r.status_code == 200 and r.json() == {"status": "ok"}, r.text
+        r = httpx.get(f"{url}/healthz", timeout=10, headers={"x-api-key": "wrong"})
+        assert r.json() == {"status": "ok"}
+        details = httpx.get(f"{url}/healthz", timeout=10, headers={"x-api-key": API_KEY}).json()
+        assert details["ranker"]["version"] == vid(serving_env["adapters"][1])
+        assert "checkpoint" not in details["ranker"] and str(serving_env["adapters"][1]) not in r.text + str(details)
         # No generation deployment in this app: asking for it is a clear 422, not a silent index list.
         for body, field in (({"k": 1, "source": "generative"}, "source"), ({"k": 1, "explain": True}, "explain")):
             r = post(url, "/recommend", body, headers={"x-api-key": API_KEY})
@@ -336,14 +344,14 @@ def test_adapter_switch_without_failed_requests(app_url, serving_env):
                 r = c.post(f"{app_url}/recommend", json={"user_id": "u5", "k": 3})
                 results.append((r.status_code, r.json().get("model_version") if r.status_code == 200 else r.text))
 
-    before = wait_ranker(app_url, lambda r: r["version"] == v1)["ranker"]["replica"]
+    before = wait_ranker(app_url, lambda r: r["version"] == vid(v1))["ranker"]["replica"]
     threads = [threading.Thread(target=load) for _ in range(2)]
     for t in threads:
         t.start()
     try:
         time.sleep(1.0)
         switch = switch_adapter(_app_cfg(serving_env), v2, timeout_s=300)  # what `rayrec feedback` calls
-        after = wait_ranker(app_url, lambda r: r["version"] == v2)["ranker"]["replica"]
+        after = wait_ranker(app_url, lambda r: r["version"] == vid(v2))["ranker"]["replica"]
         time.sleep(1.0)
     finally:
         stop.set()
@@ -354,15 +362,15 @@ def test_adapter_switch_without_failed_requests(app_url, serving_env):
     assert statuses and set(statuses) == {200}, [r for r in results if r[0] != 200][:3]
     assert before == after, "the adapter must be swapped in place (reconfigure), not by a new replica"
     versions = [v for _, v in results]
-    assert versions[0] == v1 and versions[-1] == v2
+    assert versions[0] == vid(v1) and versions[-1] == vid(v2)
     degraded = post(app_url, "/recommend", {"user_id": "u5", "k": 3}).json()
-    assert degraded["degraded"] is False and degraded["model_version"] == v2
+    assert degraded["degraded"] is False and degraded["model_version"] == vid(v2)
 
     # A broken adapter is refused: the replicas keep serving v2 and say why.
     bad = switch_adapter(_app_cfg(serving_env), str(serving_env["root"] / "no_such_adapter"), timeout_s=300)
     assert bad["switched"] is False and "no_such_adapter" in bad["reason"], bad
     body = post(app_url, "/recommend", {"user_id": "u5", "k": 3}).json()
-    assert body["degraded"] is False and body["model_version"] == v2
+    assert body["degraded"] is False and body["model_version"] == vid(v2)
     # Back to a good adapter clears the error; an app that is not running is reported, not raised.
     assert switch_adapter(_app_cfg(serving_env), v1, timeout_s=300)["switched"]
     missing = _app_cfg(serving_env).model_copy(deep=True)

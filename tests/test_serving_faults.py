@@ -29,7 +29,7 @@ httpx = pytest.importorskip("httpx")
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from serving_support import free_port, make_serving_env, wait_ranker  # noqa: E402
+from serving_support import free_port, make_serving_env, vid, wait_ranker  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -144,7 +144,7 @@ def endpoint(tmp_path_factory, ray_cluster):
         pytest.fail("`rayrec serve` did not come up:\n" + "".join(output[-40:]))
     url = next(line for line in output if line.startswith("rayrec endpoint: ")).split()[2]
     url = url.removesuffix("/recommend")
-    wait_ranker(url, lambda r: r["version"] == env["adapters"][1])
+    wait_ranker(url, lambda r: r["version"] == vid(env["adapters"][1]))
     yield {"url": url, "proc": proc, "env": env, "ledger": Ledger(), "output": output,
            "address": ray_cluster.address}
     if proc.poll() is None:  # the SIGTERM test did not run: stop it the same way

@@ -210,3 +210,31 @@ def test_app_resources_count_every_replica_the_app_starts():
     on = base | {"serve.generation.enabled": True, "serve.generation.replicas": 2,
                  "serve.generation.num_cpus": 1, "serve.generation.num_gpus": 0.5, "serve.ranking.num_gpus": 1}
     assert app_resources(load_config(None, on)) == {"CPU": 4.25, "GPU": 2.0}
+
+
+def test_ingress_waits_on_retrieval_within_its_timeout():
+    """#23: every deployment call the ingress awaits is timed: a retrieval that never answers
+    is a 503 + Retry-After naming the setting, and the call is cancelled."""
+    from types import SimpleNamespace
+
+    from fastapi import HTTPException
+    from rayrec.config import load_config
+    from rayrec.serving.ingress import RecommenderIngress
+
+    class Stuck:  # a DeploymentResponse that never resolves
+        cancelled = False
+
+        def __await__(self):
+            return asyncio.get_event_loop().create_future().__await__()
+
+        def cancel(self):
+            Stuck.cancelled = True
+
+    cfg = load_config(None, {"serve.retrieval_timeout_s": 0.2})
+    call = RecommenderIngress.func_or_class._retrieval_call
+    t0 = time.perf_counter()
+    with pytest.raises(HTTPException) as err:
+        asyncio.run(call(SimpleNamespace(cfg=cfg), Stuck()))
+    assert err.value.status_code == 503 and err.value.headers == {"Retry-After": "2"}
+    assert "serve.retrieval_timeout_s=0.2" in err.value.detail and Stuck.cancelled
+    assert time.perf_counter() - t0 < 5

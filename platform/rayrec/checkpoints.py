@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -163,6 +164,13 @@ def served_checkpoint(cfg, explicit: str | None = None) -> Resolved:
         why = "" if promoted.how == "no feedback promotion" else f"; {promoted.how}"
         return Resolved(found.path, found.how + why)
     return Resolved(None, f"{found.how}: untuned backbone {cfg.model.backbone}")
+
+
+def version_id(checkpoint: str | None, backbone: str) -> str:
+    """What answers and /healthz call the ranker that made them: an opaque, stable id. A
+    storage path would name buckets and directories to every client."""
+    name = checkpoint or f"untuned:{backbone}"
+    return ("adapter-" if checkpoint else "untuned-") + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 @contextlib.contextmanager

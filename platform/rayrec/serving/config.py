@@ -103,6 +103,9 @@ class ServeConfig(Section):
     max_body_bytes: int = Field(65_536, ge=256)
     request_cache_size: int = Field(10_000, ge=1)  # recent slates kept for /feedback
     rank_timeout_s: float = Field(5.0, gt=0)
+    # each retrieval call the ingress awaits (a generative one may take serve.generation.timeout_s);
+    # past it the request is a 503 + Retry-After and the call is cancelled, never an open wait
+    retrieval_timeout_s: float = Field(30.0, gt=0)
     max_k: int = Field(100, ge=1)
     max_text_length: int = Field(1000, ge=1)
     max_history_length: int = Field(200, ge=1)

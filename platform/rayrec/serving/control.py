@@ -158,14 +158,14 @@ def switch_adapter(cfg: RayrecConfig, checkpoint: str, timeout_s: float = 600.0)
     confirmed, deadline = 0, time.time() + timeout_s
     while confirmed < 2 * replicas:
         info = handle.info.remote().result(timeout_s=60)
-        if info.get("version") == checkpoint:
+        if info.get("checkpoint") == checkpoint:
             confirmed += 1
             continue
         confirmed = 0
         if info.get("switch_error") and checkpoint in info["switch_error"]:
             return {"switched": False, "reason": info["switch_error"], **result}
         if time.time() > deadline:
-            return {"switched": False, "reason": f"a replica still serves {info.get('version')}",
+            return {"switched": False, "reason": f"a replica still serves {info.get('checkpoint')}",
                     **result}
         time.sleep(0.2)
     return {"switched": True, "seconds": round(time.time() - t0, 2), **result}

@@ -109,7 +109,7 @@ def bad_request(msg: str, status: int = 422) -> HTTPException:
     return HTTPException(status_code=status, detail=msg)
 
 
-def _presented_key(request: Request) -> str | None:
+def presented_key(request: Request) -> str | None:
     """The key in ``x-api-key``, else in ``Authorization: Bearer``."""
     presented = request.headers.get("x-api-key")
     auth = request.headers.get("authorization", "")
@@ -123,7 +123,7 @@ async def require_key(request: Request) -> None:
     ingress = _ingress()
     if ingress is None or not ingress.cfg.serve.require_api_key:
         return
-    if not key_is_valid(_presented_key(request), ingress.api_keys):
+    if not key_is_valid(presented_key(request), ingress.api_keys):
         raise HTTPException(status_code=401, detail="missing or invalid API key",
                             headers={"WWW-Authenticate": "Bearer"})
 
@@ -137,7 +137,7 @@ async def require_admin_key(request: Request) -> None:
     if not admin_keys:
         raise HTTPException(status_code=403, detail="catalog changes are off: no admin keys configured "
                             "(serve.admin_api_keys_env / serve.admin_api_keys_file)")
-    presented = _presented_key(request)
+    presented = presented_key(request)
     if key_is_valid(presented, admin_keys):
         return
     if key_is_valid(presented, ingress.client_keys):

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -45,12 +45,19 @@ from rayrec.serving.api import (
     RecommendResponse,
     admin_responses,
     error_responses,
+    key_is_valid,
     load_api_keys,
 )
 from rayrec.serving.bandit import BanditClient, PolicyUnavailable
 from rayrec.serving.calls import wait_for
 from rayrec.serving.eventlog import EventLogWriter
-from rayrec.serving.http_app import bad_request, fastapi_app, require_admin_key, require_key
+from rayrec.serving.http_app import (
+    bad_request,
+    fastapi_app,
+    presented_key,
+    require_admin_key,
+    require_key,
+)
 from rayrec.serving.retrieval import RetrievalRequest
 from rayrec.serving.slate import (
     explanation_rows,
@@ -142,10 +149,12 @@ class RecommenderIngress:
 
     @fastapi_app.get("/healthz", responses={503: {"description": "a dependency is unavailable: the "
                                                   "endpoint serves degraded (same body, status 'degraded')"}})
-    async def healthz(self) -> JSONResponse:
-        """Readiness at full quality: each dependency's state (catalog, ranker, the policy
-        states this replica uses, the event log). 200 when all are up, 503 with the same body
-        when any is not (requests are still answered, degraded)."""
+    async def healthz(self, request: Request) -> JSONResponse:
+        """Readiness at full quality: 200 when every dependency is up, 503 when any is not
+        (requests are still answered, degraded). The body is ``{"status"}`` only, unless the
+        caller presents a client or admin key (or the endpoint needs no key at all): then each
+        dependency's state too (catalog, ranker, the policy states this replica uses, the event
+        log), with the ranker named by its opaque version id."""
         out: dict[str, Any] = {"status": "ok"}
         calls = [("catalog", self.retrieval.catalog_info), ("ranker", self.ranking.info)]
         if self.generation is not None:
@@ -165,7 +174,18 @@ class RecommenderIngress:
         out["policies"] = await self.bandit.stats()
         if any("error" in s for s in out["policies"].values()):
             out["status"] = "degraded"
-        return JSONResponse(jsonable_encoder(out), status_code=200 if out["status"] == "ok" else 503)
+        code = 200 if out["status"] == "ok" else 503
+        if not self._may_see_details(request):  # a probe or a stranger: up or down, nothing more
+            return JSONResponse({"status": out["status"]}, status_code=code)
+        if isinstance(out.get("ranker"), dict):
+            out["ranker"].pop("checkpoint", None)  # a storage path: the operator's, not a client's
+        return JSONResponse(jsonable_encoder(out), status_code=code)
+
+    def _may_see_details(self, request: Request) -> bool:
+        if not self.cfg.serve.require_api_key and not self.admin_keys:
+            return True  # every route is open: the details are as public as /recommend
+        presented = presented_key(request)
+        return key_is_valid(presented, self.api_keys) or key_is_valid(presented, self.admin_keys)
 
     @fastapi_app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(require_key)],
                       responses=error_responses("recommend", (400, 401, 404, 413, 422, 503)))
@@ -193,7 +213,7 @@ class RecommenderIngress:
                 status = "duplicate" if item_id in slate["rewarded"] else "recorded"
             slate["rewarded"].add(item_id)
         else:  # served by another ingress replica (or expired): the shared policy state knows
-            item_idx = await self.retrieval.lookup_item.remote(item_id)
+            item_idx = await self._retrieval_call(self.retrieval.lookup_item.remote(item_id))
             policy, status = None, ""
             if item_idx is not None:
                 policy, status = await self.bandit.feedback_any(req.request_id, item_idx, float(req.reward))
@@ -304,10 +324,10 @@ class RecommenderIngress:
         # diversity re-ranker or a contextual policy (every policy but the per-item baselines).
         contextual = not issubclass(POLICIES.get(policy, ArmPolicy), ArmPolicy)
         features_needed = method != "none" or contextual
-        cand = await self.retrieval.retrieve.remote(RetrievalRequest(
+        cand = await self._retrieval_call(self.retrieval.retrieve.remote(RetrievalRequest(
             user_id=user_id, history=[str(h) for h in req.history], query=req.query, category=req.category,
             num_candidates=max(sc.rank_candidates, req.k), source=req.source, with_embeddings=features_needed,
-        ))
+        )))
         if "error" in cand:  # the request names items or a category the catalog lacks
             raise bad_request(cand["error"], 404)
         t_retrieved = time.perf_counter()
@@ -373,6 +393,16 @@ class RecommenderIngress:
         reasons.append(reason)
         self._degraded.inc(tags={"reason": reason.split(":")[0]})
         log.warning("request %s degraded: %s", request_id, reason)
+
+    async def _retrieval_call(self, response):
+        """A retrieval call the request needs, within serve.retrieval_timeout_s: no candidates
+        means no answer, so past it the request is a 503 + Retry-After (the call is cancelled)."""
+        try:
+            return await wait_for(response, self.cfg.serve.retrieval_timeout_s)
+        except TimeoutError:
+            raise HTTPException(status_code=503, headers={"Retry-After": "2"}, detail=(
+                f"retrieval did not answer within serve.retrieval_timeout_s="
+                f"{self.cfg.serve.retrieval_timeout_s}s")) from None
 
     async def _rank(self, cand: dict[str, Any], query: str | None) -> dict[str, Any] | BaseException:
         """Ranker scores for the candidates, or the exception/timeout that prevented them."""

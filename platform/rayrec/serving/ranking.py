@@ -20,7 +20,7 @@ import numpy as np
 from ray import serve
 from ray.serve import metrics
 
-from rayrec.checkpoints import served_checkpoint
+from rayrec.checkpoints import served_checkpoint, version_id
 from rayrec.config import validate_config
 
 log = logging.getLogger("ray.serve")
@@ -49,7 +49,8 @@ class RankingDeployment:
         self._score_batch.set_max_batch_size(rc.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(rc.batch_wait_timeout_s)
         self.ranker = None
-        self.version: str | None = None
+        self.version: str | None = None  # the checkpoint path (or untuned:<backbone>)
+        self.version_id: str | None = None  # its opaque id: what answers and /healthz show
         self.fault: dict[str, Any] = {}
         self.switch_error: str | None = None
         self._swap_lock = asyncio.Lock()
@@ -82,6 +83,7 @@ class RankingDeployment:
         ranker = load_ranker(self.cfg.model, checkpoint, device=self.device)  # remote: downloaded
         # Swap only once the new ranker is fully loaded: in-flight batches keep the old one.
         self.ranker, self.version = ranker, checkpoint or f"untuned:{self.cfg.model.backbone}"
+        self.version_id = version_id(checkpoint, self.cfg.model.backbone)  # what clients see
         log.info("ranker loaded in %.1fs on %s (%s): %s (%s)", time.perf_counter() - t0, self.device,
                  ranker.precision, self.version, why)
 
@@ -116,7 +118,9 @@ class RankingDeployment:
         except Exception:
             replica = None
         precision = self.ranker.precision if self.ranker is not None else None
-        return {"version": self.version, "device": self.device, "precision": precision,
+        # "checkpoint" is for the operator's switch (a handle call); /healthz shows "version" only
+        return {"version": self.version_id, "checkpoint": self.version,
+                "device": self.device, "precision": precision,
                 "fault_injection": self.fault,
                 "replica": replica, "switch_error": self.switch_error}
 
@@ -145,7 +149,7 @@ class RankingDeployment:
         self, requests: list[tuple[str, list[str], list[float] | None, float | None]]
     ) -> list[tuple[np.ndarray | None, str, float]]:
         """(scores or None if shed, adapter version, this batch's forward time in ms) per request."""
-        ranker, version = self.ranker, self.version
+        ranker, version = self.ranker, self.version_id
         t0 = time.perf_counter()
         # Shed what cannot finish in time: now + this batch's expected compute (seconds per
         # candidate, a running mean) past its deadline. The rest is scored as one batch.
