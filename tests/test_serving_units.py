@@ -186,6 +186,14 @@ def test_serve_configs_validate_and_build(name, raw):
         assert type(built).__name__ == "Application"
 
 
+def test_cluster_manifests_turn_ray_token_auth_on():
+    """#23: whoever reaches a dashboard without token auth submits jobs (runs code): the
+    KubeRay manifest has token auth on; the Serve config for a `ray start` cluster says how."""
+    spec = yaml.safe_load((SERVE_CONFIGS / "kuberay-rayservice.yaml").read_text())["spec"]["rayClusterConfig"]
+    assert spec["authOptions"] == {"mode": "token"}
+    assert "RAY_AUTH_MODE=token" in (SERVE_CONFIGS / "gpu_cluster.yaml").read_text()
+
+
 def test_binding_beyond_loopback_requires_api_keys():
     from rayrec.errors import UserFacingError
     from rayrec.serving.config import ServeConfig
@@ -238,3 +246,32 @@ def test_ingress_waits_on_retrieval_within_its_timeout():
     assert err.value.status_code == 503 and err.value.headers == {"Retry-After": "2"}
     assert "serve.retrieval_timeout_s=0.2" in err.value.detail and Stuck.cancelled
     assert time.perf_counter() - t0 < 5
+
+
+def test_a_transient_storage_error_is_retried_and_never_quarantines(tmp_path, monkeypatch):
+    """#23: a read that storage fails (an S3 timeout) is retried; a part it cannot deliver
+    after the retries stays where it is and the read fails loudly, never quarantining data."""
+    import pyarrow.fs as pafs
+    from rayrec.serving import eventlog
+
+    w = EventLogWriter(str(tmp_path), flush_rows=1000, flush_interval_s=60.0, background=False)
+    w.log_impressions([_imp("a", 0)])
+    w.close()
+    real, failures = pafs.LocalFileSystem.open_input_stream, {"left": 2}
+
+    class Flaky(pafs.LocalFileSystem):
+        def open_input_stream(self, path, *args, **kwargs):
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise OSError("When reading: curlCode 28, Timeout was reached")
+            return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(eventlog, "READ_BACKOFF_S", 0.01)
+    monkeypatch.setattr(eventlog, "resolve_fs", lambda root: (Flaky(), str(root)))
+    assert eventlog.read_events(str(tmp_path))[0]["request_id"].tolist() == ["a"]  # two failures: retried
+    failures["left"] = 100
+    with pytest.raises(OSError, match="left in place"):
+        eventlog.read_events(str(tmp_path))
+    monkeypatch.undo()
+    assert read_report(str(tmp_path))["impressions_quarantined"] == 0
+    assert read_events(str(tmp_path))[0]["request_id"].tolist() == ["a"]

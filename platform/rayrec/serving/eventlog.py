@@ -16,7 +16,8 @@ survives a crash. A failed write puts every unwritten row back, in order; while 
 down the buffer is bounded (``max_buffered_rows``): beyond it ``append`` raises
 :class:`EventLogFull`, which the endpoint answers with 503 (back-pressure: nothing it
 acknowledged is dropped). Readers move a part file they cannot read to ``<kind>/_quarantine/``
-and go on (counted in :func:`read_report`). ``event_log_dir`` may be a local path or a
+and go on (counted in :func:`read_report`); a part that storage cannot deliver right now
+is retried and then an error, never quarantined. ``event_log_dir`` may be a local path or a
 pyarrow filesystem URI (``s3://bucket/prefix``).
 """
 
@@ -277,6 +278,25 @@ def _quarantine(fs: pafs.FileSystem, path: str, kind_dir: str, err: Exception) -
         log.warning("could not quarantine %s: %s", path, e)
 
 
+READ_TRIES, READ_BACKOFF_S = 4, 0.5
+
+
+def _read_part(fs: pafs.FileSystem, path: str) -> bytes:
+    """A part's bytes. A storage error (timeout, throttling, an outage) is not the part's
+    fault: retried with backoff, then raised, so nothing is quarantined for it and the caller
+    (training, OPE) fails visibly instead of learning from part of the log."""
+    for attempt in range(READ_TRIES):
+        try:
+            with fs.open_input_stream(path) as f:
+                return f.read()
+        except OSError as e:
+            if attempt == READ_TRIES - 1:
+                raise OSError(f"event log part {path} could not be read after {READ_TRIES} tries "
+                              f"({type(e).__name__}: {e}); it was left in place: retry when storage is back") from e
+            time.sleep(READ_BACKOFF_S * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
 def _read_kind(root: str, kind: str) -> pd.DataFrame:
     schema = _SCHEMAS[kind]
     fs, base = resolve_fs(root)
@@ -287,8 +307,9 @@ def _read_kind(root: str, kind: str) -> pd.DataFrame:
     )
     tables = []
     for f in files:
+        data = _read_part(fs, f)  # storage errors: retried, then raised (the part stays)
         try:
-            tables.append(pq.read_table(f, filesystem=fs, schema=schema))
+            tables.append(pq.read_table(pa.BufferReader(data), schema=schema))
         except (OSError, ValueError, pa.ArrowException) as e:  # empty, garbled or foreign part
             _quarantine(fs, f, f"{base}/{kind}", e)
     if not tables:
