@@ -15,6 +15,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 
 API_KEY = "test-key-0123456789"
+API_KEY_2 = "test-key-second-client"
 CATEGORIES = ["Comedy", "Drama", "Sci-Fi", "Horror"]
 N_ITEMS, N_USERS = 40, 8
 
@@ -105,7 +106,7 @@ def make_serving_env(root: Path, **extra) -> dict:
     for seed in (1, 2):
         model, collator = build_ranker(cfg.model, seed=seed)
         adapters[seed] = save_ranker(root / f"adapter_v{seed}", cfg.model, model, collator)
-    (root / "keys.txt").write_text(f"# test keys\n{API_KEY}\n")
+    (root / "keys.txt").write_text(f"# test keys\n{API_KEY}\n{API_KEY_2}\n")
     return {"overrides": overrides, "cfg": cfg, "adapters": adapters, "root": root}
 
 

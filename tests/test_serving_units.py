@@ -275,3 +275,18 @@ def test_a_transient_storage_error_is_retried_and_never_quarantines(tmp_path, mo
     monkeypatch.undo()
     assert read_report(str(tmp_path))["impressions_quarantined"] == 0
     assert read_events(str(tmp_path))[0]["request_id"].tolist() == ["a"]
+
+
+def test_key_quota_is_a_token_bucket_per_key():
+    from rayrec.serving.api import KeyQuota, key_id
+
+    now = [0.0]
+    q = KeyQuota(rate=2.0, burst=3, clock=lambda: now[0])
+    assert [q.take("a") for _ in range(3)] == [None] * 3  # the burst
+    assert q.take("a") == pytest.approx(0.5)  # next token in 1/rate s; nothing spent
+    assert q.take("b") is None  # another key has its own bucket
+    now[0] += 0.5
+    assert q.take("a") is None and q.take("a") == pytest.approx(0.5)
+    now[0] += 100
+    assert [q.take("a") for _ in range(4)][-1] is not None  # refills to the burst, no more
+    assert key_id("secret-key").startswith("key-") and "secret" not in key_id("secret-key")

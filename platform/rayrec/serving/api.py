@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
@@ -157,6 +159,7 @@ _ERRORS = {
     401: "missing or invalid API key",
     413: "request body larger than serve.max_body_bytes",
     422: "invalid request: the fields named in detail (the limits from the config are in this schema)",
+    429: "this API key is over its quota (serve.key_quota_per_s); retry after Retry-After",
     503: "a dependency (event log storage, policy state) is unavailable; retry after Retry-After",
 }
 _NOT_FOUND = {
@@ -242,6 +245,33 @@ def key_is_valid(presented: str | None, keys: list[str]) -> bool:
     for k in keys:
         ok |= hmac.compare_digest(presented.encode(), k.encode())
     return ok
+
+
+def key_id(key: str) -> str:
+    """A key's identity in logs and answers: a short hash, never the key."""
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+class KeyQuota:
+    """A token bucket per client key: ``rate`` requests/s on average, ``burst`` at once.
+
+    ``take(key)`` spends one token and returns None, or returns the seconds until the next
+    token (the 429's Retry-After) and spends nothing. Buckets exist only for configured keys
+    (the caller checks the key first), so the state is bounded by the key list."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = float(rate), float(burst), clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, last refill)
+
+    def take(self, key: str) -> float | None:
+        ident, now = key_id(key), self.clock()
+        tokens, last = self._buckets.get(ident, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self._buckets[ident] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+        self._buckets[ident] = (tokens - 1.0, now)
+        return None
 
 
 class BodySizeLimit:

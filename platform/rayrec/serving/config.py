@@ -112,6 +112,11 @@ class ServeConfig(Section):
     api_keys_env: str = "RAYREC_API_KEYS"
     api_keys_file: str | None = None
     require_api_key: bool = False
+    # Per-key quota on /recommend and /feedback (a token bucket per client key, per ingress
+    # replica: N replicas admit up to N x the rate): past it 429 + Retry-After, other keys
+    # unaffected. None: no quota. Only with require_api_key (no key, no identity to charge).
+    key_quota_per_s: float | None = Field(None, gt=0)
+    key_quota_burst: int = Field(20, ge=1)  # requests a key may send at once after a quiet spell
     # Admin keys (POST /items, /items/hide: catalog changes on the running endpoint), read like
     # the client keys above but never the same list: none configured, the admin routes are 403.
     admin_api_keys_env: str = "RAYREC_ADMIN_KEYS"

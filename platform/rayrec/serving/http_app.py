@@ -8,6 +8,7 @@ and keys) through Serve's replica context, not module state. The routes are the 
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' real types.
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -119,13 +120,20 @@ def presented_key(request: Request) -> str | None:
 
 
 async def require_key(request: Request) -> None:
-    """API-key check (no-op unless serve.require_api_key); keys are never logged or echoed."""
+    """API-key check (no-op unless serve.require_api_key), then the key's quota
+    (serve.key_quota_per_s: 429 + Retry-After past it); keys are never logged or echoed."""
     ingress = _ingress()
     if ingress is None or not ingress.cfg.serve.require_api_key:
         return
-    if not key_is_valid(presented_key(request), ingress.api_keys):
+    presented = presented_key(request)
+    if not key_is_valid(presented, ingress.api_keys):
         raise HTTPException(status_code=401, detail="missing or invalid API key",
                             headers={"WWW-Authenticate": "Bearer"})
+    wait = ingress.quota.take(presented) if ingress.quota is not None else None
+    if wait is not None:
+        raise HTTPException(status_code=429, headers={"Retry-After": str(max(1, math.ceil(wait)))}, detail=(
+            f"this API key is over its quota (serve.key_quota_per_s={ingress.cfg.serve.key_quota_per_s}, "
+            f"burst {ingress.cfg.serve.key_quota_burst}); retry after Retry-After"))
 
 
 async def require_admin_key(request: Request) -> None:

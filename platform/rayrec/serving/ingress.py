@@ -41,6 +41,7 @@ from rayrec.serving.api import (
     FeedbackResponse,
     HideItemsRequest,
     HideItemsResponse,
+    KeyQuota,
     RecommendRequest,
     RecommendResponse,
     admin_responses,
@@ -106,6 +107,8 @@ class RecommenderIngress:
                 f"or serve.api_keys_file={sc.api_keys_file!r}"
             )
         self.admin_keys, self.client_keys = _admin_and_client_keys(sc, self.api_keys)
+        self.quota = (KeyQuota(sc.key_quota_per_s, sc.key_quota_burst)
+                      if sc.require_api_key and sc.key_quota_per_s else None)
         try:
             ctx = serve.get_replica_context()
             replica, app_name = ctx.replica_id.unique_id, ctx.app_name
@@ -188,13 +191,13 @@ class RecommenderIngress:
         return key_is_valid(presented, self.api_keys) or key_is_valid(presented, self.admin_keys)
 
     @fastapi_app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(require_key)],
-                      responses=error_responses("recommend", (400, 401, 404, 413, 422, 503)))
+                      responses=error_responses("recommend", (400, 401, 404, 413, 422, 429, 503)))
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         """Top-k items for a user and/or history and/or free-text query."""
         return await self._recommend(req)
 
     @fastapi_app.post("/feedback", response_model=FeedbackResponse, dependencies=[Depends(require_key)],
-                      responses=error_responses("feedback", (400, 401, 404, 413, 422, 503)))
+                      responses=error_responses("feedback", (400, 401, 404, 413, 422, 429, 503)))
     async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
         """Record a reward for an item of a served slate and update the policy's state."""
         item_id = str(req.item_id)
