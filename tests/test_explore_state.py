@@ -164,3 +164,43 @@ def test_stored_state_round_trips_as_data(tmp_path):
     assert np.array_equal(sa.indices, sb.indices) and np.allclose(sa.propensities, sb.propensities)
     with pytest.raises(ValueError, match="state is for policy"):
         make_policy("linucb", cfg).load_state_dict(decode_state(encode_state(a.state_dict())))
+
+
+def test_pending_slates_are_bounded_in_bytes():
+    """#23: k = 100 slates with features cannot grow the actor past max_pending_mb."""
+    cfg = ExploreConfig(max_pending=10_000, max_pending_mb=0.05, feedback_window_s=3600)
+    state = BanditState("linucb", cfg, None)
+    feats = np.random.default_rng(0).normal(size=(100, 16))  # 6.4 kB a slate as float32
+    for t in range(200):
+        state.select(np.zeros(100), 100, feats, np.arange(100), request_id=f"r{t}")
+    assert state.pending_bytes <= 0.05 * 2**20 and 1 < len(state.pending) < 10
+    assert state.evicted == 200 - len(state.pending) and state.stats()["pending_mb"] <= 0.05
+
+
+def test_one_keyed_source_cannot_steer_the_shared_statistics():
+    """#23: the zeros of slates from a key that never reports feedback on its own slates are not
+    learned (a flood of requests would only demote what everyone is shown); a reporting key
+    teaches at most source_updates_per_s (burst 60 s of it); anonymous traffic is unchanged."""
+    cfg = ExploreConfig(feedback_window_s=3600, source_updates_per_s=0.05)  # burst: 3 slates
+    state = BanditState("ucb1", cfg, None)
+    arms = np.arange(10, 20)
+    for t in range(200):  # the flood: requests, never a click
+        state.select(np.zeros(10), 3, arms=arms, request_id=f"flood{t}", source="key-flood")
+        state.finalize(f"flood{t}")
+    assert state.total_updates == 0 and state.not_learned["never_reported"] == 200
+    assert state.stats()["not_learned"] == {"never_reported": 200, "over_source_rate": 0}
+    # a reporting client: learned, up to its rate
+    for t in range(5):
+        slate = state.select(np.zeros(10), 3, arms=arms, request_id=f"ok{t}", source="key-ok")
+        assert state.record_feedback(f"ok{t}", int(arms[slate.indices[0]]), 1.0, source="key-ok") == "recorded"
+        state.finalize(f"ok{t}")
+    assert state.total_updates == 3 and state.not_learned["over_source_rate"] == 2
+    # another key's feedback on the flood's slates does not vouch for the flooder
+    state.select(np.zeros(10), 3, arms=arms, request_id="f", source="key-flood")
+    state.record_feedback("f", int(arms[0]), 1.0, source="key-ok")
+    state.finalize("f")
+    assert state.total_updates == 3 and "key-flood" not in state.reporting
+    for t in range(5):  # anonymous (an endpoint without keys): learned as before
+        state.select(np.zeros(10), 3, arms=arms, request_id=f"a{t}")
+        state.finalize(f"a{t}")
+    assert state.total_updates == 8

@@ -75,6 +75,11 @@ class ExploreConfig(Section):
     # serving state (BanditStateActor)
     state_path: str | None = None  # default: <explore_dir>/bandit_state.npz
     max_pending: int = Field(10000, ge=1, description="slates awaiting feedback in a state actor; the oldest are learned early")
+    max_pending_mb: float = Field(256.0, gt=0, description="bytes those slates may hold (features of k items each); the oldest are learned early past it")
+    # A source is a client key's id (the endpoint with serve.require_api_key): what one client can
+    # teach the policy everyone is served by. None (no keys) is one anonymous source, not limited.
+    source_updates_per_s: float | None = Field(5.0, gt=0, description="slates one keyed source may teach per second on average (a token bucket, burst 60 s of it); the rest are not learned")
+    unreported_slates_learn: bool = Field(False, description="learn the zeros of slates from a keyed source that never sent feedback on its own slates (a client that reports nothing would only demote what it is shown)")
     persist_every: int = Field(100, ge=1)  # updates between persists
     feedback_window_s: float = Field(600.0, gt=0)  # shown items without feedback -> reward 0
     parallel: bool = True

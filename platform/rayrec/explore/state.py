@@ -132,6 +132,11 @@ class BanditState:
         self.total_updates = 0
         self.restored = False
         self.evicted = 0
+        self.pending_bytes = 0
+        # keyed sources (client key ids): last feedback on their own slates, and their budget
+        self.reporting: OrderedDict[str, float] = OrderedDict()
+        self.budget: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.not_learned = {"never_reported": 0, "over_source_rate": 0}
         raw = _read_bytes(path) if path else None
         if raw is not None:
             saved = decode_state(raw)
@@ -145,27 +150,36 @@ class BanditState:
     def select(
         self, scores: np.ndarray, k: int, features: np.ndarray | None = None,
         arms: np.ndarray | None = None, embeddings: np.ndarray | None = None,
-        request_id: str | None = None, new: np.ndarray | None = None,
+        request_id: str | None = None, new: np.ndarray | None = None, source: str | None = None,
     ) -> Slate:
         self._expire()
         slate = self.policy.select(scores, k, features, arms, embeddings, new)
         if request_id is not None:
-            self.register(request_id, *shown(slate, scores, arms, features, new))
+            self.register(request_id, *shown(slate, scores, arms, features, new), source=source)
         return slate
 
     def register(self, request_id: str, shown_arms: np.ndarray, shown_features: np.ndarray | None,
-                 shown_scores: np.ndarray | None = None, shown_new: np.ndarray | None = None) -> None:
+                 shown_scores: np.ndarray | None = None, shown_new: np.ndarray | None = None,
+                 source: str | None = None) -> None:
         """Await feedback for a slate (chosen here or by a client on a copy of this state):
-        every shown arm learns its reward, 0 without feedback, when the request finalizes."""
+        every shown arm learns its reward, 0 without feedback, when the request finalizes.
+        ``source``: the client key id that asked (None: anonymous), see :meth:`finalize`."""
         self._expire()
         shown = np.asarray(shown_arms, np.int64)
-        self.pending[request_id] = {
-            "t": time.time(), "arms": shown, "rewards": np.zeros(len(shown)),
-            "features": None if shown_features is None else np.asarray(shown_features, np.float64),
+        entry = {
+            "t": time.time(), "arms": shown, "rewards": np.zeros(len(shown)), "source": source,
+            # float32: k x d features are most of a slate's bytes (k=100, d=400: 160 kB)
+            "features": None if shown_features is None else np.asarray(shown_features, np.float32),
             "scores": np.zeros(len(shown)) if shown_scores is None else np.asarray(shown_scores, np.float64),
             "new": np.zeros(len(shown), bool) if shown_new is None else np.asarray(shown_new, bool),
         }
-        while len(self.pending) > self.cfg.max_pending:  # bounded whatever the traffic
+        entry["bytes"] = sum(v.nbytes for v in entry.values() if isinstance(v, np.ndarray)) + 200
+        self._drop(request_id)  # a request id registered again replaces its slate
+        self.pending[request_id] = entry
+        self.pending_bytes += entry["bytes"]
+        # bounded whatever the traffic: in slates and in bytes, the oldest learned early
+        limit = self.cfg.max_pending_mb * 2**20
+        while len(self.pending) > self.cfg.max_pending or (self.pending_bytes > limit and len(self.pending) > 1):
             self.finalize(next(iter(self.pending)))
             self.evicted += 1
 
@@ -173,12 +187,13 @@ class BanditState:
         """The policy's learned statistics (what a client's local copy selects with)."""
         return self.policy.state_dict()
 
-    def record_feedback(self, request_id: str, arm: int, reward: float) -> str:
+    def record_feedback(self, request_id: str, arm: int, reward: float, source: str | None = None) -> str:
         """Set the reward of a shown arm of a pending request, once.
 
         Returns "recorded"; "duplicate" when this (request, arm) already has its reward (a
         retry or a replay: acknowledged, ignored, so one caller cannot multiply a reward);
         "" (falsy) when the request is unknown or expired, or the arm was not shown in it.
+        Feedback from the slate's own source marks that source as one that reports.
         """
         entry = self.pending.get(request_id)
         if entry is None:
@@ -191,14 +206,53 @@ class BanditState:
             return "duplicate"
         rewarded.add(int(arm))
         entry["rewards"][hit] = float(reward)
+        if entry["source"] is not None and source == entry["source"]:
+            self._remember(self.reporting, entry["source"], time.time())
         return "recorded"
 
     def finalize(self, request_id: str) -> bool:
-        entry = self.pending.pop(request_id, None)
+        """Learn a slate, unless its keyed source may not teach it: a source that never sent
+        feedback on its own slates (its zeros would only demote what it was shown: one client
+        flooding requests would steer everyone), or one past ``source_updates_per_s``."""
+        entry = self._drop(request_id)
         if entry is None:
             return False
+        reason = self._not_learnable(entry["source"])
+        if reason:
+            self.not_learned[reason] += 1
+            return True
         self.update(entry["arms"], entry["rewards"], entry["features"], entry["scores"], entry["new"])
         return True
+
+    def _drop(self, request_id: str) -> dict[str, Any] | None:
+        entry = self.pending.pop(request_id, None)
+        if entry is not None:
+            self.pending_bytes -= entry["bytes"]
+        return entry
+
+    def _not_learnable(self, source: str | None) -> str | None:
+        if source is None:
+            return None
+        if source not in self.reporting and not self.cfg.unreported_slates_learn:
+            return "never_reported"
+        rate = self.cfg.source_updates_per_s
+        if rate is None:
+            return None
+        now, burst = time.time(), 60.0 * rate
+        tokens, last = self.budget.get(source, (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate)
+        if tokens < 1.0:
+            self._remember(self.budget, source, (tokens, now))
+            return "over_source_rate"
+        self._remember(self.budget, source, (tokens - 1.0, now))
+        return None
+
+    @staticmethod
+    def _remember(table: OrderedDict, key: str, value: Any, bound: int = 10_000) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > bound:  # sources are validated keys, but state stays bounded anyway
+            table.popitem(last=False)
 
     def _expire(self) -> None:
         cutoff = time.time() - self.cfg.feedback_window_s
@@ -226,8 +280,8 @@ class BanditState:
 
     def stats(self) -> dict[str, Any]:
         return {"policy": self.policy.name, "total_updates": self.total_updates,
-                "pending": len(self.pending), "evicted": self.evicted, "restored": self.restored,
-                "path": self.path}
+                "pending": len(self.pending), "pending_mb": round(self.pending_bytes / 2**20, 3),
+                "evicted": self.evicted, "not_learned": dict(self.not_learned), "restored": self.restored}
 
 
 @ray.remote(num_cpus=0, max_concurrency=1)

@@ -67,10 +67,11 @@ class ServingBanditState(BanditState):
     def select_with(
         self, scores: np.ndarray, k: int, features: np.ndarray | None, arms: np.ndarray | None,
         request_id: str, diversity: str = "none", diversity_weight: float = 0.0,
-        embeddings: np.ndarray | None = None, new: np.ndarray | None = None,
+        embeddings: np.ndarray | None = None, new: np.ndarray | None = None, source: str | None = None,
     ) -> Slate:
         with request_diversity(self.policy, diversity, diversity_weight):
-            return self.select(scores, k, features, arms, embeddings=embeddings, request_id=request_id, new=new)
+            return self.select(scores, k, features, arms, embeddings=embeddings, request_id=request_id, new=new,
+                               source=source)
 
     def close(self) -> str | None:
         """Learn from every pending request, then persist."""
@@ -156,19 +157,20 @@ class BanditClient:
     async def select(
         self, policy: str, scores: np.ndarray, k: int, features: np.ndarray | None, arms: np.ndarray,
         request_id: str, diversity: str = "none", diversity_weight: float = 0.0,
-        embeddings: np.ndarray | None = None, new: np.ndarray | None = None,
+        embeddings: np.ndarray | None = None, new: np.ndarray | None = None, source: str | None = None,
     ) -> Slate:
         """The slate, chosen on this replica's copy of the policy (module docstring).
         ``features``: the policy's (``features.contextual_features``); ``embeddings``: the
-        candidates' vectors for diversity; ``new``: which candidates are new items."""
+        candidates' vectors for diversity; ``new``: which candidates are new items; ``source``:
+        the client key id that asked (what it may teach: BanditState.finalize)."""
         embeddings = features if embeddings is None else embeddings
         if self.sync_s <= 0:
             return await self._call(policy, "select_with", scores, k, features, arms, request_id,
-                                    diversity, diversity_weight, embeddings, new)
+                                    diversity, diversity_weight, embeddings, new, source)
         copy = await self._local_copy(policy)
         with request_diversity(copy.policy, diversity, diversity_weight) as p:
             slate = p.select(scores, k, features, arms, embeddings=embeddings, new=new)
-        args = (policy, request_id, *shown(slate, scores, arms, features, new))
+        args = (policy, request_id, *shown(slate, scores, arms, features, new), source)
         self._registering[request_id] = (asyncio.create_task(self._register(*args)), args)
         while len(self._registering) > self.cfg.serve.request_cache_size:
             self._registering.popitem(last=False)
@@ -206,16 +208,16 @@ class BanditClient:
             copy.refreshing = None
 
     async def _register(self, policy: str, request_id: str, shown: np.ndarray, shown_features: np.ndarray | None,
-                        shown_scores: np.ndarray, shown_new: np.ndarray) -> bool:
+                        shown_scores: np.ndarray, shown_new: np.ndarray, source: str | None = None) -> bool:
         try:
-            await self._call(policy, "register", request_id, shown, shown_features, shown_scores, shown_new)
+            await self._call(policy, "register", request_id, shown, shown_features, shown_scores, shown_new, source)
             return True
         except Exception as e:  # unavailable (or broken): feedback retries it, then answers 503
             self.registration_failures += 1
             log.warning("request %s: slate not registered with policy %s: %s", request_id, policy, e)
             return False
 
-    async def feedback(self, policy: str, request_id: str, arm: int, reward: float) -> str:
+    async def feedback(self, policy: str, request_id: str, arm: int, reward: float, source: str | None = None) -> str:
         """Record a reward ("recorded", "duplicate" or "" if unknown, see
         BanditState.record_feedback); the policy learns when the request closes or expires.
         Raises PolicyUnavailable when the slate never reached the policy's state."""
@@ -225,9 +227,10 @@ class BanditClient:
             if not await task and not await self._register(*args):  # failed: tried once more now
                 self._registering[request_id] = (asyncio.create_task(self._register(*args)), args)
                 raise PolicyUnavailable(f"request {request_id!r} is not yet registered with policy {policy!r}")
-        return await self._call(policy, "record_feedback", request_id, arm, reward)
+        return await self._call(policy, "record_feedback", request_id, arm, reward, source)
 
-    async def feedback_any(self, request_id: str, arm: int, reward: float) -> tuple[str | None, str]:
+    async def feedback_any(self, request_id: str, arm: int, reward: float, source: str | None = None
+                           ) -> tuple[str | None, str]:
         """Feedback for a request another ingress replica served: ask every live policy actor;
         returns (the policy that knew the request, its answer), or (None, "")."""
         from rayrec.explore.policies import POLICIES
@@ -240,7 +243,7 @@ class BanditClient:
                 except ValueError:
                     continue
             try:
-                status = await self._call(policy, "record_feedback", request_id, arm, reward)
+                status = await self._call(policy, "record_feedback", request_id, arm, reward, source)
             except PolicyUnavailable:
                 continue
             if status:

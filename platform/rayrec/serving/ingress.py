@@ -46,6 +46,7 @@ from rayrec.serving.api import (
     RecommendResponse,
     admin_responses,
     error_responses,
+    key_id,
     key_is_valid,
     load_api_keys,
 )
@@ -184,6 +185,13 @@ class RecommenderIngress:
             out["ranker"].pop("checkpoint", None)  # a storage path: the operator's, not a client's
         return JSONResponse(jsonable_encoder(out), status_code=code)
 
+    def _source(self, request: Request) -> str | None:
+        """The client's identity (its key's id), or None on an endpoint without client keys."""
+        if not self.cfg.serve.require_api_key:
+            return None
+        presented = presented_key(request)
+        return key_id(presented) if presented else None
+
     def _may_see_details(self, request: Request) -> bool:
         if not self.cfg.serve.require_api_key and not self.admin_keys:
             return True  # every route is open: the details are as public as /recommend
@@ -192,13 +200,13 @@ class RecommenderIngress:
 
     @fastapi_app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(require_key)],
                       responses=error_responses("recommend", (400, 401, 404, 413, 422, 429, 503)))
-    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+    async def recommend(self, req: RecommendRequest, request: Request) -> RecommendResponse:
         """Top-k items for a user and/or history and/or free-text query."""
-        return await self._recommend(req)
+        return await self._recommend(req, self._source(request))
 
     @fastapi_app.post("/feedback", response_model=FeedbackResponse, dependencies=[Depends(require_key)],
                       responses=error_responses("feedback", (400, 401, 404, 413, 422, 429, 503)))
-    async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
+    async def feedback(self, req: FeedbackRequest, request: Request) -> FeedbackResponse:
         """Record a reward for an item of a served slate and update the policy's state."""
         item_id = str(req.item_id)
         self.events.check_capacity()  # 503 before the policy learns what could not be logged
@@ -211,7 +219,8 @@ class RecommenderIngress:
                 raise bad_request(f"item_id {item_id!r} was not shown in request {req.request_id!r}", 404)
             policy, item_idx = slate["policy"], slate["item_idx"][slate["pos_of"][item_id]]
             if slate["learned"]:
-                status = await self.bandit.feedback(policy, req.request_id, item_idx, float(req.reward))
+                status = await self.bandit.feedback(policy, req.request_id, item_idx, float(req.reward),
+                                                   self._source(request))
             else:  # served greedy while the policy was unavailable: logged, deduplicated here
                 status = "duplicate" if item_id in slate["rewarded"] else "recorded"
             slate["rewarded"].add(item_id)
@@ -219,7 +228,8 @@ class RecommenderIngress:
             item_idx = await self._retrieval_call(self.retrieval.lookup_item.remote(item_id))
             policy, status = None, ""
             if item_idx is not None:
-                policy, status = await self.bandit.feedback_any(req.request_id, item_idx, float(req.reward))
+                policy, status = await self.bandit.feedback_any(req.request_id, item_idx, float(req.reward),
+                                                                self._source(request))
         if not status:
             raise bad_request(
                 f"unknown or expired request_id {req.request_id!r} (or item {item_id!r} not shown in it)", 404)
@@ -312,7 +322,7 @@ class RecommenderIngress:
             field = "explain" if req.explain else "source"
             raise bad_request(f"{field}: needs the generation deployment (serve.generation.enabled is false)")
 
-    async def _recommend(self, req: RecommendRequest) -> RecommendResponse:
+    async def _recommend(self, req: RecommendRequest, source: str | None = None) -> RecommendResponse:
         """retrieve -> rank -> the policy's slate -> (explain) -> serve and log; each stage's
         failure degrades the answer (``degraded_reason`` lists why), never fails it."""
         self._check(req)
@@ -361,7 +371,7 @@ class RecommenderIngress:
                             if contextual else embeddings)
                 slate = await self.bandit.select(policy, final, req.k, features, np.asarray(cand["item_idx"]),
                                                  request_id, diversity=method, diversity_weight=weight,
-                                                 embeddings=embeddings, new=new)
+                                                 embeddings=embeddings, new=new, source=source)
                 picks, props = slate.indices.tolist(), slate.propensities.tolist()
             except PolicyUnavailable as e:  # logged as what it was: greedy, propensity 1
                 (picks, props), learned = greedy_fallback(final, req.k), False
