@@ -191,3 +191,16 @@ def test_memory_is_bounded_under_a_flood_of_new_items():
     for item in range(5000):
         pol.update(np.array([item]), np.array([0.0]), feats, np.zeros(1), np.array([True]))
     assert len(pol.items.stats) == 100 and pol.head.precision.shape == (7, 7)
+
+
+def test_propensity_cost_is_bounded_by_the_config_whatever_k():
+    """#23: with a diversity re-ranker each posterior draw is k gain steps; a k = 100 request
+    gets max_propensity_steps / k draws, a k = 10 one all propensity_draws."""
+    cfg = ExploreConfig(propensity_draws=200, max_propensity_steps=2000, diversity="mmr", diversity_weight=0.3)
+    p = make_policy("lin_thompson", cfg, 0)
+    assert p._n_draws(10) == 200 and p._n_draws(100) == 20 and p._n_draws(10_000) == 8
+    assert make_policy("lin_thompson", cfg.model_copy(update={"diversity": "none"}), 0)._n_draws(100) == 200
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(150, 8))
+    slate = p.select(rng.normal(size=150), 100, feats, np.arange(150))
+    assert len(slate.indices) == 100 and np.all((slate.propensities > 0) & (slate.propensities <= 1))

@@ -55,6 +55,8 @@ class ExploreConfig(Section):
     score_is_logit: bool = True  # Bernoulli priors use sigmoid(score); else score as-is
     gaussian_noise: float = Field(1.0, gt=0)  # reward noise sd of Gaussian Thompson sampling
     propensity_draws: int = Field(200, ge=1)  # Monte-Carlo posterior draws for TS propensities
+    # with a diversity re-ranker each draw costs k gain steps: the draws are capped at this / k
+    max_propensity_steps: int = Field(2000, ge=8)
     diversity: Literal["none", "mmr", "dpp"] = "none"
     diversity_weight: float = Field(0.0, ge=0, le=1)  # 0 = pure relevance, 1 = pure diversity
     # environments

@@ -205,7 +205,7 @@ class Policy:
             return Slate(self._sequence(values, k, features, self.rng)[0], np.full(k, np.nan))
         if self.sampled:
             idx, _ = self._sequence(values, k, features, self.rng)
-            draws = self._draws(scores, arms, features, self.cfg.propensity_draws, self.rng)
+            draws = self._draws(scores, arms, features, self._n_draws(k), self.rng)
             return Slate(idx, self._mc_propensities(idx, scores, arms, features, draws))
         return Slate(*self._sequence(values, k, features, self.rng))
 
@@ -221,10 +221,18 @@ class Policy:
         indices = np.asarray(indices, dtype=np.int64)
         rng = rng or np.random.default_rng(0)
         if self.sampled:
-            draws = self._draws(scores, arms, features, self.cfg.propensity_draws, rng)
+            draws = self._draws(scores, arms, features, self._n_draws(len(indices)), rng)
             return self._mc_propensities(indices, scores, arms, features, draws)
         values = self.values(scores, arms, features, rng)
         return self._sequence(values, len(indices), features, rng, forced=indices)[1]
+
+    def _n_draws(self, k: int) -> int:
+        """Posterior draws for the propensities: ``propensity_draws``, but with a diversity
+        re-ranker each draw is k sequential gain steps, so at most ``max_propensity_steps`` / k
+        (at least 8): one request's CPU is bounded by the config whatever its k."""
+        if self.cfg.diversity == "none" or self.cfg.diversity_weight <= 0:
+            return self.cfg.propensity_draws
+        return max(8, min(self.cfg.propensity_draws, self.cfg.max_propensity_steps // max(k, 1)))
 
     # ---- learning -----------------------------------------------------------------------
     def update(

@@ -100,6 +100,7 @@ class _LocalCopy:
     def __init__(self, policy: Policy, state: dict[str, Any]) -> None:
         self.policy = policy
         self.refreshing: asyncio.Task | None = None
+        self.lock = asyncio.Lock()
         self.load(state)
 
     def load(self, state: dict[str, Any]) -> None:
@@ -168,8 +169,16 @@ class BanditClient:
             return await self._call(policy, "select_with", scores, k, features, arms, request_id,
                                     diversity, diversity_weight, embeddings, new, source)
         copy = await self._local_copy(policy)
-        with request_diversity(copy.policy, diversity, diversity_weight) as p:
-            slate = p.select(scores, k, features, arms, embeddings=embeddings, new=new)
+
+        def choose() -> Slate:
+            with request_diversity(copy.policy, diversity, diversity_weight) as p:
+                return p.select(scores, k, features, arms, embeddings=embeddings, new=new)
+
+        # CPU-bound (sampled propensities with diversity: up to explore.max_propensity_steps
+        # gain steps): in a worker thread, so the ingress's event loop keeps answering other
+        # requests and probes; one selection per copy at a time (the copy is not thread-safe)
+        async with copy.lock:
+            slate = await asyncio.to_thread(choose)
         args = (policy, request_id, *shown(slate, scores, arms, features, new), source)
         self._registering[request_id] = (asyncio.create_task(self._register(*args)), args)
         while len(self._registering) > self.cfg.serve.request_cache_size:
@@ -201,7 +210,9 @@ class BanditClient:
 
     async def _refresh(self, policy: str, copy: _LocalCopy) -> None:
         try:
-            copy.load(await self._call(policy, "state_dict"))
+            state = await self._call(policy, "state_dict")
+            async with copy.lock:  # not while a worker thread selects on it
+                copy.load(state)
         except Exception as e:  # the copy ages; past _STALE_SYNCS periods requests degrade
             log.warning("policy %s: local copy not refreshed: %s", policy, e)
         finally:
