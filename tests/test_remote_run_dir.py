@@ -44,6 +44,9 @@ def remote_run(ray_cluster, tmp_path_factory):
                 "evaluate.max_users": 8, "evaluate.bootstrap": 20,
                 "explore.seeds": 2, "explore.horizon": 50,
                 "serve.simulate_requests": 6, "serve.app_name": "rayrec_s3_test",
+                # the test cluster's nodes started without these: its replicas get them from the
+                # app config (shown on the dashboard; never by default)
+                "serve.app_config_secrets": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
                 "feedback.max_steps": 2, "feedback.min_improvement": -1.0, "feedback.switch_endpoint": False,
             })
             yield cfg, run_main(cfg), env, tmp

@@ -290,3 +290,23 @@ def test_key_quota_is_a_token_bucket_per_key():
     now[0] += 100
     assert [q.take("a") for _ in range(4)][-1] is not None  # refills to the burst, no more
     assert key_id("secret-key").startswith("key-") and "secret" not in key_id("secret-key")
+
+
+def test_no_secret_reaches_a_serve_app_config(monkeypatch):
+    """#23: a Serve app config is shown by the dashboard: the job's secret env vars stay out."""
+    import ray
+    from rayrec.serving import app
+
+    env = {"AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "RAY_AUTH_TOKEN": "t",
+           "RAYREC_API_KEYS": "k1", "DB_PASSWORD": "p", "AWS_ENDPOINT_URL": "http://minio:9000",
+           "HF_HUB_OFFLINE": "1"}
+
+    class Ctx:
+        runtime_env = {"working_dir": "gcs://wd.zip", "env_vars": env}
+
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: Ctx())
+    shipped = app._shipped_code()
+    assert shipped == {"working_dir": "gcs://wd.zip",
+                       "env_vars": {"AWS_ENDPOINT_URL": "http://minio:9000", "HF_HUB_OFFLINE": "1"}}
+    allowed = app._shipped_code(["AWS_SECRET_ACCESS_KEY"])["env_vars"]  # an operator's explicit choice
+    assert allowed["AWS_SECRET_ACCESS_KEY"] == "s3cr3t" and "RAY_AUTH_TOKEN" not in allowed

@@ -12,6 +12,8 @@ file lists); deploying and switching it is :mod:`rayrec.serving.control`.
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 from rayrec.config import RayrecConfig, load_config
@@ -20,6 +22,8 @@ from rayrec.serving.generation import GenerationDeployment
 from rayrec.serving.ingress import RecommenderIngress
 from rayrec.serving.ranking import RankingDeployment
 from rayrec.serving.retrieval import RetrievalDeployment
+
+log = logging.getLogger("rayrec")
 
 
 def _absolute_dirs(cfg: RayrecConfig) -> RayrecConfig:
@@ -136,18 +140,34 @@ def app_config(
         "deployments": [{"name": RANKING, "user_config": {
             "checkpoint": cfg.serve.checkpoint, "fault_injection": fault_injection or {}}}],
     }
-    runtime_env = _shipped_code()
+    runtime_env = _shipped_code(cfg.serve.app_config_secrets)
     if runtime_env:
         app["runtime_env"] = runtime_env
     return app
 
 
-def _shipped_code() -> dict[str, Any]:
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|CREDENTIAL|PRIVATE|(^|_)KEYS?($|_)", re.IGNORECASE)
+
+
+def _shipped_code(allowed_secrets: list[str] = ()) -> dict[str, Any]:
     # Declarative apps do not inherit the driver's job runtime env: pass on the code that
     # init_ray / `ray job submit --working-dir` uploaded (already gcs:// URIs by now), and the
-    # job's env_vars (e.g. the credentials and endpoint of a remote run_dir).
+    # job's env_vars that are not secrets (e.g. AWS_ENDPOINT_URL of a remote run_dir). A Serve
+    # app config is shown by the dashboard and `serve status`: secrets never go in it; the
+    # replicas get credentials from the cluster (instance role, node env, a Kubernetes secret).
     import ray
 
     env = dict(ray.get_runtime_context().runtime_env or {})
-    return {k: env[k] for k in ("working_dir", "py_modules", "env_vars") if env.get(k)}
+    out = {k: env[k] for k in ("working_dir", "py_modules") if env.get(k)}
+    env_vars = dict(env.get("env_vars") or {})
+    secret = sorted(k for k in env_vars if SECRET_NAME.search(k) and k not in allowed_secrets)
+    if secret:
+        log.warning("not copied into the Serve app config (the dashboard shows it): %s; give the "
+                    "cluster these credentials itself (instance role, node environment, a secret) "
+                    "or list them in serve.app_config_secrets",
+                    ", ".join(secret))
+    public = {k: v for k, v in env_vars.items() if k not in secret}
+    if public:
+        out["env_vars"] = public
+    return out
 

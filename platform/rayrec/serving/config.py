@@ -112,6 +112,9 @@ class ServeConfig(Section):
     api_keys_env: str = "RAYREC_API_KEYS"
     api_keys_file: str | None = None
     require_api_key: bool = False
+    # Secret env vars of the job (names matching SECRET/TOKEN/PASSWORD/KEY...) never go into the
+    # Serve app config, which the dashboard shows; names listed here do (a private test cluster).
+    app_config_secrets: list[str] = Field(default_factory=list)
     # Per-key quota on /recommend and /feedback (a token bucket per client key, per ingress
     # replica: N replicas admit up to N x the rate): past it 429 + Retry-After, other keys
     # unaffected. None: no quota. Only with require_api_key (no key, no identity to charge).
