@@ -310,3 +310,17 @@ def test_no_secret_reaches_a_serve_app_config(monkeypatch):
                        "env_vars": {"AWS_ENDPOINT_URL": "http://minio:9000", "HF_HUB_OFFLINE": "1"}}
     allowed = app._shipped_code(["AWS_SECRET_ACCESS_KEY"])["env_vars"]  # an operator's explicit choice
     assert allowed["AWS_SECRET_ACCESS_KEY"] == "s3cr3t" and "RAY_AUTH_TOKEN" not in allowed
+
+
+def test_the_main_job_never_replaces_an_app_it_did_not_start(monkeypatch):
+    """#23: on a shared cluster the simulated traffic refuses an app name that is taken."""
+    from types import SimpleNamespace
+
+    from ray import serve
+    from rayrec.errors import UserFacingError
+    from rayrec.serving.traffic import refuse_a_running_app
+
+    monkeypatch.setattr(serve, "status", lambda: SimpleNamespace(applications={"rayrec_simulation": {}}))
+    with pytest.raises(UserFacingError, match="already running on this cluster"):
+        refuse_a_running_app("rayrec_simulation")
+    refuse_a_running_app("other_simulation")  # free: goes on

@@ -59,6 +59,7 @@ def serve_and_simulate(cfg: RayrecConfig, n_requests: int | None = None) -> dict
 
     n_requests = cfg.serve.simulate_requests if n_requests is None else n_requests
     cfg = simulation_config(cfg)
+    refuse_a_running_app(cfg.serve.app_name)
     url = start_app(cfg)
     samples: dict[str, Any] = {}
     try:
@@ -79,6 +80,24 @@ def serve_and_simulate(cfg: RayrecConfig, n_requests: int | None = None) -> dict
     finally:
         stop_app(cfg)
     return {"url": url, "samples": samples, "traffic": traffic}
+
+
+def refuse_a_running_app(name: str) -> None:
+    """This job starts, fills and deletes its own app: one of that name already running is not
+    its to replace (another run's simulation, or someone's endpoint on a shared cluster)."""
+    from ray import serve
+
+    from rayrec.errors import UserFacingError
+
+    try:
+        running = name in serve.status().applications
+    except Exception:  # no Serve on this cluster yet: nothing to collide with
+        running = False
+    if running:
+        raise UserFacingError(
+            f"a Serve app named {name!r} is already running on this cluster and this job did not start "
+            f"it: the simulated traffic would replace it. Stop it (Ctrl-C on its `rayrec serve`, or "
+            f"`serve shutdown`) or give this run another serve.app_name")
 
 
 def _post(http, path: str, body: dict) -> dict:
