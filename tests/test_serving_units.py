@@ -324,3 +324,51 @@ def test_the_main_job_never_replaces_an_app_it_did_not_start(monkeypatch):
     with pytest.raises(UserFacingError, match="already running on this cluster"):
         refuse_a_running_app("rayrec_simulation")
     refuse_a_running_app("other_simulation")  # free: goes on
+
+
+def test_a_feedback_retried_after_its_row_failed_is_written_exactly_once(tmp_path):
+    """#23: the policy learned the reward, then the event log refused the row (503). The retry
+    is acknowledged as a duplicate (never learned twice) and its row is written then; the log
+    reads it once even if a second replica writes it again."""
+    from collections import OrderedDict
+    from types import SimpleNamespace
+
+    from rayrec.config import load_config
+    from rayrec.serving.api import FeedbackRequest
+    from rayrec.serving.ingress import RecommenderIngress
+
+    writer = EventLogWriter(str(tmp_path), flush_rows=1000, flush_interval_s=60.0, background=False)
+    refuse = {"next": True}
+    log_feedback = writer.log_feedback
+
+    def flaky_log(rows):
+        if refuse.pop("next", False):
+            raise EventLogFull("event log storage unavailable")
+        log_feedback(rows)
+
+    learned = []
+
+    class Bandit:
+        async def feedback(self, policy, request_id, arm, reward, source=None):
+            learned.append(arm)
+            return "recorded" if len(learned) == 1 else "duplicate"
+
+    def replica():
+        return SimpleNamespace(
+            cfg=load_config(None, {}), events=SimpleNamespace(check_capacity=lambda: None, log_feedback=flaky_log),
+            bandit=Bandit(), _feedback_logged=OrderedDict(), _source=lambda request: None,
+            _slates={"r1": {"policy": "greedy", "item_idx": [7], "pos_of": {"i7": 0}, "learned": True,
+                            "rewarded": set()}})
+
+    feedback = RecommenderIngress.func_or_class.feedback
+    req = FeedbackRequest(request_id="r1", item_id="i7", reward=1.0)
+    first = replica()
+    with pytest.raises(EventLogFull):  # answered 503 + Retry-After
+        asyncio.run(feedback(first, req, None))
+    again = asyncio.run(feedback(first, req, None))
+    assert again.duplicate and not again.recorded
+    asyncio.run(feedback(first, req, None))  # a third try: this replica wrote it already
+    asyncio.run(feedback(replica(), req, None))  # another replica writes it again
+    writer.close()
+    _, fb = read_events(str(tmp_path))
+    assert fb[["request_id", "item_id"]].values.tolist() == [["r1", "i7"]]

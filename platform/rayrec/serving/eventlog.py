@@ -340,5 +340,8 @@ def read_catalog_events(root: str) -> pd.DataFrame:
 
 
 def read_events(root: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read the whole event log: ``(impressions_df, feedback_df)`` with the schema columns."""
-    return _read_kind(root, IMPRESSIONS), _read_kind(root, FEEDBACK)
+    """Read the whole event log: ``(impressions_df, feedback_df)`` with the schema columns.
+    Feedback is one row per ``(request_id, item_id)``, the first written: a retried feedback
+    may be written twice (at least once by the endpoint, exactly once here)."""
+    feedback = _read_kind(root, FEEDBACK).drop_duplicates(["request_id", "item_id"], keep="first")
+    return _read_kind(root, IMPRESSIONS), feedback.reset_index(drop=True)

@@ -121,6 +121,9 @@ class RecommenderIngress:
         )
         self.bandit = BanditClient(self.cfg, app_name, stream=replica)
         self._slates: OrderedDict[str, dict[str, Any]] = OrderedDict()  # request_id -> served slate
+        # (request_id, item_id) of feedback rows this replica handed to the event log: a retry of
+        # one whose row never made it (a 503 after the policy learned) writes it then
+        self._feedback_logged: OrderedDict[tuple[str, str], None] = OrderedDict()
         # Requests and their latency by route and status code are Serve's own (its proxy exports
         # serve_num_http_requests, serve_num_http_error_requests and serve_http_request_latency_ms,
         # tagged route, method, application, status_code); these are what it cannot see.
@@ -233,11 +236,18 @@ class RecommenderIngress:
         if not status:
             raise bad_request(
                 f"unknown or expired request_id {req.request_id!r} (or item {item_id!r} not shown in it)", 404)
-        if status == "recorded":  # a duplicate was acknowledged, not learned or logged again
+        # A duplicate is acknowledged, never learned again; its row is written if this replica
+        # has not written it (the first try failed after the policy learned, or another replica
+        # took it: readers keep one row per (request_id, item_id), so the log holds it once).
+        key = (req.request_id, item_id)
+        if status == "recorded" or key not in self._feedback_logged:
             self.events.log_feedback([{
                 "request_id": req.request_id, "timestamp": time.time(), "item_idx": int(item_idx),
                 "item_id": item_id, "reward": float(req.reward),
-            }])
+            }])  # EventLogFull: a 503, and the retry comes back here
+            self._feedback_logged[key] = None
+            while len(self._feedback_logged) > self.cfg.serve.request_cache_size:
+                self._feedback_logged.popitem(last=False)
         return FeedbackResponse(request_id=req.request_id, item_id=item_id, reward=float(req.reward),
                                 policy=policy, recorded=status == "recorded", duplicate=status == "duplicate")
 
