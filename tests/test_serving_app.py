@@ -418,8 +418,9 @@ def test_event_log_written_on_shutdown(app_url, serving_env):
                                        "reward": 1}).status_code == 200
     serve.delete(APP)  # graceful shutdown flushes the buffered events (interval is 60 s)
     imps, fb = read_events(serving_env["cfg"].event_log_dir)
-    assert tuple(imps.columns) == IMPRESSION_COLUMNS and tuple(fb.columns) == FEEDBACK_COLUMNS
+    assert tuple(imps.columns) == (*IMPRESSION_COLUMNS, "source") and tuple(fb.columns) == (*FEEDBACK_COLUMNS, "source")
     mine = imps[imps.request_id == body["request_id"]].sort_values("position")
+    assert mine["source"].isna().all()  # this app needs no key: no identity to attribute
     assert mine["item_id"].tolist() == [it["item_id"] for it in body["items"]]
     assert mine["propensity"].tolist() == pytest.approx([it["propensity"] for it in body["items"]])
     assert set(mine["policy"]) == {"epsilon_greedy"} and set(mine["user_id"]) == {"u6"}

@@ -34,7 +34,7 @@ def test_event_log_flushes_by_rows_and_on_close(tmp_path):
                      "reward": 1.0}])
     w.close()
     imps, fb = read_events(str(tmp_path))
-    assert tuple(imps.columns) == IMPRESSION_COLUMNS and tuple(fb.columns) == FEEDBACK_COLUMNS
+    assert tuple(imps.columns) == (*IMPRESSION_COLUMNS, "source") and tuple(fb.columns) == (*FEEDBACK_COLUMNS, "source")
     assert imps["position"].tolist() == [0, 1, 2] and fb["reward"].tolist() == [1.0]
     assert str(imps["user_idx"].dtype) == "int64" and str(imps["degraded"].dtype) == "bool"
     assert not list((tmp_path / "impressions").glob(".tmp-*")), "no temp files left behind"
@@ -101,8 +101,8 @@ def test_a_garbled_part_file_is_quarantined_and_the_rest_read(tmp_path):
 
 def test_read_events_on_empty_dir_has_schema_columns(tmp_path):
     imps, fb = read_events(str(tmp_path / "nothing"))
-    assert imps.empty and tuple(imps.columns) == IMPRESSION_COLUMNS
-    assert fb.empty and tuple(fb.columns) == FEEDBACK_COLUMNS
+    assert imps.empty and tuple(imps.columns) == (*IMPRESSION_COLUMNS, "source")
+    assert fb.empty and tuple(fb.columns) == (*FEEDBACK_COLUMNS, "source")
 
 
 def test_api_keys_from_env_and_file(tmp_path, monkeypatch):
@@ -372,3 +372,27 @@ def test_a_feedback_retried_after_its_row_failed_is_written_exactly_once(tmp_pat
     writer.close()
     _, fb = read_events(str(tmp_path))
     assert fb[["request_id", "item_id"]].values.tolist() == [["r1", "i7"]]
+
+
+def test_the_feedback_loop_learns_only_attributed_traffic(tmp_path):
+    """#23: rows carry the client key's id; once the log is attributed, the loop keeps slates a
+    key asked for and the clicks of that key only. Parts written before the column read as null."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from rayrec.feedback import attributed_only
+
+    w = EventLogWriter(str(tmp_path), flush_rows=1000, flush_interval_s=60.0, background=False)
+    w.log_impressions([_imp("a", 0) | {"source": "key-1"}, _imp("b", 0) | {"source": "key-2"}, _imp("c", 0)])
+    fb = {"timestamp": time.time(), "item_idx": 10, "item_id": "10", "reward": 1.0}
+    w.log_feedback([{"request_id": "a", "source": "key-1"} | fb, {"request_id": "b", "source": "key-1"} | fb,
+                    {"request_id": "c"} | fb])
+    w.close()
+    old = pa.table({"request_id": ["z"], "timestamp": [1.0], "item_idx": [3], "item_id": ["3"], "reward": [1.0]})
+    pq.write_table(old, tmp_path / "feedback" / "part-0-old-000001.parquet")  # before `source`
+    imps, fbs = read_events(str(tmp_path))
+    assert fbs.set_index("request_id")["source"].isna()[["c", "z"]].all()
+    kept_imps, kept_fb = attributed_only(imps, fbs)
+    assert sorted(kept_imps["request_id"]) == ["a", "b"]  # "c" had no key
+    assert kept_fb["request_id"].tolist() == ["a"]  # key-1's click on key-2's slate is not kept
+    anonymous = imps[imps["source"].isna()]
+    assert attributed_only(anonymous, fbs)[1].equals(fbs)  # an endpoint without keys: all of it

@@ -26,7 +26,7 @@ import pandas as pd
 from rayrec import storage
 from rayrec.config import RayrecConfig
 from rayrec.data import store
-from rayrec.data.schema import EXAMPLE_COLUMNS, EXAMPLES_DIR, ITEMS_FILE
+from rayrec.data.schema import EXAMPLE_COLUMNS, EXAMPLES_DIR, ITEMS_FILE, SOURCE_COLUMN
 
 log = logging.getLogger("rayrec")
 
@@ -38,6 +38,7 @@ def feedback_examples(cfg: RayrecConfig) -> pd.DataFrame:
     from rayrec.serving.eventlog import read_events
 
     impressions, feedback = read_events(cfg.event_log_dir)
+    impressions, feedback = attributed_only(impressions, feedback)
     shown = join_events(impressions, feedback)
     shown = shown[(shown["user_idx"] >= 0) & ~shown["degraded"].astype(bool)]
     texts = store.load_items(cfg.data_dir).set_index("item_idx")["text"]
@@ -60,6 +61,25 @@ def feedback_examples(cfg: RayrecConfig) -> pd.DataFrame:
                 "timestamp": int(slate["timestamp"].max()),
             })
     return pd.DataFrame(rows, columns=list(EXAMPLE_COLUMNS))
+
+
+def attributed_only(impressions: pd.DataFrame, feedback: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What the loop may learn from. Once the log holds attributed traffic (an endpoint with
+    client keys: rows carry the key's id in ``source``), only that: slates some key asked for,
+    and feedback from the key that asked (another key's clicks on them are not its to give). A
+    log without any attribution (an endpoint without keys) is used as it is."""
+    src = impressions[SOURCE_COLUMN]
+    attributed = src.notna() & (src != "")
+    if not attributed.any():
+        return impressions, feedback
+    impressions = impressions[attributed]
+    asked = impressions.drop_duplicates("request_id").set_index("request_id")[SOURCE_COLUMN]
+    same = feedback[SOURCE_COLUMN].to_numpy() == asked.reindex(feedback["request_id"]).to_numpy()
+    dropped = (int((~attributed).sum()), int((~same).sum()))
+    if any(dropped):
+        log.info("feedback: %d impression rows without a client key and %d feedback rows not from the "
+                 "key that asked are left out", *dropped)
+    return impressions, feedback[same]
 
 
 def _ndcg10(result: dict[str, Any]) -> float:

@@ -76,6 +76,10 @@ IMPRESSION_COLUMNS = (
 )
 # feedback: request_id:string, timestamp:float64, item_idx:int64, item_id:string, reward:float64
 FEEDBACK_COLUMNS = ("request_id", "timestamp", "item_idx", "item_id", "reward")
+# Both also carry source:string, the client key's id (rayrec.serving.api.key_id) that sent the
+# request or the feedback; null on an endpoint without client keys and in logs written before
+# it existed (readers fill it). The feedback loop trains only on attributed traffic.
+SOURCE_COLUMN = "source"
 # explanations: one row per item the generation deployment wrote a sentence for (served or not)
 #   request_id:string, timestamp:float64, position:int64, item_idx:int64, item_id:string,
 #   text:string, status:string (explained = served, ungrounded = withheld), unsupported:string

@@ -36,7 +36,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from rayrec.data.schema import EXPLANATION_COLUMNS, FEEDBACK_COLUMNS, IMPRESSION_COLUMNS
+from rayrec.data.schema import (
+    EXPLANATION_COLUMNS,
+    FEEDBACK_COLUMNS,
+    IMPRESSION_COLUMNS,
+    SOURCE_COLUMN,
+)
 from rayrec.storage import resolve_fs
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,7 @@ IMPRESSION_SCHEMA = pa.schema(
         ("propensity", pa.float64()),
         ("n_candidates", pa.int64()),
         ("degraded", pa.bool_()),
+        (SOURCE_COLUMN, pa.string()),
     ]
 )
 FEEDBACK_SCHEMA = pa.schema(
@@ -68,6 +74,7 @@ FEEDBACK_SCHEMA = pa.schema(
         ("item_idx", pa.int64()),
         ("item_id", pa.string()),
         ("reward", pa.float64()),
+        (SOURCE_COLUMN, pa.string()),
     ]
 )
 EXPLANATION_SCHEMA = pa.schema(
@@ -97,8 +104,8 @@ CATALOG_SCHEMA = pa.schema(
         ("retriever", pa.bool_()),
     ]
 )
-assert tuple(IMPRESSION_SCHEMA.names) == IMPRESSION_COLUMNS
-assert tuple(FEEDBACK_SCHEMA.names) == FEEDBACK_COLUMNS
+assert tuple(IMPRESSION_SCHEMA.names) == (*IMPRESSION_COLUMNS, SOURCE_COLUMN)
+assert tuple(FEEDBACK_SCHEMA.names) == (*FEEDBACK_COLUMNS, SOURCE_COLUMN)
 assert tuple(EXPLANATION_SCHEMA.names) == EXPLANATION_COLUMNS
 CATALOG = "catalog"
 _SCHEMAS = {IMPRESSIONS: IMPRESSION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA, EXPLANATIONS: EXPLANATION_SCHEMA,
@@ -113,7 +120,7 @@ class EventLogFull(RuntimeError):
 
 def _check_row(kind: str, row: Mapping[str, Any]) -> None:
     names = _SCHEMAS[kind].names
-    missing = [c for c in names if c not in row]
+    missing = [c for c in names if c not in row and c != SOURCE_COLUMN]  # optional: null
     extra = [c for c in row if c not in names]
     if missing or extra:
         raise ValueError(f"{kind} event has missing columns {missing} / unknown columns {extra}")

@@ -243,7 +243,7 @@ class RecommenderIngress:
         if status == "recorded" or key not in self._feedback_logged:
             self.events.log_feedback([{
                 "request_id": req.request_id, "timestamp": time.time(), "item_idx": int(item_idx),
-                "item_id": item_id, "reward": float(req.reward),
+                "item_id": item_id, "reward": float(req.reward), "source": self._source(request),
             }])  # EventLogFull: a 503, and the retry comes back here
             self._feedback_logged[key] = None
             while len(self._feedback_logged) > self.cfg.serve.request_cache_size:
@@ -396,7 +396,8 @@ class RecommenderIngress:
 
         items = slate_items(cand, picks, props, retrieval_scores, ranker_scores, final, explained)
         now, degraded = time.time(), bool(reasons)
-        self.events.log_impressions(impression_rows(request_id, now, user_id, cand, policy, items, picks, degraded))
+        self.events.log_impressions(impression_rows(request_id, now, user_id, cand, policy, items, picks, degraded,
+                                                    source))
         if explained is not None:
             self.events.log_explanations(explanation_rows(request_id, now, items, explained))
         self._remember(request_id, policy, [it["item_id"] for it in items],

@@ -54,14 +54,15 @@ def slate_items(cand: dict[str, Any], picks: list[int], props: list[float], retr
 
 
 def impression_rows(request_id: str, now: float, user_id: str | None, cand: dict[str, Any], policy: str,
-                    items: list[dict], picks: list[int], degraded: bool) -> list[dict]:
+                    items: list[dict], picks: list[int], degraded: bool, source: str | None = None) -> list[dict]:
     """One event-log row per shown item (eventlog.IMPRESSION_COLUMNS): what was shown, where,
-    with which propensity, out of how many candidates."""
+    with which propensity, out of how many candidates, for which client (``source``)."""
     return [{
         "request_id": request_id, "timestamp": now, "user_id": user_id or "",
         "user_idx": int(cand["user_idx"]), "policy": policy, "position": it["position"],
         "item_idx": int(cand["item_idx"][i]), "item_id": it["item_id"], "score": it["scores"]["final"],
         "propensity": it["propensity"], "n_candidates": len(cand["item_idx"]), "degraded": degraded,
+        "source": source,
     } for it, i in zip(items, picks, strict=True)]
 
 
