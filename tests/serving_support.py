@@ -4,7 +4,11 @@ helpers. Each module deploys its own app (name, prefix) on the session Ray clust
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -136,3 +140,24 @@ def wait_ranker(url: str, pred, timeout: float = 90.0) -> dict:
 def post(url, path, body, **kw):
     return httpx.post(f"{url}{path}", json=body, timeout=30, **kw)
 
+
+def rayrec_serve(address: str, sets: dict, env: dict | None = None) -> tuple[subprocess.Popen, list[str], threading.Event]:
+    """Start `rayrec serve --address ... --set k=v ...`; returns the process, its output lines
+    (collected by a thread) and an event set once it prints its URL. ``env``: extra environment
+    variables (e.g. the client keys)."""
+    cmd = [str(Path(sys.executable).parent / "rayrec"), "serve", "--address", address]
+    for k, v in sets.items():
+        cmd += ["--set", f"{k}={v}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}))
+    output: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith("rayrec endpoint: "):
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc, output, ready

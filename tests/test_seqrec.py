@@ -138,6 +138,37 @@ def test_full_catalog_evaluation_never_inserts_the_held_out_item(trained) -> Non
     assert result["models"]["retriever"]["ndcg@10"] > 0.95 > result["models"]["popularity"]["ndcg@10"]
 
 
+@pytest.mark.slow  # trains the retriever on Ray Train (module fixture + one more seed)
+def test_seeds_in_the_headline(trained) -> None:
+    """#24: evaluate.seeds retrains every trained system per seed (a run of its own, reused when
+    unchanged), evaluates the same users, and reports per seed, mean ± sd and verdicts."""
+    from rayrec.report.quality import seeds as seeds_section
+    from rayrec.seeds import SEEDS_FILE, run_seeded_evaluation, seed_config
+    from rayrec.stages import StageRunner
+
+    cfg, _ = trained
+    cfg = cfg.model_copy(update={
+        "evaluate": cfg.evaluate.model_copy(update={"seeds": 2, "bootstrap": 50, "rank_depth": 5}),
+        "retriever": cfg.retriever.model_copy(update={"max_epochs": 20})})  # seed 1's own run
+    stages = StageRunner(cfg)
+    result = run_seeded_evaluation(cfg, stages)
+    s = result["seeds"]
+    assert s["n"] == 2 and [p["retriever_seed"] for p in s["per_seed"]] == [cfg.retriever.seed, cfg.retriever.seed + 1]
+    assert [p["system_seed"] for p in s["per_seed"]] == [cfg.evaluate.seed, cfg.evaluate.seed + 1]
+    seed1 = seed_config(cfg, 1)
+    assert seed1.retriever_model_dir != cfg.retriever_model_dir and Path(seed1.retriever_model_dir).is_dir()
+    mean, sd = s["mean_sd"]["retriever"]["ndcg@10"]
+    assert mean > 0.5 and sd is not None
+    assert {c["verdict"] for c in s["comparisons"].values()} <= {"above", "below", "on par"}
+    assert s["comparisons"]["retriever_vs_popularity"]["verdict"] == "above"
+    assert json.loads(Path(cfg.eval_dir, SEEDS_FILE).read_text())["n"] == 2
+    assert result["models"] == json.loads(Path(cfg.eval_dir, "eval.json").read_text())["models"]  # seed 0
+    lines = "\n".join(seeds_section(s))
+    assert "### Over 2 seeds" in lines and "| retriever |" in lines and "above" in lines
+    again = run_seeded_evaluation(cfg, StageRunner(cfg))  # seed 1's retriever: reused, same figures
+    assert again["seeds"]["mean_sd"]["retriever"] == s["mean_sd"]["retriever"]
+
+
 @pytest.mark.slow  # trains the retriever on Ray Train (module fixture, ~1 min)
 def test_endpoint_top_k_equals_offline_evaluation(trained, tmp_path, monkeypatch) -> None:
     """A known user's top-K from the Serve endpoint (retrieval order, greedy) is the list the

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -29,7 +26,7 @@ httpx = pytest.importorskip("httpx")
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from serving_support import free_port, make_serving_env, vid, wait_ranker  # noqa: E402
+from serving_support import free_port, make_serving_env, rayrec_serve, vid, wait_ranker  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -104,27 +101,6 @@ def _stop(stop: threading.Event, threads: list[threading.Thread]) -> None:
         t.join(timeout=60)
 
 
-def _rayrec_serve(address: str, sets: dict) -> tuple[subprocess.Popen, list[str], threading.Event]:
-    """Start `rayrec serve --address ... --set k=v ...`; returns the process, its output lines
-    (collected by a thread) and an event set once it prints its URL."""
-    cmd = [str(Path(sys.executable).parent / "rayrec"), "serve", "--address", address]
-    for k, v in sets.items():
-        cmd += ["--set", f"{k}={v}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=os.environ | {"PYTHONUNBUFFERED": "1"})
-    output: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        for line in proc.stdout:
-            output.append(line)
-            if line.startswith("rayrec endpoint: "):
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    return proc, output, ready
-
-
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory, ray_cluster):
     """`rayrec serve` in its own process, attached to the session cluster; yields its URL,
@@ -138,7 +114,7 @@ def endpoint(tmp_path_factory, ray_cluster):
         "serve.route_prefix": PREFIX,
         "serve.port": free_port(),  # used only when this module starts Serve
     })
-    proc, output, ready = _rayrec_serve(ray_cluster.address, env["overrides"] | {"serve.checkpoint": env["adapters"][1]})
+    proc, output, ready = rayrec_serve(ray_cluster.address, env["overrides"] | {"serve.checkpoint": env["adapters"][1]})
     if not ready.wait(300) or proc.poll() is not None:
         proc.kill()
         pytest.fail("`rayrec serve` did not come up:\n" + "".join(output[-40:]))
@@ -312,7 +288,7 @@ def test_sigterm_during_startup_exits_cleanly(endpoint):
     from ray import serve
 
     name = "rayrec_faults_startup"
-    proc, output, _ = _rayrec_serve(endpoint["address"],
+    proc, output, _ = rayrec_serve(endpoint["address"],
                                     endpoint["env"]["overrides"] | {
                                         "serve.app_name": name, "serve.route_prefix": "/faults_startup"})
     deadline = time.time() + 120

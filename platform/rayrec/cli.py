@@ -81,9 +81,9 @@ def _new_items(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 
 def _evaluate(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
-    from rayrec.evaluation.evaluate import run_evaluation
+    from rayrec.seeds import run_headline_evaluation
 
-    return run_evaluation(cfg)
+    return run_headline_evaluation(cfg)
 
 
 def _index(cfg: RayrecConfig, args: argparse.Namespace) -> Any:

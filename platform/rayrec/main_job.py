@@ -25,13 +25,13 @@ def run_main(cfg: RayrecConfig, rebuild: bool = False) -> dict[str, Any]:
     """Run every stage on ``cfg`` and write ``<run_dir>/report.md``; returns a summary."""
     from rayrec.data.pipeline import run_preprocess
     from rayrec.data.schema import MANIFEST_FILE
-    from rayrec.evaluation.evaluate import run_evaluation
     from rayrec.explore.experiment import run_experiment
     from rayrec.explore.logged_ope import estimate_from_event_log
     from rayrec.itemtower.trainer import run_tower_training
     from rayrec.newitems import run_new_item_protocol
     from rayrec.report import write_report
     from rayrec.retrieval.index import META_FILE, build_index
+    from rayrec.seeds import run_headline_evaluation
     from rayrec.seqrec.trainer import run_retriever_training
     from rayrec.serving.traffic import serve_and_simulate
     from rayrec.train.trainer import run_training
@@ -54,7 +54,7 @@ def run_main(cfg: RayrecConfig, rebuild: bool = False) -> dict[str, Any]:
                    (*data_cfg, "retrieval", "retriever", "tower", "train"), outputs=[cfg.tower_dir])
     stages.run("train", lambda: run_training(cfg), (*data_cfg, "model", "train", "retriever"),
                outputs=[cfg.checkpoint_dir])
-    stages.run("evaluate", lambda: run_evaluation(cfg),
+    stages.run("evaluate", lambda: run_headline_evaluation(cfg, stages),
                (*data_cfg, "model", "train", "retrieval", "retriever", "evaluate"),
                outputs=[cfg.eval_dir], required=False)
     if cfg.evaluate.new_items.enabled:  # the new-item protocol's own retrievers and tower

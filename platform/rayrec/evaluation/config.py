@@ -58,7 +58,11 @@ class EvalConfig(Section):
     score_batch_size: int = Field(16, ge=1)  # users per Ray Data batch
     beyond_k: int = Field(10, ge=1)  # list length for diversity, coverage and novelty
     bootstrap: int = Field(1000, ge=0)  # resamples for paired confidence intervals
-    seed: int = 0
+    seed: int = 0  # user sample, bootstrap (and the trained baselines unless system_seed)
+    # full: retrain and evaluate every trained system under this many seeds (rayrec.seeds):
+    # per-seed figures, mean ± sd, each seed's paired CIs (1 in the demo, 3 for reference runs)
+    seeds: int = Field(1, ge=1)
+    system_seed: int | None = None  # seed of the trained baselines (ALS); None: evaluate.seed
     out: str | None = None  # default: <run_dir>/eval
     generative: GenerativeEval = Field(default_factory=GenerativeEval)
     new_items: NewItemProtocol = Field(default_factory=NewItemProtocol)

@@ -66,7 +66,8 @@ def als_lists(cfg, everyone: pd.DataFrame, users: pd.DataFrame, n_items: int, n:
     from rayrec.seqrec.data import load_sequences
 
     valid = load_sequences(cfg.data_dir, "valid")
-    als = AlsBaseline(n_items, seed=cfg.evaluate.seed)
+    ec = cfg.evaluate
+    als = AlsBaseline(n_items, seed=ec.seed if ec.system_seed is None else ec.system_seed)
     tuned = als.tune(valid["user_idx"].tolist(), valid["history"].tolist(), valid["target"].tolist())
     # Refit on every user's interactions before the evaluated items: the evaluated users' inputs,
     # and for the others (the new-item protocol evaluates only some users) train + valid.

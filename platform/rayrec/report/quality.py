@@ -68,7 +68,37 @@ def evaluation(result: dict[str, Any], per_user, plot: str | None) -> list[str]:
                        [[name.replace("_vs_", " vs "), c.get("metric"), f"{c.get('delta', float('nan')):+.4f}",
                          ci(c.get("ci95"), signed=True), c.get("wins"), c.get("losses")]
                         for name, c in comparisons.items()])
+    lines += seeds(result.get("seeds"))
     return lines + image("quality against the baselines", plot)
+
+
+def seeds(result: dict[str, Any] | None) -> list[str]:
+    """The evaluation over several seeds (rayrec.seeds): per seed, mean ± sd, verdicts."""
+    if not result or result.get("n", 1) < 2:
+        return []
+    per_seed = result["per_seed"]
+    lines = ["", f"### Over {result['n']} seeds", "",
+             (f"Every trained system retrained per seed ({result.get('note')}); NDCG@10 per seed, mean ± sd "
+              "over seeds. A comparison is above or below only when every seed's paired 95% CI excludes 0 "
+              "on that side, else on par."), ""]
+    lines += table(["model", *[f"seed {s['retriever_seed']}" for s in per_seed], "mean ± sd"],
+                   [[m, *[num(s["models"][m]["ndcg@10"]) for s in per_seed], _pm(v["ndcg@10"])]
+                    for m, v in sorted(result["mean_sd"].items(), key=lambda kv: -(kv[1]["ndcg@10"][0] or 0))])
+    lines += [""]
+    lines += table(["comparison", "difference (mean ± sd)", *[f"95% CI, seed {s['retriever_seed']}" for s in per_seed],
+                    "verdict"],
+                   [[name.replace("_vs_", " vs "), _pm(c["delta"], signed=True),
+                     *[ci(x, signed=True) for x in c["ci95_per_seed"]], c["verdict"]]
+                    for name, c in result["comparisons"].items()])
+    return lines
+
+
+def _pm(mean_sd: list[float | None], signed: bool = False) -> str:
+    mean, sd = mean_sd
+    if mean is None:
+        return "n/a"
+    head = f"{mean:+.4f}" if signed else f"{mean:.4f}"
+    return head if sd is None else f"{head} ± {sd:.4f}"
 
 
 def item_tower(result: dict[str, Any]) -> list[str]:
