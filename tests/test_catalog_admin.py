@@ -66,7 +66,7 @@ class LocalPolicies:
         self.cfg = cfg
 
     async def select(self, policy, scores, k, features, arms, request_id, diversity="none",
-                     diversity_weight=0.0, embeddings=None, new=None):
+                     diversity_weight=0.0, embeddings=None, new=None, source=None):
         from rayrec.explore.policies import make_policy
 
         return make_policy(policy, self.cfg.explore, 0).select(scores, k, features, arms, embeddings=embeddings,

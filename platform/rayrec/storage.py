@@ -12,10 +12,12 @@ that need a local directory (``from_pretrained``) get :func:`local_copy`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
+import uuid
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -69,21 +71,46 @@ def read_text(location: str) -> str:
     return read_bytes(location).decode()
 
 
-def write_bytes(location: str, data: bytes) -> str:
-    """Write a whole file, creating its directory. Local files appear atomically (temp + rename);
-    object stores publish an object only when its upload completes."""
+def write_bytes(location: str, data: bytes, durable: bool = False) -> str:
+    """Write a whole file, creating its directory. Local files appear atomically (a hidden temp
+    name in the same directory, then a rename); ``durable``: the bytes, then the rename, are
+    fsynced before this returns (an acknowledged write survives a crash). Object stores publish
+    an object only when its upload completes, durably."""
     fs, path = resolve_fs(location)
-    parent = path.rsplit("/", 1)[0]
+    parent, name = path.rsplit("/", 1) if "/" in path else (".", path)
     fs.create_dir(parent, recursive=True)
-    if isinstance(fs, pafs.LocalFileSystem):
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    else:
+    if not isinstance(fs, pafs.LocalFileSystem):
         with fs.open_output_stream(path) as f:
             f.write(data)
+        return str(location)
+    tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"  # readers list visible names only
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())  # the bytes are on disk before the name says so
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        _fsync_dir(parent)  # ... and the rename too
     return str(location)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # not supported on this filesystem
+    finally:
+        os.close(fd)
 
 
 def write_text(location: str, text: str) -> str:

@@ -18,47 +18,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 
+from rayrec import storage
 from rayrec.explore.config import ExploreConfig
 from rayrec.explore.policies import Slate, make_policy
 
 STATE_ACTOR_NAME = "rayrec_bandit_state"
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    if "://" in path:
-        import pyarrow.fs as pafs
-
-        fs, p = pafs.FileSystem.from_uri(path)
-        with fs.open_output_stream(p) as f:
-            f.write(data)
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)  # atomic: a crash never leaves a half-written state
-
-
-def _read_bytes(path: str) -> bytes | None:
-    if "://" in path:
-        import pyarrow.fs as pafs
-
-        fs, p = pafs.FileSystem.from_uri(path)
-        if fs.get_file_info(p).type == pafs.FileType.NotFound:
-            return None
-        with fs.open_input_stream(p) as f:
-            return f.read()
-    target = Path(path)
-    return target.read_bytes() if target.is_file() else None
 
 
 def shown(slate: Slate, scores: np.ndarray, arms: np.ndarray | None, features: np.ndarray | None,
@@ -137,7 +108,7 @@ class BanditState:
         self.reporting: OrderedDict[str, float] = OrderedDict()
         self.budget: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self.not_learned = {"never_reported": 0, "over_source_rate": 0}
-        raw = _read_bytes(path) if path else None
+        raw = storage.read_bytes(path) if path and storage.is_file(path) else None
         if raw is not None:
             saved = decode_state(raw)
             try:
@@ -274,7 +245,7 @@ class BanditState:
             return None
         blob = {"policy": self.policy.state_dict(), "total_updates": self.total_updates,
                 "saved_at": time.time()}
-        _write_bytes(self.path, encode_state(blob))
+        storage.write_bytes(self.path, encode_state(blob))  # atomic: never a half-written state
         self.updates_since_save = 0
         return self.path
 

@@ -34,7 +34,6 @@ import asyncio
 import io
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -43,7 +42,6 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rayrec import storage
@@ -172,29 +170,6 @@ def check_hidden_ids(item_ids: list[str], known: Callable[[str], bool],
 
 # ---- storage -------------------------------------------------------------------------------
 
-def _write_durable(location: str, data: bytes) -> None:
-    """The whole file under its name at once; on a local disk fsynced before and after the
-    rename (an acknowledged commit survives a crash). Object stores: one put."""
-    fs, path = storage.resolve_fs(location)
-    if not isinstance(fs, pafs.LocalFileSystem):
-        storage.write_bytes(location, data)
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    fd = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # not supported on this filesystem
-    finally:
-        os.close(fd)
-
-
 def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
     table = pa.Table.from_pylist(
         [{name: r.get(name) for name in SEGMENT_SCHEMA.names} for r in rows], schema=SEGMENT_SCHEMA)
@@ -312,12 +287,12 @@ class CatalogWriter:
 
     def _write(self, seq: int, rows: list[dict[str, Any]]) -> None:
         name = f"seg-{seq:09d}-{seq:09d}-{uuid.uuid4().hex[:8]}.parquet"
-        _write_durable(storage.join(self.root, SEGMENTS_DIR, name), _parquet_bytes(rows))
+        storage.write_bytes(storage.join(self.root, SEGMENTS_DIR, name), _parquet_bytes(rows), durable=True)
         segments, merged = [*self.log.segments, {"file": name, "first": seq, "last": seq}], []
         if len(segments) > self.compact_segments:
             segments, merged = [self._merge(segments)], segments
         doc = {"format": 1, "seq": seq, "segments": segments}
-        _write_durable(storage.join(self.root, CATALOG_FILE), json.dumps(doc, indent=1).encode())
+        storage.write_bytes(storage.join(self.root, CATALOG_FILE), json.dumps(doc, indent=1).encode(), durable=True)
         # Committed: the state follows storage only now (a failed write above changed nothing).
         for r in rows:
             if r["action"] == ADD:
@@ -338,7 +313,7 @@ class CatalogWriter:
         name = f"seg-{first:09d}-{last:09d}-{uuid.uuid4().hex[:8]}.parquet"
         buf = io.BytesIO()
         pq.write_table(pa.concat_tables(tables).cast(SEGMENT_SCHEMA), buf)
-        _write_durable(storage.join(self.root, SEGMENTS_DIR, name), buf.getvalue())
+        storage.write_bytes(storage.join(self.root, SEGMENTS_DIR, name), buf.getvalue(), durable=True)
         return {"file": name, "first": first, "last": last}
 
 

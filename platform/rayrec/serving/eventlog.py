@@ -24,7 +24,6 @@ pyarrow filesystem URI (``s3://bucket/prefix``).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -36,6 +35,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from rayrec import storage
 from rayrec.data.schema import (
     EXPLANATION_COLUMNS,
     FEEDBACK_COLUMNS,
@@ -223,19 +223,10 @@ class EventLogWriter:
         table = pa.Table.from_pylist(list(rows), schema=_SCHEMAS[kind])
         self._seq += 1
         name = f"part-{int(time.time() * 1000)}-{self.writer_id}-{self._seq:06d}.parquet"
-        final = f"{self._base}/{kind}/{name}"
-        tmp = f"{self._base}/{kind}/.tmp-{name}"
-        if isinstance(self._fs, pafs.LocalFileSystem):
-            with open(tmp, "wb") as out:
-                pq.write_table(table, out)
-                out.flush()
-                os.fsync(out.fileno())  # the bytes are on disk before the name says so
-            os.replace(tmp, final)
-            _fsync_dir(os.path.dirname(final))  # ... and the rename too
-        else:  # object stores: a put is atomic and durable when it returns
-            with self._fs.open_output_stream(tmp) as out:
-                pq.write_table(table, out)
-            self._fs.move(tmp, final)
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf)
+        # fsynced, then renamed, then the rename fsynced: an acknowledged row survives a crash
+        storage.write_bytes(storage.join(self.root, kind, name), buf.getvalue().to_pybytes(), durable=True)
         self.rows_written[kind] += len(rows)
 
     def _run(self) -> None:
@@ -256,19 +247,6 @@ class EventLogWriter:
         if self._thread is not None:
             self._thread.join(timeout=max(5.0, self.flush_interval_s * 2))
         self.flush()
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # not supported on this filesystem
-    finally:
-        os.close(fd)
 
 
 QUARANTINE = "_quarantine"
