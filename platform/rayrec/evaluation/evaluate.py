@@ -328,10 +328,10 @@ def run_evaluation(cfg) -> dict[str, Any]:
             "with), shuffled deterministically per user; candidate_order = that random order"
         )
     elif ec.candidates == "retrieval":
-        from rayrec.retrieval.index import ItemIndex, build_index
+        from rayrec.retrieval.index import META_FILE, ItemIndex, build_index
         from rayrec.storage import is_file, join
 
-        if not is_file(join(cfg.index_dir, "meta.json")):
+        if not is_file(join(cfg.index_dir, META_FILE)):
             build_index(cfg)
         index = ItemIndex.load(cfg.index_dir)
         cases = retrieval_cases(rows, index, ec.num_candidates, cfg.retrieval.recency_decay)

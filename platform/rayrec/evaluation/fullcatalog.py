@@ -179,6 +179,7 @@ def run_full_catalog(cfg, retrievers: dict[str, Any] | None = None, held_out: np
     from rayrec.data.store import load_items
     from rayrec.evaluation.evaluate import paired_bootstrap, resolve_checkpoint
     from rayrec.evaluation.report import track_evaluation, write_report
+    from rayrec.retrieval.index import META_FILE
     from rayrec.seqrec.data import load_sequences
 
     t0 = time.time()
@@ -204,7 +205,7 @@ def run_full_catalog(cfg, retrievers: dict[str, Any] | None = None, held_out: np
         retrieved[name], seconds[name] = _timed(lambda r=retriever: r.retrieve(histories, depth))
         lists[name] = [r[0] for r in retrieved[name]]
         source = source or name
-    if storage.is_file(storage.join(cfg.index_dir, "meta.json")) and (ec.baselines or not retrieved):
+    if storage.is_file(storage.join(cfg.index_dir, META_FILE)) and (ec.baselines or not retrieved):
         lists["text_retrieval"], seconds["text_retrieval"] = _timed(
             lambda: text_retrieval_lists(cfg, histories, depth))
         if not retrieved:  # no sequential retriever: the text index is the retrieval stage
