@@ -57,6 +57,7 @@ def abuse(tmp_path_factory, ray_cluster):
         "serve.rank_candidates": 40, "serve.max_k": 40,
         "explore.max_pending_mb": MAX_PENDING_MB, "explore.feedback_window_s": 1.0,
         "serve.policy_sync_s": 0.2, "serve.event_flush_interval_s": 1.0,
+        "serve.policies": ["greedy", "softmax", "lin_thompson"],
     })
     # Whoever can write the run directory plants a pickle where a policy's state lives.
     marker = root / "pickle_ran"
@@ -98,6 +99,13 @@ def test_a_planted_pickle_never_runs(abuse):
     assert not abuse["marker"].exists()
     FIGURES["planted_pickle"] = {"served": r.status_code, "degraded_reason": r.json()["degraded_reason"],
                                  "marker_created": abuse["marker"].exists()}
+
+
+def test_only_configured_policies_can_be_loaded(abuse):
+    r = httpx.post(f"{abuse['url']}/recommend", json={"user_id": "u1", "k": 2, "policy": "ucb1"},
+                   headers=_h("quiet"), timeout=60)
+    assert r.status_code == 422 and "not enabled on this endpoint" in r.json()["detail"], r.text
+    assert "ucb1" not in _health(abuse["url"])["policies"]  # no state actor was made for it
 
 
 def test_a_key_over_its_quota_gets_429_and_the_others_do_not(abuse):

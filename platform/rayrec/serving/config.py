@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rayrec.configbase import Section
+from rayrec.explore.config import PolicyName
 
 
 class AutoscalingSettings(Section):
@@ -77,6 +78,8 @@ class ServeConfig(Section):
     def _reward_bounds(self) -> ServeConfig:
         if self.reward_min > self.reward_max:
             raise ValueError(f"reward_min ({self.reward_min}) must be <= reward_max ({self.reward_max})")
+        if self.policies is not None and self.default_policy not in self.policies:
+            raise ValueError(f"policies: must include default_policy {self.default_policy!r}")
         return self
 
     app_name: str = "rayrec"
@@ -144,7 +147,10 @@ class ServeConfig(Section):
     # Rows an ingress replica holds while storage is failing; beyond it /recommend and
     # /feedback answer 503 + Retry-After (back-pressure) instead of dropping what they logged.
     event_max_buffered_rows: int = Field(100_000, ge=1)
-    default_policy: str = "greedy"
+    default_policy: PolicyName = "greedy"
+    # The policies a request may name (each is a shared state actor, loaded from the run dir on
+    # first use); None: every registered policy. Anything else is a 422, nothing loaded.
+    policies: list[PolicyName] | None = None
     policy_timeout_s: float = Field(2.0, gt=0)  # each call to a policy's shared state actor
     # Ingress replicas select on a local copy of each policy's learned statistics, refreshed at
     # most this often (0: select on the shared state actor itself, one round trip a request).

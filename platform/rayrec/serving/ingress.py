@@ -323,6 +323,9 @@ class RecommenderIngress:
         sc = self.cfg.serve
         if req.k > sc.max_k:
             raise bad_request(f"k: must be <= {sc.max_k} (serve.max_k), got {req.k}")
+        if req.policy is not None and sc.policies is not None and req.policy not in sc.policies:
+            raise bad_request(f"policy: {req.policy!r} is not enabled on this endpoint (serve.policies: "
+                              f"{', '.join(sc.policies)})")
         self.events.check_capacity(req.k)  # storage down and buffer full: 503, nothing dropped
         if req.query is not None and len(req.query) > sc.max_text_length:
             raise bad_request(f"query: longer than {sc.max_text_length} characters")
