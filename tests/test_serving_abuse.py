@@ -66,8 +66,9 @@ def abuse(tmp_path_factory, ray_cluster):
 
     Path(planted).parent.mkdir(parents=True, exist_ok=True)
     Path(planted).write_bytes(pickle.dumps(_Planted(str(marker))))
-    proc, output, ready = rayrec_serve(ray_cluster.address, env["overrides"] | {"serve.checkpoint": env["adapters"][1]},
-                                       env={"RAYREC_API_KEYS": ",".join(KEYS.values())})
+    # the replicas read the keys file (serve.api_keys_file), wherever they run
+    (root / "keys.txt").write_text("\n".join(KEYS.values()) + "\n")
+    proc, output, ready = rayrec_serve(ray_cluster.address, env["overrides"] | {"serve.checkpoint": env["adapters"][1]})
     if not ready.wait(300) or proc.poll() is not None:
         proc.kill()
         pytest.fail("`rayrec serve` did not come up:\n" + "".join(output[-40:]))
@@ -95,7 +96,7 @@ def test_a_planted_pickle_never_runs(abuse):
     url = abuse["url"]
     r = httpx.post(f"{url}/recommend", json={"user_id": "u1", "k": 4, "policy": "softmax"}, headers=_h("quiet"),
                    timeout=60)
-    assert r.status_code == 200 and r.json()["degraded_reason"] == "policy_unavailable", r.text
+    assert r.status_code == 200 and r.json()["degraded_reason"].startswith("policy_unavailable"), r.text
     assert not abuse["marker"].exists()
     FIGURES["planted_pickle"] = {"served": r.status_code, "degraded_reason": r.json()["degraded_reason"],
                                  "marker_created": abuse["marker"].exists()}
