@@ -396,3 +396,31 @@ def test_the_feedback_loop_learns_only_attributed_traffic(tmp_path):
     assert kept_fb["request_id"].tolist() == ["a"]  # key-1's click on key-2's slate is not kept
     anonymous = imps[imps["source"].isna()]
     assert attributed_only(anonymous, fbs)[1].equals(fbs)  # an endpoint without keys: all of it
+
+
+def test_an_explanation_reads_only_the_history_the_request_sent():
+    """#23: user_id is asserted by the client; an explanation quotes the history it reads, so by
+    default it reads the request's own history, never the named user's stored one."""
+    from types import SimpleNamespace
+
+    from rayrec.config import load_config
+    from rayrec.serving.ingress import RecommenderIngress
+
+    seen = []
+
+    class Generation:
+        class explain:  # noqa: N801 (a handle's method)
+            @staticmethod
+            def remote(history, query, items, deadline):
+                seen.append(list(history))
+
+                async def answer():
+                    return [{"item_idx": i, "status": "explained", "text": "t"} for i in items]
+                return answer()
+
+    cand = {"history": [1, 2, 3, 9], "sent_history": [9], "item_idx": [4, 5]}
+    explain = RecommenderIngress.func_or_class._explain
+    for stored, expected in ((False, [9]), (True, [1, 2, 3, 9])):
+        cfg = load_config(None, {"serve.generation.explain_stored_history": stored})
+        asyncio.run(explain(SimpleNamespace(cfg=cfg, generation=Generation()), cand, [0, 1], None))
+        assert seen[-1] == expected

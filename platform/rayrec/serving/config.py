@@ -67,6 +67,10 @@ class GenerationSettings(Section):
     # "explain": true: one sentence for each of the top explain_max_items items, within
     # explain_budget_ms of the request's own time; the rest say why they have none.
     explain_max_items: int = Field(3, ge=0)
+    # An explanation quotes the history it reads. user_id is asserted by the client, so by
+    # default it reads only the history the request itself sent; True: also the stored history
+    # of the named user (only where every client may read every user's titles).
+    explain_stored_history: bool = False
     explain_budget_ms: float = Field(3000.0, gt=0)
     explain_max_new_tokens: int = Field(40, ge=4)
 

@@ -461,7 +461,8 @@ class RecommenderIngress:
                    for i in picks[len(top):]]
         if not top:
             return skipped
-        response = self.generation.explain.remote(cand["history"], query, top, time.time() + budget_s)
+        history = cand["history"] if gc.explain_stored_history else cand["sent_history"]
+        response = self.generation.explain.remote(history, query, top, time.time() + budget_s)
         try:  # the deployment stops itself at the deadline; the margin covers the round trip
             out = await wait_for(response, budget_s + 0.5)
         except Exception as e:

@@ -447,6 +447,7 @@ class RetrievalDeployment:
             "known_user": user_idx >= 0,
             "source": source,
             "history": history,
+            "sent_history": [store.item_idx_of[i] for i in req.history],  # what the client itself sent
             "history_texts": (store.item_rows(history[-self.cfg.model.max_history_items :])["text"].tolist()
                               if history else []),
             "item_idx": idxs,
