@@ -98,3 +98,11 @@ def test_report_on_s3(s3_env, tmp_path: Path) -> None:
             "report-run/report/quality.png", "report-run/report/regret.png",
             "report-run/report/tradeoff.png"} <= keys
     assert "```" not in storage.read_text(f"{run_dir}/report.md")
+
+
+def test_redact_removes_uri_credentials_and_keeps_the_rest():
+    """#23: what reports, tracking and the console show never carries a URI's credentials."""
+    from rayrec.storage import redact
+
+    assert redact("run_dir: s3://AKIA:s3cr3t@bucket/run and gs://tok@b/x") == "run_dir: s3://***@bucket/run and gs://***@b/x"
+    assert redact("s3://bucket/run, /local/path, http://minio:9000") == "s3://bucket/run, /local/path, http://minio:9000"

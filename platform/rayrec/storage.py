@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -26,6 +27,15 @@ import pyarrow.parquet as pq
 
 def is_uri(location: str) -> bool:
     return "://" in str(location)
+
+
+_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URI in it removed (``s3://KEY:SECRET@bucket`` ->
+    ``s3://***@bucket``): what reports, logs and tracking may show."""
+    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", str(text))
 
 
 def resolve_fs(location: str) -> tuple[pafs.FileSystem, str]:

@@ -12,6 +12,7 @@ from typing import TextIO
 
 from rayrec.console.progress_records import PROGRESS, Progress, _duration, parse_progress
 from rayrec.console.stages import STAGE
+from rayrec.storage import redact
 
 PROGRESS_EVERY_S = 30.0  # without a terminal (job logs, pipes): at most one progress line this often
 
@@ -101,10 +102,11 @@ class ConsoleHandler(logging.Handler):
         super().close()
 
     def _plain(self, record: logging.LogRecord) -> str:
+        message = redact(record.getMessage())  # no URI credentials on a console or in a job log
         if record.levelno < logging.WARNING:
-            return record.getMessage()
+            return message
         source = "" if record.name.startswith("rayrec") else f" ({record.name})"
-        return f"{record.levelname.lower()}{source}: {record.getMessage()}"
+        return f"{record.levelname.lower()}{source}: {message}"
 
     def _on_stage(self, record: logging.LogRecord, event: str) -> None:
         if event == "start":

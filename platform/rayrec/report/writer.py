@@ -102,6 +102,7 @@ def write_report(run_dir: str, results: dict[str, Any], metric: str = "ndcg@10")
     else:
         lines += _failure(results, "off-policy", "Off-policy estimates from the endpoint's log")
     lines += ["", f"Every number above, in full: [{JSON_FILE}]({JSON_FILE})."]
+    # a report is shared: no credentials of any URI in it (s3://KEY:SECRET@bucket)
     storage.write_text(storage.join(run_dir, JSON_FILE),
-                       json.dumps({**results, "figures": figures}, indent=1, default=str))
-    return storage.write_text(storage.join(run_dir, MARKDOWN_FILE), "\n".join(lines) + "\n")
+                       storage.redact(json.dumps({**results, "figures": figures}, indent=1, default=str)))
+    return storage.write_text(storage.join(run_dir, MARKDOWN_FILE), storage.redact("\n".join(lines) + "\n"))

@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rayrec.storage import redact
+
 log = logging.getLogger(__name__)
 
 STORE_DIR = "mlruns"  # under run_dir: mlflow.db and artifacts/
@@ -121,7 +123,7 @@ class TrackedRun:
             return
         from mlflow.entities import Param
 
-        items = [Param(metric_key(k), str(v)[:6000]) for k, v in flatten(params).items()]
+        items = [Param(metric_key(k), redact(str(v))[:6000]) for k, v in flatten(params).items()]
         self._batch("log params", 100, params=items)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int = 0) -> None:
@@ -175,13 +177,14 @@ def start_run(cfg, name: str, params: Mapping[str, Any] | None = None) -> Iterat
             exp = client.get_experiment_by_name(cfg.tracking.experiment)
             exp_id = exp.experiment_id if exp else client.create_experiment(
                 cfg.tracking.experiment, artifact_location=artifacts)
-            info = client.create_run(exp_id, run_name=name, tags={"rayrec.job": name, "rayrec.run_dir": cfg.run_dir})
+            info = client.create_run(exp_id, run_name=name, tags={"rayrec.job": name,
+                                                                  "rayrec.run_dir": redact(cfg.run_dir)})
             run = TrackedRun(uri, info.info.run_id, client)
         except Exception as e:  # tracking must never fail the job
             log.warning("MLflow tracking off for this job: cannot open a run at %s (%s: %s)",
                         uri, type(e).__name__, e)
     run.log_params(params or {})
-    run.log_text(cfg.to_yaml(), "rayrec_config.yaml")
+    run.log_text(redact(cfg.to_yaml()), "rayrec_config.yaml")
     _ACTIVE.append(run)
     status = "FAILED"
     try:
