@@ -40,20 +40,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_tiny_dataset(data_dir: Path) -> None:
+def write_tiny_dataset(data_dir: Path, n_items: int = N_ITEMS) -> None:
     """A catalog, users and histories in the layout of rayrec.data.schema."""
     from rayrec.data import schema
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    cats = [CATEGORIES[i % len(CATEGORIES)] for i in range(N_ITEMS)]
+    cats = [CATEGORIES[i % len(CATEGORIES)] for i in range(n_items)]
     titles = [f"{c} Story {i}" for i, c in enumerate(cats)]
     items = pd.DataFrame({
-        "item_idx": np.arange(N_ITEMS, dtype=np.int64),
-        "item_id": [str(1000 + i) for i in range(N_ITEMS)],
+        "item_idx": np.arange(n_items, dtype=np.int64),
+        "item_id": [str(1000 + i) for i in range(n_items)],
         "title": titles,
         "category": cats,
         "text": [f"{t} | Genres: {c}" for t, c in zip(titles, cats, strict=True)],
-        "popularity": np.arange(N_ITEMS, 0, -1).astype(np.int64),  # item 0 most popular
+        "popularity": np.arange(n_items, 0, -1).astype(np.int64),  # item 0 most popular
     })
     items.to_parquet(data_dir / schema.ITEMS_FILE, index=False)
     users = pd.DataFrame({
@@ -65,18 +65,18 @@ def write_tiny_dataset(data_dir: Path) -> None:
     hist = pd.DataFrame({
         "user_idx": np.arange(N_USERS, dtype=np.int64),
         # user i likes category i % 4: five items of it
-        "history": [[int(j) for j in range(i % 4, N_ITEMS, 4)][:5] for i in range(N_USERS)],
+        "history": [[int(j) for j in range(i % 4, n_items, 4)][:5] for i in range(N_USERS)],
         "valid_item": np.full(N_USERS, -1, dtype=np.int64),
         "test_item": np.full(N_USERS, -1, dtype=np.int64),
     })
     (data_dir / schema.HISTORIES_DIR).mkdir(exist_ok=True)
     hist.to_parquet(data_dir / schema.HISTORIES_DIR / "part-0.parquet", index=False)
     (data_dir / schema.MANIFEST_FILE).write_text(
-        json.dumps({"schema_version": schema.SCHEMA_VERSION, "counts": {"items": N_ITEMS, "users": N_USERS}})
+        json.dumps({"schema_version": schema.SCHEMA_VERSION, "counts": {"items": n_items, "users": N_USERS}})
     )
 
 
-def make_serving_env(root: Path, **extra) -> dict:
+def make_serving_env(root: Path, n_items: int = N_ITEMS, **extra) -> dict:
     """Tiny dataset + backbone + index + two adapter versions under ``root``; returns the
     build_app overrides (``extra`` on top), the config, the adapters and ``root``."""
     needs("rayrec.models.ranker", "rayrec.models.tiny", "rayrec.retrieval.index", "rayrec.data.text")
@@ -104,7 +104,7 @@ def make_serving_env(root: Path, **extra) -> dict:
         "serve.api_keys_file": str(root / "keys.txt"),
     } | extra
     cfg = load_config(None, overrides)
-    write_tiny_dataset(Path(cfg.data_dir))
+    write_tiny_dataset(Path(cfg.data_dir), n_items)
     build_index(cfg)
     adapters = {}
     for seed in (1, 2):
