@@ -151,6 +151,15 @@ def _catalog(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     return result
 
 
+def _config(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    """`rayrec config`: the resolved config as YAML, each field under its description."""
+    from rayrec.configbase import describe_yaml
+
+    sys.stdout.write(describe_yaml(cfg))
+    sys.stdout.flush()
+    return None
+
+
 def _main(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     from rayrec.main_job import run_main
 
@@ -261,6 +270,13 @@ COMMANDS: dict[str, Command] = {
         "to it in place, without dropping requests.",
         _feedback,
     ),
+    "config": Command(
+        "print the resolved config as YAML, each field with its description",
+        "Load --config (built-in defaults without it), apply the flags and --set overrides, validate, "
+        "and print the result as YAML with each field's description as a comment above it. The "
+        "output is itself a valid config file; nothing is run.",
+        _config,
+    ),
 }
 
 
@@ -268,7 +284,8 @@ def _add_common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config field, e.g. --set train.lr=1e-4 (repeatable)",
+        help="override a config field, e.g. --set train.lr=1e-4 (repeatable; `rayrec config` lists "
+        "every field and what it means)",
     )
     p.add_argument("--out", help="run directory for all artifacts (config: run_dir)")
     p.add_argument("--data", help="input data path or URI (config: data.path)")
@@ -357,14 +374,18 @@ def main(argv: list[str] | None = None) -> int:
 
 # Long-running or multi-stage commands report their own lines; the others are one stage each.
 _NOT_A_STAGE = {"main", "serve", "catalog", "new-items"}
+# Commands that only read the config: no job paths to check, no stage to report.
+_CONFIG_ONLY = {"config"}
 
 
 def _run(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     from rayrec import console
     from rayrec.runtime import check_job_paths
 
-    check_job_paths(cfg)
     run = COMMANDS[args.command].run
+    if args.command in _CONFIG_ONLY:
+        return run(cfg, args)
+    check_job_paths(cfg)
     if args.command in _NOT_A_STAGE:
         return run(cfg, args)
     with console.stage(args.command):

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError
 
-from rayrec.configbase import Section
+from rayrec.configbase import Section, field_description
 from rayrec.data.config import DataConfig, PreprocessConfig
 from rayrec.errors import ConfigError
 from rayrec.evaluation.config import EvalConfig
@@ -34,12 +34,17 @@ from rayrec.train.config import TrainConfig
 class RayConfig(Section):
     """How to reach Ray: an existing cluster (address or RAY_ADDRESS) or a local one."""
 
-    address: str | None = None
-    num_cpus: int | None = Field(None, ge=1)
-    object_store_memory: int | None = Field(None, ge=78_643_200)
-    # A local Ray's dashboard (~1 GB of processes): Serve's declarative API needs it, i.e.
+    address: str | None = Field(
+        None,
+        description="Ray cluster address (e.g. auto); None: RAY_ADDRESS when set, else start a local Ray.",
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray; None: every core.")
+    object_store_memory: int | None = Field(
+        None, ge=78_643_200, description="Object store size of a local Ray, in bytes; None: Ray's default."
+    )
+    # A local Ray's dashboard is ~1 GB of processes: Serve's declarative API needs it, i.e.
     # switching a local endpoint's adapter in place. Off: the endpoint is deployed with serve.run.
-    include_dashboard: bool = False
+    include_dashboard: bool = Field(False, description="Start a local Ray's dashboard.")
     # Ray Serve's data plane on a Ray this process starts (a cluster's is set where it starts:
     # `ray start` with the same environment, see rayrec.runtime.serve_data_plane_env).
     #   grpc     RAY_SERVE_THROUGHPUT_OPTIMIZED: gRPC between deployments, user code on each
@@ -47,37 +52,83 @@ class RayConfig(Section):
     #   haproxy  grpc + RAY_SERVE_ENABLE_HA_PROXY: HAProxy on serve.port sends each request
     #            straight to an ingress replica (needs the haproxy binary on every node)
     #   auto     haproxy when `haproxy` is on PATH, else grpc;  default: Serve's own defaults
-    serve_data_plane: Literal["auto", "haproxy", "grpc", "default"] = "auto"
+    serve_data_plane: Literal["auto", "haproxy", "grpc", "default"] = Field(
+        "auto",
+        description="Ray Serve's data plane on a Ray this process starts: grpc, haproxy (grpc + HAProxy), "
+        "auto (haproxy when the binary is on PATH, else grpc) or default (Serve's own).",
+    )
 
 
 class FeedbackConfig(Section):
     """The feedback loop (`rayrec feedback`): fine-tune from the event log, compare, promote."""
 
-    max_steps: int | None = Field(None, ge=1)  # fine-tuning steps; None = train.max_steps
-    # Promote when candidate - current valid NDCG@10 exceeds this (negative: promote unless
-    # worse by more than that).
-    min_improvement: float = 0.0
-    switch_endpoint: bool = True  # switch a running serve.app_name to the promoted adapter
+    max_steps: int | None = Field(None, ge=1, description="Fine-tuning steps; None: train.max_steps.")
+    min_improvement: float = Field(
+        0.0,
+        description="Promote when candidate - current validation NDCG@10 exceeds this (negative: promote "
+        "unless worse by more than that).",
+    )
+    switch_endpoint: bool = Field(
+        True,
+        description="Switch a running serve.app_name to the promoted adapter.",
+    )
 
 
 class RayrecConfig(Section):
     """Top-level config. All artifacts of a run live under ``run_dir`` unless a section overrides."""
 
-    run_dir: str = "rayrec_output"
-    ray: RayConfig = Field(default_factory=RayConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    evaluate: EvalConfig = Field(default_factory=EvalConfig)
-    retriever: RetrieverConfig = Field(default_factory=RetrieverConfig)
-    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
-    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
-    tower: TowerConfig = Field(default_factory=TowerConfig)
-    serve: ServeConfig = Field(default_factory=ServeConfig)
-    explore: ExploreConfig = Field(default_factory=ExploreConfig)
-    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    run_dir: str = Field(
+        "rayrec_output",
+        description="Run directory (local path or URI) under which every artifact is written.",
+    )
+    ray: RayConfig = Field(
+        default_factory=RayConfig,
+        description="How to reach Ray: a cluster or a local one.",
+    )
+    data: DataConfig = Field(default_factory=DataConfig, description="Where the interaction log comes from.")
+    preprocess: PreprocessConfig = Field(
+        default_factory=PreprocessConfig,
+        description="The preprocessing pipeline (labels, filters, split, negatives).",
+    )
+    model: ModelConfig = Field(
+        default_factory=ModelConfig,
+        description="The ranker: backbone, head, loss and LoRA.",
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="Scaling, optimisation and checkpointing of training jobs."
+    )
+    evaluate: EvalConfig = Field(
+        default_factory=EvalConfig,
+        description="Offline evaluation: split, candidates, metrics.",
+    )
+    retriever: RetrieverConfig = Field(
+        default_factory=RetrieverConfig, description="The sequential (SASRec-style) retriever."
+    )
+    retrieval: RetrievalConfig = Field(
+        default_factory=RetrievalConfig, description="Item text embeddings and the FAISS index."
+    )
+    generator: GeneratorConfig = Field(
+        default_factory=GeneratorConfig, description="LoRA-tuning the generative recommender."
+    )
+    tower: TowerConfig = Field(
+        default_factory=TowerConfig,
+        description="LoRA-tuning the text-grounded item tower.",
+    )
+    serve: ServeConfig = Field(
+        default_factory=ServeConfig,
+        description="The Ray Serve recommendation endpoint.",
+    )
+    explore: ExploreConfig = Field(
+        default_factory=ExploreConfig, description="Exploration policies and the bandit experiment."
+    )
+    feedback: FeedbackConfig = Field(
+        default_factory=FeedbackConfig,
+        description="The feedback loop: fine-tune from the event log, compare, promote.",
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="Experiment tracking in MLflow.",
+    )
 
     # Resolved artifact locations: one place decides where each stage reads and writes.
     def path(self, *parts: str) -> str:
@@ -155,7 +206,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             msg = "unknown field"
         got = e.get("input")
         got_txt = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
-        lines.append(f"  - {field}: {msg}{got_txt}")
+        description = field_description(RayrecConfig, e["loc"])
+        what = f" ({description.rstrip('.')})" if description else ""
+        lines.append(f"  - {field}: {msg}{got_txt}{what}")
     return "\n".join(lines)
 
 
