@@ -54,7 +54,7 @@ def run_main(cfg: RayrecConfig, rebuild: bool = False) -> dict[str, Any]:
                    (*data_cfg, "retrieval", "retriever", "tower", "train"), outputs=[cfg.tower_dir])
     stages.run("train", lambda: run_training(cfg), (*data_cfg, "model", "train", "retriever"),
                outputs=[cfg.checkpoint_dir])
-    stages.run("evaluate", lambda: run_headline_evaluation(cfg, stages),
+    stages.run("evaluate", lambda: run_headline_evaluation(cfg),
                (*data_cfg, "model", "train", "retrieval", "retriever", "evaluate"),
                outputs=[cfg.eval_dir], required=False)
     if cfg.evaluate.new_items.enabled:  # the new-item protocol's own retrievers and tower
