@@ -9,7 +9,7 @@ learns into ``<run_dir>/serve/fidelity/``, never the state `rayrec serve` loads)
 diversity), scores them against the same held-out items as `rayrec evaluate` scored the served
 system, then sends ``--requests`` simulated greedy requests with feedback (clicks from the click
 model, never on a test item), has the policy learn them (and the measurement's own slates) at
-once, and scores again (``rayrec.serving.fidelity``). Writes JSON and prints the
+once, and scores again (``rayrec.recipes.fidelity``). Writes JSON and prints the
 two ratios; #22's bar is >= 0.95 for both.
 """
 
@@ -19,8 +19,8 @@ import argparse
 import json
 
 from rayrec.config import load_config
+from rayrec.recipes.fidelity import measure_fidelity
 from rayrec.runtime import init_ray
-from rayrec.serving.fidelity import measure_fidelity
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 from rayrec.config import load_config
-from rayrec.main_job import run_main
 from rayrec.models.tiny import make_tiny_backbone
+from rayrec.recipes.main import run_main
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,7 @@ def test_feedback_loop_switches_the_live_endpoint(main_run) -> None:
     switch the running endpoint, while requests keep flowing."""
     from rayrec.checkpoints import version_id
     from rayrec.data.store import load_users
-    from rayrec.feedback import feedback_examples, run_feedback_loop
+    from rayrec.recipes.feedback import feedback_examples, run_feedback_loop
     from rayrec.serving.control import start_app, stop_app
 
     cfg, _, run = main_run
@@ -184,7 +184,7 @@ def test_endpoint_greedy_serves_the_quality_evaluation_measured(main_run) -> Non
     in 22 of the 24 users' top-10, so what clicks teach about new items rightly moves most
     lists; the new-item terms are off here and the check is on what greedy learns for the
     items the model knows (the ml-latest-small figures, with them on, are in the README)."""
-    from rayrec.serving.fidelity import measure_fidelity
+    from rayrec.recipes.fidelity import measure_fidelity
 
     cfg, _, run = main_run
     simulated = cfg.serve.simulate_policy

@@ -24,7 +24,7 @@ BUCKET = "rayrec-remote"
 @pytest.fixture(scope="module")
 def remote_run(ray_cluster, tmp_path_factory):
     """The main job on ``s3://rayrec-remote/run``, run from an empty working directory."""
-    from rayrec.main_job import run_main
+    from rayrec.recipes.main import run_main
 
     tmp = tmp_path_factory.mktemp("remote")
     backbone = make_tiny_backbone("bert", tmp / "tiny-bert")
@@ -73,7 +73,7 @@ def test_main_job_writes_everything_to_the_bucket(remote_run) -> None:
 
 
 def test_feedback_loop_on_the_bucket(remote_run) -> None:
-    from rayrec.feedback import run_feedback_loop
+    from rayrec.recipes.feedback import run_feedback_loop
 
     cfg = remote_run[0]
     fb = run_feedback_loop(cfg)  # the fixture's server, env and Ray connection are still up

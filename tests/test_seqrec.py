@@ -142,8 +142,8 @@ def test_full_catalog_evaluation_never_inserts_the_held_out_item(trained) -> Non
 def test_seeds_in_the_headline(trained) -> None:
     """#24: evaluate.seeds retrains every trained system per seed (a run of its own, reused when
     unchanged), evaluates the same users, and reports per seed, mean ± sd and verdicts."""
+    from rayrec.recipes.seeds import SEEDS_FILE, run_seeded_evaluation, seed_config
     from rayrec.report.quality import seeds as seeds_section
-    from rayrec.seeds import SEEDS_FILE, run_seeded_evaluation, seed_config
     from rayrec.stages import StageRunner
 
     cfg, _ = trained

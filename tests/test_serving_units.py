@@ -318,7 +318,7 @@ def test_the_main_job_never_replaces_an_app_it_did_not_start(monkeypatch):
 
     from ray import serve
     from rayrec.errors import UserFacingError
-    from rayrec.serving.traffic import refuse_a_running_app
+    from rayrec.recipes.traffic import refuse_a_running_app
 
     monkeypatch.setattr(serve, "status", lambda: SimpleNamespace(applications={"rayrec_simulation": {}}))
     with pytest.raises(UserFacingError, match="already running on this cluster"):
@@ -379,7 +379,7 @@ def test_the_feedback_loop_learns_only_attributed_traffic(tmp_path):
     key asked for and the clicks of that key only. Parts written before the column read as null."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from rayrec.feedback import attributed_only
+    from rayrec.recipes.feedback import attributed_only
 
     w = EventLogWriter(str(tmp_path), flush_rows=1000, flush_interval_s=60.0, background=False)
     w.log_impressions([_imp("a", 0) | {"source": "key-1"}, _imp("b", 0) | {"source": "key-2"}, _imp("c", 0)])

@@ -72,7 +72,7 @@ def _train_tower(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 
 def _new_items(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
-    from rayrec.newitems import run_new_item_protocol
+    from rayrec.recipes.newitems import run_new_item_protocol
     from rayrec.stages import StageRunner
 
     result = run_new_item_protocol(cfg, StageRunner(cfg, rebuild=args.rebuild))
@@ -81,7 +81,7 @@ def _new_items(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 
 def _evaluate(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
-    from rayrec.seeds import run_headline_evaluation
+    from rayrec.recipes.seeds import run_headline_evaluation
 
     return run_headline_evaluation(cfg)
 
@@ -121,7 +121,7 @@ def _export(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 
 def _feedback(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
-    from rayrec.feedback import run_feedback_loop
+    from rayrec.recipes.feedback import run_feedback_loop
 
     return run_feedback_loop(cfg)
 
@@ -161,7 +161,7 @@ def _config(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 
 def _main(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
-    from rayrec.main_job import run_main
+    from rayrec.recipes.main import run_main
 
     return run_main(cfg, rebuild=args.rebuild)
 

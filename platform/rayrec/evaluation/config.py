@@ -109,7 +109,7 @@ class EvalConfig(Section):
     seeds: int = Field(
         1,
         ge=1,
-        description="full: retrain and evaluate every trained system under this many seeds (rayrec.seeds): "
+        description="full: retrain and evaluate every trained system under this many seeds (rayrec.recipes.seeds): "
         "per-seed figures, mean ± sd and each seed's paired CIs.",
     )
     system_seed: int | None = Field(

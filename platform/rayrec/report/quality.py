@@ -73,7 +73,7 @@ def evaluation(result: dict[str, Any], per_user, plot: str | None) -> list[str]:
 
 
 def seeds(result: dict[str, Any] | None) -> list[str]:
-    """The evaluation over several seeds (rayrec.seeds): per seed, mean ± sd, verdicts."""
+    """The evaluation over several seeds (rayrec.recipes.seeds): per seed, mean ± sd, verdicts."""
     if not result or result.get("n", 1) < 2:
         return []
     per_seed = result["per_seed"]

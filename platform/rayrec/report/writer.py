@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 MARKDOWN_FILE, JSON_FILE, FIGURE_DIR = "report.md", "report.json", "report"
 
 
-NEW_ITEMS_STAGE = "new-items-evaluate"  # rayrec.newitems' last stage: the new-item protocol's report
+NEW_ITEMS_STAGE = "new-items-evaluate"  # rayrec.recipes.newitems' last stage: the new-item protocol's report
 NEW_ITEMS_TOWER_STAGE = "new-items-tower"
 
 

@@ -86,8 +86,8 @@ def measure_fidelity(cfg: RayrecConfig, n_requests: int = 1000, k: int = 10,
     import httpx
 
     from rayrec.data import store
+    from rayrec.recipes.traffic import simulate_traffic
     from rayrec.serving.control import start_app, stop_app
-    from rayrec.serving.traffic import simulate_traffic
 
     url = start_app(cfg)
     try:

@@ -5,7 +5,7 @@ query, exploration) and one feedback, replays ``serve.simulate_requests`` users 
 stochastic logging policy with clicks drawn from a click model, and stops the endpoint. For
 each logged request it also asks for the greedy slate and saves it with both slates' expected
 clicks (``<run_dir>/serve/counterfactual.json``): the ground truth that the off-policy
-estimates from the event log (:mod:`rayrec.explore.logged_ope`) are compared with.
+estimates from the event log (:mod:`rayrec.recipes.logged_ope`) are compared with.
 
 Simulated traffic never touches what a real endpoint serves: it runs as an app of its own
 (``<serve.app_name>_simulation`` at ``<serve.route_prefix>/simulation``) whose policies learn

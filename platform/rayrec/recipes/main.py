@@ -2,9 +2,9 @@
 
 The recipe, stage by stage: preprocess → index → train-retriever → train-tower (a text-grounded
 retriever's item tower) → train → evaluate →
-new items (:mod:`rayrec.newitems`, with ``evaluate.new_items.enabled``) → serve
-(sample requests, simulated traffic with feedback: :mod:`rayrec.serving.traffic`) → bandit
-experiment → off-policy estimate from the endpoint's own log (:mod:`rayrec.explore.logged_ope`)
+new items (:mod:`rayrec.recipes.newitems`, with ``evaluate.new_items.enabled``) → serve
+(sample requests, simulated traffic with feedback: :mod:`rayrec.recipes.traffic`) → bandit
+experiment → off-policy estimate from the endpoint's own log (:mod:`rayrec.recipes.logged_ope`)
 → report (:mod:`rayrec.report`). Each stage reuses its earlier result when its config is
 unchanged (``--rebuild`` forces every stage). Stages after training degrade visibly: a failure
 is recorded in the report and the run goes on. ``run_dir`` may be local or remote (``s3://``).
@@ -26,14 +26,14 @@ def run_main(cfg: RayrecConfig, rebuild: bool = False) -> dict[str, Any]:
     from rayrec.data.pipeline import run_preprocess
     from rayrec.data.schema import MANIFEST_FILE
     from rayrec.explore.experiment import run_experiment
-    from rayrec.explore.logged_ope import estimate_from_event_log
     from rayrec.itemtower.trainer import run_tower_training
-    from rayrec.newitems import run_new_item_protocol
+    from rayrec.recipes.logged_ope import estimate_from_event_log
+    from rayrec.recipes.newitems import run_new_item_protocol
+    from rayrec.recipes.seeds import run_headline_evaluation
+    from rayrec.recipes.traffic import serve_and_simulate
     from rayrec.report import write_report
     from rayrec.retrieval.index import META_FILE, build_index
-    from rayrec.seeds import run_headline_evaluation
     from rayrec.seqrec.trainer import run_retriever_training
-    from rayrec.serving.traffic import serve_and_simulate
     from rayrec.train.trainer import run_training
 
     started = time.perf_counter()

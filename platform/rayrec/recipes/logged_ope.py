@@ -1,6 +1,6 @@
 """Off-policy estimates from the endpoint's own event log, checked against the click model.
 
-The serve stage's simulated traffic (:mod:`rayrec.serving.traffic`) logs slates of a stochastic
+The serve stage's simulated traffic (:mod:`rayrec.recipes.traffic`) logs slates of a stochastic
 policy with their propensities and clicks, and saves the greedy slate the endpoint would have
 shown for each request with both slates' expected clicks. From the log alone, IPS and SNIPS
 estimate the value (clicks per slate) of the logging policy and of greedy; the click model's
@@ -26,8 +26,8 @@ def estimate_from_event_log(cfg: RayrecConfig, n_boot: int = 200) -> dict[str, A
     there (its slate for the same request), else 0.
     """
     from rayrec.explore.ope import evaluate, join_events
+    from rayrec.recipes.traffic import counterfactual_location
     from rayrec.serving.eventlog import read_events
-    from rayrec.serving.traffic import counterfactual_location
 
     cf_location = counterfactual_location(cfg)
     if not storage.is_file(cf_location):
