@@ -173,10 +173,10 @@ def _p50(url: str, n: int) -> float:
 
 
 def test_costly_floods_stay_bounded_and_a_second_client_is_served(abuse):
-    """Two keys send the costliest requests (k = COSTLY_K, Thompson sampling + diversity: Monte-
-    Carlo propensities over re-rankings) as fast as their quotas let them, COSTLY_REQUESTS in all; the policy
-    actor's pending slates stay under explore.max_pending_mb, nothing fails, and a quiet
-    client's p50 stays within 2x of its p50 alone."""
+    """The costliest requests (k = COSTLY_K, Thompson sampling + diversity: Monte-Carlo
+    propensities over re-rankings) as fast as the quotas let them, COSTLY_REQUESTS in all from
+    two keys: the policy actor's pending slates stay under explore.max_pending_mb and nothing
+    fails; while one of them floods, a quiet client's p50 stays within 2x of its p50 alone."""
     url = abuse["url"]
     alone = _p50(url, 25)
     stop, codes, lock = threading.Event(), Counter(), threading.Lock()
@@ -197,17 +197,19 @@ def test_costly_floods_stay_bounded_and_a_second_client_is_served(abuse):
                 if code == 429:
                     time.sleep(float(r.headers["retry-after"]) / 4)
 
+    # one client floods while the quiet one is timed; then a second key joins for the count
     threads = [threading.Thread(target=flood, args=(k,), daemon=True) for k in ("flood", "load")]
-    for t in threads:
-        t.start()
+    threads[0].start()
     time.sleep(2.0)
     during = _p50(url, 25)
+    threads[1].start()
     for t in threads:
-        t.join(timeout=600)
+        t.join(timeout=900)
     stop.set()
     stats = _health(url)["policies"]["lin_thompson"]
     FIGURES["costly_flood"] = {"k": COSTLY_K, "requests": dict(codes), "policy_state": stats,
-                               "quiet_p50_ms_alone": round(alone, 1), "quiet_p50_ms_during": round(during, 1)}
+                               "quiet_p50_ms_alone": round(alone, 1), "quiet_p50_ms_during": round(during, 1),
+                               "ratio": round(during / alone, 2)}
     assert set(codes) <= {200, 429} and codes[200] == COSTLY_REQUESTS, codes  # 0 failed
     assert stats["pending_mb"] <= MAX_PENDING_MB and stats["evicted"] > 0, stats
-    assert during <= 2 * alone + 25, FIGURES["costly_flood"]  # (+25 ms: one timer tick of a shared machine)
+    assert during <= 2 * alone + 10, FIGURES["costly_flood"]  # (+10 ms: scheduling noise on a shared machine)
