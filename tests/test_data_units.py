@@ -398,3 +398,20 @@ def test_synthetic_chunks_are_deterministic_and_malformed():
     clicked = np.asarray(good["event"].to_numpy(zero_copy_only=False)) == "click"
     assert p[clicked].mean() > p[~clicked].mean()
     assert abs(clicked.mean() - p.mean()) < 0.03
+
+
+def test_tie_order_random_is_a_seeded_order_of_same_second_interactions():
+    """#24's sensitivity row: within a timestamp, "item" keeps item order (the held-out item is
+    the highest id of its second), "random" a seeded hash order, the same in every partition."""
+    from rayrec.data.pipeline import _Ctx, _tie_key
+
+    def ctx(order: str, seed: int = 0) -> _Ctx:
+        return _Ctx("out", "work", 1, "int", 1, 1, "leave_last_out", 20, 4, 99, 0, seed, (0.8, 0.9), order)
+
+    u, i = np.repeat(np.arange(50), 8), np.tile(np.arange(8), 50)
+    np.testing.assert_array_equal(_tie_key(u, i, ctx("item")), i)
+    a, b = _tie_key(u, i, ctx("random")), _tie_key(u, i, ctx("random"))
+    np.testing.assert_array_equal(a, b)  # deterministic
+    last = [int(np.argmax(a[u == k])) for k in range(50)]  # which item comes last in each "second"
+    assert len(set(last)) > 4  # not the highest id every time
+    assert not np.array_equal(np.argsort(_tie_key(u, i, ctx("random", 1))), np.argsort(a))  # seeded

@@ -210,4 +210,10 @@ class PreprocessConfig(Section):
         None, ge=1,
         description="Fixed number of partitions, overriding rows_per_partition; None: derived from it.",
     )
-    seed: int = Field(0, description="Random seed of preprocessing (negative sampling).")
+    seed: int = Field(0, description="Random seed of preprocessing (negative sampling, random tie order).")
+    # MovieLens rates many items in the same second; LlamaRec (and rayrec by default) order them
+    # by item id, so a user's held-out item is the highest id of its second, an order a model
+    # can learn. "random" is the sensitivity check (issue #24).
+    tie_order: Literal["item", "random"] = Field(
+        "item", description="Order of one user's interactions with the same timestamp: by item index, or "
+        "a seeded random order.")

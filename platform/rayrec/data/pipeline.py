@@ -76,6 +76,7 @@ class _Ctx:
     num_hard_negatives: int
     seed: int
     cut_quantiles: tuple[float, float] = (0.8, 0.9)
+    tie_order: str = "item"
 
 
 def run_preprocess(cfg: RayrecConfig) -> dict:
@@ -111,7 +112,7 @@ def run_preprocess(cfg: RayrecConfig) -> dict:
     ctx = _Ctx(out, join(out, WORK_DIR), n_buckets, plan.id_type, pre.min_user_interactions,
                pre.min_item_interactions, pre.split, pre.max_history, pre.num_negatives,
                pre.eval_negatives, pre.num_hard_negatives, pre.seed,
-               tuple(pre.global_cut_quantiles))
+               tuple(pre.global_cut_quantiles), pre.tie_order)
     lap("plan")
 
     _ingest(plan, cfg, ctx)
@@ -368,6 +369,19 @@ def _write(table: pa.Table, uri: str) -> None:
     pq.write_table(table, path, filesystem=fs)
 
 
+def _tie_key(uidx: np.ndarray, iidx: np.ndarray, ctx: _Ctx) -> np.ndarray:
+    """The order of one user's interactions within the same timestamp: by item index (as
+    LlamaRec orders MovieLens: the held-out item is the highest id of its second), or
+    ``random``: a seeded hash of (user, item, seed), the same in every partition and run."""
+    if ctx.tie_order == "item":
+        return iidx
+    x = (uidx.astype(np.uint64) << np.uint64(32)) ^ iidx.astype(np.uint64) ^ np.uint64(ctx.seed * 0x9E3779B1 % 2**32)
+    with np.errstate(over="ignore"):  # splitmix64's finaliser: wraps by design
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 @ray.remote(num_cpus=1)
 def _build_task(ctx: _Ctx, b: int, users_b: pa.Array, item_keep: pa.Array, maps: tuple,
                 cuts: tuple[int, int] | None) -> dict:
@@ -381,7 +395,7 @@ def _build_task(ctx: _Ctx, b: int, users_b: pa.Array, item_keep: pa.Array, maps:
     uidx = idmap.lookup(t["user_id"], user_map)
     iidx = idmap.lookup(t["item_id"], item_map)
     ts = np.asarray(t["timestamp"].to_numpy())
-    order = np.lexsort((iidx, ts, uidx))
+    order = np.lexsort((_tie_key(uidx, iidx, ctx), ts, uidx))
     uidx, iidx, ts = uidx[order], iidx[order], ts[order]
     labels = np.asarray(t["label"].to_numpy())[order]
     rating = np.asarray(pc.fill_null(pc.cast(t["rating"], pa.float32()), np.nan).to_numpy(
