@@ -24,14 +24,13 @@ import copy
 import itertools
 import math
 import uuid
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from rayrec.data.schema import FEEDBACK_COLUMNS, IMPRESSION_COLUMNS
 from rayrec.evaluation.bootstrap import bootstrap, percentile_interval
-
-ESTIMATORS = ("ips", "snips", "dm", "dr")
 
 
 def join_events(impressions: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
@@ -92,6 +91,91 @@ def _decision_ids(request_id: pd.Series) -> tuple[np.ndarray, int]:
     return codes.astype(np.int64), len(uniques)
 
 
+@dataclass
+class Decisions:
+    """A log as decisions: per decision i its importance weight ``w[i]`` and reward ``r[i]``;
+    per shown row its decision ``dec`` and (user, item, reward); optionally the target's
+    candidates (decision, user, item, inclusion probability) and a reward model to fit."""
+
+    dec: np.ndarray
+    n: int
+    w: np.ndarray
+    r: np.ndarray
+    shown: tuple[np.ndarray, np.ndarray, np.ndarray]
+    cand: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
+    model: TabularRewardModel
+
+    def direct(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The reward model fit on replicate ``c`` (its counts as sample weights): per decision,
+        the target's expected reward over its candidates and the model's reward of what was shown."""
+        u, i, r = self.shown
+        m = copy.copy(self.model).fit(u, i, r, weight=c[self.dec])
+        cd, cu, ci, inc = self.cand
+        return np.bincount(cd, inc * m.predict(cu, ci), self.n), np.bincount(self.dec, m.predict(u, i), self.n)
+
+
+class Estimator:
+    """One off-policy estimator of V(pi) per decision. ``value(d, c, fitted)``: its estimate on
+    the bootstrap replicate whose decision counts are ``c`` (all ones: the point estimate);
+    ``fitted``: the replicate's reward model outputs when ``needs_model``."""
+
+    name = ""
+    needs_model = False
+
+    def value(self, d: Decisions, c: np.ndarray, fitted: tuple[np.ndarray, np.ndarray] | None) -> float:
+        raise NotImplementedError
+
+
+class InverseProbabilityWeighting(Estimator):
+    """IPS = mean_i(w_i r_i): unbiased for any logging policy with full support (Horvitz &
+    Thompson 1952; for slates with the product of slot propensities, Swaminathan et al. 2017)."""
+
+    name = "ips"
+
+    def value(self, d, c, fitted):
+        return float((c * d.w * d.r).sum() / c.sum())
+
+
+class SelfNormalizedIPS(Estimator):
+    """SNIPS = sum_i(w_i r_i) / sum_i(w_i): biased but consistent, much lower variance when the
+    weights are large (Swaminathan & Joachims 2015)."""
+
+    name = "snips"
+
+    def value(self, d, c, fitted):
+        return float((c * d.w * d.r).sum() / max((c * d.w).sum(), 1e-300))
+
+
+class DirectMethod(Estimator):
+    """DM = mean_i sum_c q_pi(c) rhat(c): the reward model's value of what pi would show; as good
+    as rhat (Dudik et al. 2011)."""
+
+    name = "dm"
+    needs_model = True
+
+    def value(self, d, c, fitted):
+        dm_target, _ = fitted
+        return float((c * dm_target).sum() / c.sum())
+
+
+class DoublyRobust(Estimator):
+    """DR = mean_i(DM_i + w_i (r_i - sum_shown rhat)): unbiased for any reward model (its
+    correction has mean E_pi[r - rhat]) and lower variance than IPS when rhat is good (Dudik
+    et al. 2011)."""
+
+    name = "dr"
+    needs_model = True
+
+    def value(self, d, c, fitted):
+        dm_target, dm_logged = fitted
+        return float((c * (dm_target + d.w * (d.r - dm_logged))).sum() / c.sum())
+
+
+ESTIMATOR_CLASSES: tuple[type[Estimator], ...] = (InverseProbabilityWeighting, SelfNormalizedIPS, DirectMethod,
+                                                  DoublyRobust)
+ESTIMATORS = tuple(e.name for e in ESTIMATOR_CLASSES)
+
+
 def evaluate(
     shown: pd.DataFrame, target: str = "target_propensity", candidates: pd.DataFrame | None = None,
     inclusion: str = "target_inclusion", clip: float | None = None, n_boot: int = 200,
@@ -118,8 +202,6 @@ def evaluate(
     if clip is not None:
         w = np.minimum(w, clip)
     r = np.bincount(dec, shown["reward"].to_numpy(np.float64), n)
-    u_s, i_s, r_s = (shown[c].to_numpy() for c in ("user_idx", "item_idx", "reward"))
-
     cand = None
     if candidates is not None:
         lookup = dict(zip(pd.unique(shown["request_id"]), range(n), strict=True))
@@ -127,18 +209,13 @@ def evaluate(
         keep = cdec.notna().to_numpy()
         cand = (cdec.to_numpy()[keep].astype(np.int64), candidates["user_idx"].to_numpy()[keep],
                 candidates["item_idx"].to_numpy()[keep], candidates[inclusion].to_numpy(np.float64)[keep])
-    model = reward_model or TabularRewardModel()
+    d = Decisions(dec, n, w, r, tuple(shown[c].to_numpy() for c in ("user_idx", "item_idx", "reward")), cand,
+                  reward_model or TabularRewardModel())
+    estimators = [e() for e in ESTIMATOR_CLASSES if cand is not None or not e.needs_model]
 
     def stats(c: np.ndarray) -> dict[str, float]:
-        total = c.sum()
-        out = {"ips": (c * w * r).sum() / total, "snips": (c * w * r).sum() / max((c * w).sum(), 1e-300)}
-        if cand is not None:
-            m = copy.copy(model).fit(u_s, i_s, r_s, weight=c[dec])
-            dm_t = np.bincount(cand[0], cand[3] * m.predict(cand[1], cand[2]), n)
-            dm_l = np.bincount(dec, m.predict(u_s, i_s), n)
-            out["dm"] = (c * dm_t).sum() / total
-            out["dr"] = (c * (dm_t + w * (r - dm_l))).sum() / total
-        return out
+        fitted = d.direct(c) if cand is not None else None  # one reward-model fit per replicate
+        return {e.name: e.value(d, c, fitted) for e in estimators}
 
     point = stats(np.ones(n))
     boots = bootstrap(stats, n, n_boot, seed)
