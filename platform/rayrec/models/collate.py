@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rayrec.models import prompts
 from rayrec.models.config import ModelConfig
+from rayrec.models.kinds import kind_of
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,10 @@ class RankerCollator:
 
     def __init__(self, tokenizer, cfg: ModelConfig, causal: bool):
         self.tok, self.cfg, self.causal = tokenizer, cfg, causal
-        if causal and cfg.kind == "cross_encoder":
-            raise ValueError("kind 'cross_encoder' needs an encoder backbone (BERT family)")
-        if not causal and cfg.kind != "cross_encoder":
+        self.spec = kind_of(cfg)
+        if causal and not self.spec.causal:
+            raise ValueError(f"kind {cfg.kind!r} needs an encoder backbone (BERT family)")
+        if not causal and self.spec.causal:
             raise ValueError(f"kind {cfg.kind!r} needs a causal LM backbone (GPT-2/Llama/Qwen)")
         self.pad_id = tokenizer.pad_token_id
         if self.pad_id is None:
@@ -46,9 +47,7 @@ class RankerCollator:
             raise ValueError("tokenizer has neither a pad nor an eos token")
         if causal:
             self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-            words = [prompts.YES, prompts.NO] if cfg.kind == "causal_yesno" else (
-                prompts.index_label_tokens(cfg.listwise_window)
-            )
+            words = self.spec.answer_words(cfg)
             self.answer_ids = [self._first_token(w) for w in words]
             if len(set(self.answer_ids)) != len(self.answer_ids):
                 raise ValueError(f"answer words {words} do not map to distinct first tokens")
@@ -92,14 +91,14 @@ class RankerCollator:
         for ex, (hist, cands) in enumerate(zip(history_texts, candidate_texts, strict=True)):
             priors = None if candidate_priors is None else [
                 tuple(map(float, v)) if np.ndim(v) else float(v) for v in candidate_priors[ex]]
-            if self.cfg.kind != "causal_listwise":
+            if not self.spec.listwise:
                 seqs += [SeqPlan(ex, hist, (j,), (c,), None if priors is None else (priors[j],))
                          for j, c in enumerate(cands)]
                 continue
             order = list(range(len(cands)))
             if rng is not None:
                 rng.shuffle(order)
-            w = self.cfg.listwise_window
+            w = self.spec.window(self.cfg)
             for s in range(0, len(order), w):
                 pos = tuple(order[s : s + w])
                 seqs.append(SeqPlan(ex, hist, pos, tuple(cands[p] for p in pos),
@@ -112,7 +111,7 @@ class RankerCollator:
         if not given:
             return {}
         n_feat = int(np.asarray(given[0][0]).size)
-        width = self.cfg.listwise_window if self.cfg.kind == "causal_listwise" else 1
+        width = self.spec.window(self.cfg)
         prior = torch.zeros((len(seqs), width, n_feat), dtype=torch.float32)
         for i, s in enumerate(seqs):
             if s.priors is not None:
@@ -143,17 +142,12 @@ class RankerCollator:
         return self._cached(self._cand_cache, text, lambda t: self._ids(self.tok.decode(self._cand_ids([t])[0])))
 
     def _causal_pieces(self, texts: tuple[str, ...]) -> tuple[list[int], list[int]]:
-        """The prompt's tokens before and after the history, for one candidate (yes/no, kept
-        per candidate) or one window (listwise: windows rarely recur, so none are kept)."""
+        """The prompt's tokens before and after the history, for one candidate (kept per
+        candidate) or one window (listwise: windows rarely recur, so none are kept)."""
         def make(texts):
-            cut = [self.tok.decode(x) for x in self._cand_ids(texts)]
-            if self.cfg.kind == "causal_yesno":
-                prefix, suffix = prompts.yesno_pieces(cut[0])
-            else:
-                prefix, lines, tail = prompts.listwise_pieces(cut)
-                suffix = "".join(lines) + tail
+            prefix, suffix = self.spec.pieces([self.tok.decode(x) for x in self._cand_ids(texts)])
             return self.bos + self._ids(prefix), self._ids(suffix)
-        if self.cfg.kind != "causal_yesno":
+        if self.spec.listwise:
             return make(texts)
         return self._cached(self._pieces_cache, texts[0], lambda _: make(texts))
 

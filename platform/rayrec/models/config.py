@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from rayrec.configbase import Section
+from rayrec.models.kinds import KINDS
 
-RankerKind = Literal["cross_encoder", "causal_yesno", "causal_listwise"]
+
+def _registered_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"unknown ranker kind {kind!r}; registered (rayrec.models.kinds): {', '.join(sorted(KINDS))}")
+    return kind
+
+
+RankerKind = Annotated[str, AfterValidator(_registered_kind)]  # a name in rayrec.models.kinds.KINDS
 LossKind = Literal["bce", "mse", "listwise"]
 
 

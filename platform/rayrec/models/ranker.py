@@ -23,6 +23,7 @@ from rayrec.models.backbone import (
 )
 from rayrec.models.collate import RankerCollator, SeqPlan, scatter_scores
 from rayrec.models.config import ModelConfig
+from rayrec.models.kinds import kind_of
 from rayrec.models.prior import prior_names
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ class RankerModel(nn.Module):
     def __init__(self, backbone: nn.Module, cfg: ModelConfig, answer_ids: list[int], hidden: int):
         super().__init__()
         self.backbone, self.kind, self.pooling = backbone, cfg.kind, cfg.pooling
-        self.head = nn.Linear(hidden, 1) if cfg.kind == "cross_encoder" else None
+        self.spec = kind_of(cfg)
+        self.head = None if self.spec.causal else nn.Linear(hidden, 1)
         # Popularity starts at weight 1 (a strong re-ranker on its own); the retrieval prior at 0,
         # so a ranker trained on examples without retriever scores ignores them when served.
         self.prior_names = prior_names(cfg)
@@ -83,7 +85,7 @@ class RankerModel(nn.Module):
         return scores
 
     def _text_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw) -> torch.Tensor:
-        if self.kind == "cross_encoder":
+        if not self.spec.causal:
             h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
             if self.pooling == "cls":
                 pooled = h[:, 0]
@@ -97,10 +99,7 @@ class RankerModel(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             logits_to_keep=1,
         ).logits[:, -1]
-        picked = logits[:, self.answer_ids].float()
-        if self.kind == "causal_yesno":
-            return (picked[:, 0] - picked[:, 1]).unsqueeze(-1)
-        return picked
+        return self.spec.score(logits[:, self.answer_ids].float())
 
 
 def build_ranker(
