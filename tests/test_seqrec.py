@@ -295,3 +295,25 @@ def test_a_changed_setting_is_a_run_of_its_own() -> None:
     for changed in ({"seed": 1}, {"text_init": True}, {"dim": 32}, {"dropout": 0.1}):
         assert run_name(base.model_copy(update=changed), 100, 50) != name
     assert run_name(base, 101, 50) != name and run_name(base, 100, 51) != name  # other data
+
+
+def test_text_grounded_item_vectors_are_computed_once_while_nothing_changes() -> None:
+    """Scoring and serving read every item's vector per request: in eval mode without
+    gradients they are cached, and recomputed when a weight or the new-item vectors change."""
+    from rayrec.seqrec.config import RetrieverConfig
+    from rayrec.seqrec.model import SASRec
+
+    cfg = RetrieverConfig(dim=8, layers=1, max_len=5, text_init=True)
+    text = np.random.default_rng(0).normal(size=(6, 12)).astype(np.float32)
+    model = SASRec(6, cfg, text_vectors=text, trained=np.array([True] * 5 + [False])).eval()
+    with torch.no_grad():
+        a = model.item_vectors()
+        assert model.item_vectors() is a  # reused
+        model.text_proj.weight.mul_(2.0)  # in place, as load_state_dict does
+        b = model.item_vectors()
+        assert b is not a and not torch.allclose(a, b)
+        model.set_new_item_vectors(np.ones((6, 8), np.float32))
+        c = model.item_vectors()
+        assert torch.allclose(c[5], torch.ones(8)) and torch.allclose(c[:5], b[:5])
+    model.train()
+    assert model.item_vectors() is not c  # training: computed every call (dropout, gradients)

@@ -102,10 +102,26 @@ class SASRec(nn.Module):
         self.ln = nn.LayerNorm(cfg.dim)
 
     def item_vectors(self) -> torch.Tensor:
-        """(n_items + 1, dim): every item's vector, the padding row last (always zero input)."""
+        """(n_items + 1, dim): every item's vector, the padding row last (always zero input).
+
+        Text-grounded, in eval mode without gradients (scoring, serving), the vectors are
+        computed once (n_items x text_dim x dim multiply-adds: ~0.24 GFLOP on ml-latest-small)
+        and reused until a weight, a buffer or the new-item vectors change."""
         v = self.item.weight
         if self.text_proj is None:
             return v
+        if self.training or torch.is_grad_enabled():
+            return self._item_vectors()
+        key = (v._version, v.data_ptr(), self.text_proj.weight._version, self.text_proj.weight.data_ptr(),
+               self.text._version, self.trained._version,
+               None if self.new_vectors is None else (self.new_vectors.data_ptr(), self.new_vectors._version))
+        cached = getattr(self, "_vectors_cache", None)
+        if cached is None or cached[0] != key:
+            self._vectors_cache = cached = (key, self._item_vectors())
+        return cached[1]
+
+    def _item_vectors(self) -> torch.Tensor:
+        v = self.item.weight
         e = v[: self.n_items]
         if self.id_max_norm is not None:  # ||e_i|| <= id_max_norm (differentiable rescale)
             e = e * (self.id_max_norm / e.norm(dim=1, keepdim=True).clamp(min=self.id_max_norm))
