@@ -278,10 +278,11 @@ def test_a_transient_storage_error_is_retried_and_never_quarantines(tmp_path, mo
 
 
 def test_key_quota_is_a_token_bucket_per_key():
-    from rayrec.serving.api import KeyQuota, key_id
+    from rayrec.ratelimit import TokenBuckets
+    from rayrec.serving.api import key_id
 
     now = [0.0]
-    q = KeyQuota(rate=2.0, burst=3, clock=lambda: now[0])
+    q = TokenBuckets(rate=2.0, burst=3, clock=lambda: now[0])
     assert [q.take("a") for _ in range(3)] == [None] * 3  # the burst
     assert q.take("a") == pytest.approx(0.5)  # next token in 1/rate s; nothing spent
     assert q.take("b") is None  # another key has its own bucket

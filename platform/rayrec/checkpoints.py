@@ -127,8 +127,9 @@ def promoted_file(cfg) -> str:
     return cfg.path("feedback", PROMOTED_FILE)
 
 
-def read_promoted(cfg) -> Resolved:
-    """The feedback loop's promotion when it still holds; ``(None, why not)`` otherwise."""
+def read_promoted(cfg, best: Resolved | None = None) -> Resolved:
+    """The feedback loop's promotion when it still holds; ``(None, why not)`` otherwise.
+    ``best``: the run's :func:`best_checkpoint` when the caller has it already."""
     where = promoted_file(cfg)
     legacy = cfg.path("feedback", LEGACY_PROMOTED_FILE)
     try:
@@ -144,7 +145,8 @@ def read_promoted(cfg) -> Resolved:
     except (OSError, ValueError) as e:
         return Resolved(None, f"{where} unreadable ({e}): ignored")
     path = record["checkpoint"]
-    if "best_at_promotion" in record and record["best_at_promotion"] != best_checkpoint(cfg.checkpoint_dir).path:
+    best = best or best_checkpoint(cfg.checkpoint_dir)
+    if "best_at_promotion" in record and record["best_at_promotion"] != best.path:
         return Resolved(None, f"the promotion of {path} was superseded by a newer training run")
     if not complete(path):
         return Resolved(None, f"promoted checkpoint {path} is incomplete or gone: ignored")
@@ -156,10 +158,10 @@ def served_checkpoint(cfg, explicit: str | None = None) -> Resolved:
     ``path`` None: no adapter, the untuned backbone (``how`` says why)."""
     if explicit:
         return Resolved(explicit, "configured")
-    promoted = read_promoted(cfg)
+    found = best_checkpoint(cfg.checkpoint_dir)
+    promoted = read_promoted(cfg, found)
     if promoted.path:
         return promoted
-    found = best_checkpoint(cfg.checkpoint_dir)
     if found.path:
         why = "" if promoted.how == "no feedback promotion" else f"; {promoted.how}"
         return Resolved(found.path, found.how + why)

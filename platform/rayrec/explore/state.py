@@ -28,8 +28,10 @@ import ray
 from rayrec import storage
 from rayrec.explore.config import ExploreConfig
 from rayrec.explore.policies import Slate, make_policy
+from rayrec.ratelimit import TokenBuckets
 
 STATE_ACTOR_NAME = "rayrec_bandit_state"
+MAX_SOURCES = 10_000  # keyed sources remembered as reporting (least recently reporting dropped)
 
 
 def shown(slate: Slate, scores: np.ndarray, arms: np.ndarray | None, features: np.ndarray | None,
@@ -104,9 +106,11 @@ class BanditState:
         self.restored = False
         self.evicted = 0
         self.pending_bytes = 0
-        # keyed sources (client key ids): last feedback on their own slates, and their budget
-        self.reporting: OrderedDict[str, float] = OrderedDict()
-        self.budget: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # keyed sources (client key ids): those that gave feedback on their own slates (an LRU
+        # set, bounded), and how many slates each may still teach
+        self.reporting: OrderedDict[str, None] = OrderedDict()
+        rate = cfg.source_updates_per_s
+        self.budget = None if rate is None else TokenBuckets(rate, 60.0 * rate, clock=time.time)
         self.not_learned = {"never_reported": 0, "over_source_rate": 0}
         raw = storage.read_bytes(path) if path and storage.is_file(path) else None
         if raw is not None:
@@ -178,7 +182,10 @@ class BanditState:
         rewarded.add(int(arm))
         entry["rewards"][hit] = float(reward)
         if entry["source"] is not None and source == entry["source"]:
-            self._remember(self.reporting, entry["source"], time.time())
+            self.reporting[source] = None
+            self.reporting.move_to_end(source)
+            if len(self.reporting) > MAX_SOURCES:  # sources are validated keys; bounded anyway
+                self.reporting.popitem(last=False)
         return "recorded"
 
     def finalize(self, request_id: str) -> bool:
@@ -206,24 +213,9 @@ class BanditState:
             return None
         if source not in self.reporting and not self.cfg.unreported_slates_learn:
             return "never_reported"
-        rate = self.cfg.source_updates_per_s
-        if rate is None:
-            return None
-        now, burst = time.time(), 60.0 * rate
-        tokens, last = self.budget.get(source, (burst, now))
-        tokens = min(burst, tokens + (now - last) * rate)
-        if tokens < 1.0:
-            self._remember(self.budget, source, (tokens, now))
+        if self.budget is not None and self.budget.take(source) is not None:
             return "over_source_rate"
-        self._remember(self.budget, source, (tokens - 1.0, now))
         return None
-
-    @staticmethod
-    def _remember(table: OrderedDict, key: str, value: Any, bound: int = 10_000) -> None:
-        table[key] = value
-        table.move_to_end(key)
-        while len(table) > bound:  # sources are validated keys, but state stays bounded anyway
-            table.popitem(last=False)
 
     def _expire(self) -> None:
         cutoff = time.time() - self.cfg.feedback_window_s

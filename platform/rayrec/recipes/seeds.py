@@ -61,15 +61,15 @@ def run_seeded_evaluation(cfg: RayrecConfig, stages: StageRunner | None = None) 
 
     stages = stages or StageRunner(cfg)
     has_retriever = storage.is_dir(cfg.retriever_model_dir)
+    configs = [seed_config(cfg, k) for k in range(cfg.evaluate.seeds)]
     results = []
-    for k in range(cfg.evaluate.seeds):
-        ck = seed_config(cfg, k)
+    for k, ck in enumerate(configs):
         if k and has_retriever:
             stages.run(f"train-retriever-seed{k}", lambda ck=ck: run_retriever_training(ck),
                        ("data", "preprocess", "retriever"), outputs=[ck.retriever_model_dir])
         results.append(run_full_catalog(ck))
     out = dict(results[0])
-    out["seeds"] = summarize(results, [seed_config(cfg, k) for k in range(len(results))])
+    out["seeds"] = summarize(results, configs)
     storage.write_text(storage.join(cfg.eval_dir, SEEDS_FILE), json.dumps(out["seeds"], indent=1))
     return out
 

@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
@@ -250,28 +249,6 @@ def key_is_valid(presented: str | None, keys: list[str]) -> bool:
 def key_id(key: str) -> str:
     """A key's identity in logs and answers: a short hash, never the key."""
     return "key-" + hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-class KeyQuota:
-    """A token bucket per client key: ``rate`` requests/s on average, ``burst`` at once.
-
-    ``take(key)`` spends one token and returns None, or returns the seconds until the next
-    token (the 429's Retry-After) and spends nothing. Buckets exist only for configured keys
-    (the caller checks the key first), so the state is bounded by the key list."""
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.burst, self.clock = float(rate), float(burst), clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, last refill)
-
-    def take(self, key: str) -> float | None:
-        ident, now = key_id(key), self.clock()
-        tokens, last = self._buckets.get(ident, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1.0:
-            self._buckets[ident] = (tokens, now)
-            return (1.0 - tokens) / self.rate
-        self._buckets[ident] = (tokens - 1.0, now)
-        return None
 
 
 class BodySizeLimit:

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rayrec.serving.api import BodySizeLimit, key_is_valid, with_config_limits
+from rayrec.serving.api import BodySizeLimit, key_id, key_is_valid, with_config_limits
 from rayrec.serving.bandit import PolicyUnavailable
 from rayrec.serving.eventlog import EventLogFull
 
@@ -129,7 +129,7 @@ async def require_key(request: Request) -> None:
     if not key_is_valid(presented, ingress.api_keys):
         raise HTTPException(status_code=401, detail="missing or invalid API key",
                             headers={"WWW-Authenticate": "Bearer"})
-    wait = ingress.quota.take(presented) if ingress.quota is not None else None
+    wait = ingress.quota.take(key_id(presented)) if ingress.quota is not None else None
     if wait is not None:
         raise HTTPException(status_code=429, headers={"Retry-After": str(max(1, math.ceil(wait)))}, detail=(
             f"this API key is over its quota (serve.key_quota_per_s={ingress.cfg.serve.key_quota_per_s}, "

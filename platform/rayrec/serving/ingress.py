@@ -34,6 +34,7 @@ from ray.serve.handle import DeploymentHandle
 from rayrec.config import RayrecConfig, validate_config
 from rayrec.explore.features import request_features
 from rayrec.explore.policies import POLICIES, ArmPolicy
+from rayrec.ratelimit import TokenBuckets
 from rayrec.serving.api import (
     AddItemsRequest,
     AddItemsResponse,
@@ -41,7 +42,6 @@ from rayrec.serving.api import (
     FeedbackResponse,
     HideItemsRequest,
     HideItemsResponse,
-    KeyQuota,
     RecommendRequest,
     RecommendResponse,
     admin_responses,
@@ -108,7 +108,8 @@ class RecommenderIngress:
                 f"or serve.api_keys_file={sc.api_keys_file!r}"
             )
         self.admin_keys, self.client_keys = _admin_and_client_keys(sc, self.api_keys)
-        self.quota = (KeyQuota(sc.key_quota_per_s, sc.key_quota_burst)
+        # one token bucket per client key id (per replica): serve.key_quota_per_s
+        self.quota = (TokenBuckets(sc.key_quota_per_s, sc.key_quota_burst)
                       if sc.require_api_key and sc.key_quota_per_s else None)
         try:
             ctx = serve.get_replica_context()
@@ -211,7 +212,7 @@ class RecommenderIngress:
                       responses=error_responses("feedback", (400, 401, 404, 413, 422, 429, 503)))
     async def feedback(self, req: FeedbackRequest, request: Request) -> FeedbackResponse:
         """Record a reward for an item of a served slate and update the policy's state."""
-        item_id = str(req.item_id)
+        item_id, source = str(req.item_id), self._source(request)
         self.events.check_capacity()  # 503 before the policy learns what could not be logged
         lo, hi = self.cfg.serve.reward_min, self.cfg.serve.reward_max
         if not lo <= req.reward <= hi:
@@ -222,8 +223,7 @@ class RecommenderIngress:
                 raise bad_request(f"item_id {item_id!r} was not shown in request {req.request_id!r}", 404)
             policy, item_idx = slate["policy"], slate["item_idx"][slate["pos_of"][item_id]]
             if slate["learned"]:
-                status = await self.bandit.feedback(policy, req.request_id, item_idx, float(req.reward),
-                                                   self._source(request))
+                status = await self.bandit.feedback(policy, req.request_id, item_idx, float(req.reward), source)
             else:  # served greedy while the policy was unavailable: logged, deduplicated here
                 status = "duplicate" if item_id in slate["rewarded"] else "recorded"
             slate["rewarded"].add(item_id)
@@ -232,7 +232,7 @@ class RecommenderIngress:
             policy, status = None, ""
             if item_idx is not None:
                 policy, status = await self.bandit.feedback_any(req.request_id, item_idx, float(req.reward),
-                                                                self._source(request))
+                                                                source)
         if not status:
             raise bad_request(
                 f"unknown or expired request_id {req.request_id!r} (or item {item_id!r} not shown in it)", 404)
@@ -243,7 +243,7 @@ class RecommenderIngress:
         if status == "recorded" or key not in self._feedback_logged:
             self.events.log_feedback([{
                 "request_id": req.request_id, "timestamp": time.time(), "item_idx": int(item_idx),
-                "item_id": item_id, "reward": float(req.reward), "source": self._source(request),
+                "item_id": item_id, "reward": float(req.reward), "source": source,
             }])  # EventLogFull: a 503, and the retry comes back here
             self._feedback_logged[key] = None
             while len(self._feedback_logged) > self.cfg.serve.request_cache_size:

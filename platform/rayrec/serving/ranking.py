@@ -75,10 +75,11 @@ class RankingDeployment:
         except Exception:  # outside a replica (direct construction)
             return False
 
-    def _load(self, requested: str | None) -> None:
+    def _load(self, requested: str | None, resolved=None) -> None:
+        """Load the adapter ``served_checkpoint`` picks (``resolved``: already picked)."""
         from rayrec.models.ranker import load_ranker
 
-        checkpoint, why = served_checkpoint(self.cfg, requested)
+        checkpoint, why = resolved or served_checkpoint(self.cfg, requested)
         t0 = time.perf_counter()
         ranker = load_ranker(self.cfg.model, checkpoint, device=self.device)  # remote: downloaded
         # Swap only once the new ranker is fully loaded: in-flight batches keep the old one.
@@ -97,11 +98,11 @@ class RankingDeployment:
             raise ValueError(f"fault_injection accepts 'raise' and 'sleep_s', got {sorted(fault)}")
         requested = user_config.get("checkpoint")
         async with self._swap_lock:
-            wanted, _ = served_checkpoint(self.cfg, requested)
+            resolved = served_checkpoint(self.cfg, requested)
             current = self.version if self.ranker is not None else None
-            if self.ranker is None or (wanted or f"untuned:{self.cfg.model.backbone}") != current:
+            if self.ranker is None or (resolved.path or f"untuned:{self.cfg.model.backbone}") != current:
                 try:
-                    await asyncio.to_thread(self._load, requested)
+                    await asyncio.to_thread(self._load, requested, resolved)
                     self.switch_error = None
                 except Exception as e:
                     if self.ranker is None:  # nothing to fall back to: the replica cannot start
