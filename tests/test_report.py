@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from rayrec.report import write_report
+from rayrec.report.sections import EXPLAINED_SAMPLE, GENERATED_SAMPLE
 
 MODELS = {"retriever_ranker": 0.12, "retriever": 0.11, "popularity": 0.05, "als": 0.04}
 
@@ -50,8 +51,27 @@ def synthetic_results(tmp_path: Path) -> dict:
                      "comparisons": {"retriever_vs_popularity": {"metric": "ndcg@10", "delta": 0.06, "wins": 9,
                                                                  "losses": 2, "ci95": [0.01, 0.1]}},
                      "files": {"per_user": str(tmp_path / "per_user.parquet")}},
-        "serve": {"url": "http://127.0.0.1:8000", "samples": {"known_user": {"items": [
-                      {"title": "Toy Story", "scores": {"final": 0.9}}]}},
+        "serve": {"url": "http://127.0.0.1:8000", "samples": {
+                      "known_user": {"client_ms": 41.2, "items": [{"title": "Toy Story", "scores": {"final": 0.9}}]},
+                      "feedback": {"client_ms": 9.0, "recorded": True},
+                      GENERATED_SAMPLE: {
+                          "request": {"query": "space | kids", "k": 5, "source": "generative"},
+                          "settings": {"backbone": "smollm2-135m", "k": 8, "beams": 8},
+                          "client_ms": 3712.4, "retrieval_source": "generative", "degraded": False,
+                          "latency_ms": {"retrieval": 3600.0, "ranking": 80.0, "total": 3700.0},
+                          "items": [{"position": p, "title": t, "scores": {"retrieval": -2.5 - p, "final": 0.8 - p / 10}}
+                                    for p, t in enumerate(["Moon | Kids (1990)", "Star Trip (2001)"])]},
+                      EXPLAINED_SAMPLE: {
+                          "request": {"user_id": "7", "k": 3, "explain": True},
+                          "settings": {"backbone": "smollm2-135m", "explain_max_items": 2, "explain_budget_ms": 6000},
+                          "client_ms": 2480.0, "latency_ms": {"explain": 2400.0, "total": 2470.0},
+                          "items": [{"position": 0, "title": "Alien (1979)", "explanation_status": "explained",
+                                     "explanation": "You might like Alien because you watched Aliens.",
+                                     "scores": {"final": 0.9}},
+                                    {"position": 1, "title": "Heat (1995)", "explanation_status": "ungrounded",
+                                     "explanation": None, "scores": {"final": 0.8}},
+                                    {"position": 2, "title": "Up (2009)", "explanation_status": "over_budget",
+                                     "explanation": None, "scores": {"final": 0.7}}]}},
                   "traffic": {"requests": 20, "policy": "epsilon_greedy", "impressions": 100, "clicks": 7,
                               "ctr": 0.07, "degraded": 1, "errors": 0, "degraded_rate": 0.05,
                               "latency_ms": {"p50": 40.0, "p95": 90.0, "p99": 120.0}}},
@@ -93,3 +113,48 @@ def test_failed_and_missing_stages_are_said_not_hidden(tmp_path: Path) -> None:
     assert "Not available: the serve stage failed (RuntimeError: endpoint did not start)." in text
     assert "## Exploration experiment" not in text  # did not run: nothing to say
     assert "report/training.png" not in text and "report/quality.png" in text
+
+
+def test_generation_samples_show_the_generated_list_and_explanations(tmp_path: Path) -> None:
+    """#25: the serving section shows what the language model generated for a free-text
+    request (each title's source) and a known user's explanations (each with its status), with
+    the round trips the client measured."""
+    text = Path(write_report(str(tmp_path), synthetic_results(tmp_path))).read_text()
+    serving = text.split("## Serving")[1].split("\n## ")[0]
+    assert "- **known_user** (41 ms): Toy Story (0.900)" in serving
+    assert "- **feedback** (9 ms): ok" in serving
+    assert 'Generated for a free-text request "space \\| kids"' in serving  # a | cannot break the table
+    assert "Round trip 3,712 ms (in the endpoint: generation and retrieval 3,600 ms, ranking 80 ms)" in serving
+    assert "| 1 | Moon \\| Kids (1990) | language model | -2.500 | 0.800 |" in serving
+    assert "| 2 | Star Trip (2001) | language model | -3.500 | 0.700 |" in serving
+    assert "Explanations for user 7's top items" in serving
+    assert ("Round trip 2,480 ms (in the endpoint: explanations 2,400 ms); 1 explained, 1 ungrounded, "
+            "1 over_budget") in serving
+    assert "| 1 | Alien (1979) | explained | You might like Alien because you watched Aliens. |" in serving
+    assert "| 2 | Heat (1995) | ungrounded | withheld: it named a fact" in serving
+    assert "| 3 | Up (2009) | over_budget | none: only the top 2 are explained" in serving
+    assert "NOT GENERATED" not in serving and "NO EXPLANATION" not in serving
+
+
+def test_generation_samples_that_failed_or_were_skipped_are_said(tmp_path: Path) -> None:
+    results = synthetic_results(tmp_path)
+    samples = results["serve"]["samples"]
+    generated, explained = samples[GENERATED_SAMPLE], samples[EXPLAINED_SAMPLE]
+    # generation timed out: the index answered, visibly
+    generated.update(retrieval_source="text", degraded=True,
+                     degraded_reason="generation_unavailable: generation took longer than 15.0s")
+    for it in explained["items"]:
+        it.update(explanation_status="over_budget", explanation=None)
+    text = Path(write_report(str(tmp_path), results)).read_text()
+    assert ("NOT GENERATED: generation_unavailable: generation took longer than 15.0s; the `text` index "
+            "answered instead.") in text
+    assert "| 1 | Moon \\| Kids (1990) | index (text) | -2.500 | 0.800 |" in text
+    assert "3 over_budget." in text and "NO EXPLANATION WAS SERVED" in text
+    assert "| 1 | Alien (1979) | over_budget | none: out of time (serve.generation.explain_budget_ms) |" in text
+
+    samples[GENERATED_SAMPLE] = {"request": generated["request"], "skipped": "serve.generation.enabled is false"}
+    samples[EXPLAINED_SAMPLE] = {"request": explained["request"], "error": "POST /recommend -> 503: busy"}
+    text = Path(write_report(str(tmp_path), results)).read_text()
+    assert ('**Generated for a free-text request "space \\| kids"**: not sent (serve.generation.enabled is '
+            "false).") in text
+    assert "**Explanations for user 7's top items**: FAILED: POST /recommend -> 503: busy." in text

@@ -28,6 +28,11 @@ def ci(interval: Sequence[float] | None, digits: int = 4, signed: bool = False) 
     return f"[{f.format(interval[0])}, {f.format(interval[1])}]"
 
 
+def cell(text: Any) -> str:
+    """Free text (a title, a generated sentence) as one table cell: no row breaks, no column breaks."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def pct(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "n/a"
 

@@ -15,6 +15,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from rayrec import storage
 from rayrec.report import plots, quality, sections
 
@@ -38,8 +40,6 @@ def _per_user(evaluation: dict[str, Any]):
     if not location:
         return None
     try:
-        import pyarrow.parquet as pq
-
         fs, path = storage.resolve_fs(location)
         return pq.read_table(path, filesystem=fs).to_pandas()
     except (OSError, ValueError) as exc:
