@@ -52,7 +52,7 @@ def _evaluate(run_dir: str, out: Path, depth: int, max_length: int, precision: s
 def _paired(rows: list[dict], ref: dict, bootstrap: int) -> None:
     """NDCG@10 difference to the reference setting per user, with a bootstrap 95% CI."""
     import pandas as pd
-    from rayrec.evaluation.evaluate import paired_bootstrap
+    from rayrec.evaluation.bootstrap import paired_bootstrap
 
     def ndcg(row):
         pu = pd.read_parquet(row["per_user"])

@@ -28,13 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from rayrec.runtime import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -43,10 +43,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS = ROOT.parent / "shared" / "data" / "ml-latest-small"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pct(lat_ms: list[float]) -> dict:
@@ -159,7 +155,7 @@ def endpoint_latency(cfg, users: list[str], n: int) -> dict:
     from rayrec.serving.control import start_app, stop_app
 
     cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={
-        "use_ranker": False, "port": _free_port(), "app_name": "bench_retriever",
+        "use_ranker": False, "port": free_port(), "app_name": "bench_retriever",
         "ranking": cfg.serve.ranking.model_copy(update={"num_cpus": 0.25}),  # idle: not called
     })})
     build_index(cfg)  # the text index: the retrieval deployment loads it (unused on this path)

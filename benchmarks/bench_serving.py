@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -29,15 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from rayrec.runtime import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _summary(lat_s: list[float], wall_s: float, errors: int, degraded: int = 0) -> dict:
@@ -242,7 +238,7 @@ def main() -> None:
         users = load_users(cfg.data_dir)["user_id"].astype(str).tolist()
         texts = load_items(cfg.data_dir)["text"].astype(str).tolist()
 
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         url = f"http://127.0.0.1:{port}/bench/recommend"
         if args.sections == ["precision"]:

@@ -22,7 +22,8 @@ from rayrec.runtime import init_ray
 
 
 def main() -> None:
-    from rayrec.evaluation.fullcatalog import load_seq_retriever, run_full_catalog
+    from rayrec.evaluation.fullcatalog import run_full_catalog
+    from rayrec.evaluation.systems import load_seq_retriever
     from rayrec.seqrec.scorer import SeqRetriever
     from rayrec.seqrec.trainer import run_retriever_training
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from rayrec.runtime import free_port
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # No implicit ray.init() in this process: a Serve handle's background metrics thread would
@@ -36,12 +37,6 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: item.get_closest_marker("cluster_jobs") is not None)  # stable
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +52,7 @@ def ray_cluster():
         # With a dashboard: the endpoint is deployed (and its adapter switched) through Serve's
         # REST API, as on a real cluster.
         head_node_args={"num_cpus": 2, "object_store_memory": 400 * 1024**2,
-                        "include_dashboard": True, "dashboard_port": _free_port()},
+                        "include_dashboard": True, "dashboard_port": free_port()},
     )
     cluster.add_node(num_cpus=2, object_store_memory=400 * 1024**2)
     cluster.wait_for_nodes()

@@ -7,18 +7,13 @@ workers get them through the job's ``runtime_env`` (:func:`connect_with_env`).
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from rayrec.runtime import free_port
 
 
 @contextlib.contextmanager
@@ -26,7 +21,7 @@ def moto_server(bucket: str) -> Iterator[dict[str, str]]:
     """Run moto's S3 server on a free port with ``bucket`` created; yields the AWS env for it."""
     import boto3
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -34,10 +33,6 @@ def needs(*modules: str) -> None:
             pytest.skip(f"{m} has not landed yet ({e})")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_tiny_dataset(data_dir: Path, n_items: int = N_ITEMS) -> None:

@@ -26,7 +26,8 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from serving_support import API_KEY, N_ITEMS, free_port, write_tiny_dataset  # noqa: E402
+from rayrec.runtime import free_port  # noqa: E402
+from serving_support import API_KEY, N_ITEMS, write_tiny_dataset  # noqa: E402
 
 ADMIN_KEY = "admin-key-0123456789"
 ADMIN_ENV = "RAYREC_TEST_ADMIN_KEYS"
@@ -98,8 +99,9 @@ def _build_run(root: Path) -> dict:
     from rayrec.data.store import load_items
     from rayrec.models.tiny import make_tiny_backbone
     from rayrec.retrieval.encoder import TextEncoder
-    from rayrec.retrieval.index import ItemIndex, build_retriever_index
+    from rayrec.retrieval.index import ItemIndex
     from rayrec.seqrec.model import SASRec, save_retriever
+    from rayrec.seqrec.scorer import build_retriever_index
 
     backbone = make_tiny_backbone("bert", root / "tiny_bert")
     overrides = {

@@ -10,6 +10,7 @@ import logging
 import pytest
 from rayrec import console
 from rayrec.config import load_config
+from rayrec.console.handler import _Live
 from rayrec.errors import ConfigError
 from rayrec.figures import key_figures
 from rayrec.runtime import JOB_CONFIG_ENV, check_job_paths
@@ -39,7 +40,7 @@ def test_progress_text_round_trips() -> None:
 
 
 def test_eta_from_the_rate_since_the_first_update() -> None:
-    live = console._Live("[3] train", started=0.0)
+    live = _Live("[3] train", started=0.0)
     live.update(console.Progress("step", 2, 12), now=10.0)
     assert live.eta(10.0) is None  # one point: no rate yet
     live.update(console.Progress("step", 4, 12), now=30.0)  # 10 s a step from here on

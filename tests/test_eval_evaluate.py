@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from rayrec.config import load_config
 from rayrec.evaluation.baselines import candidate_order_scores, popularity_scores, popularity_top
-from rayrec.evaluation.evaluate import (
-    paired_bootstrap,
+from rayrec.evaluation.bootstrap import paired_bootstrap
+from rayrec.evaluation.evaluate import run_evaluation
+from rayrec.evaluation.sampled import (
     per_user_metrics,
     popularity_cases,
     rank_list,
-    run_evaluation,
     sampled_cases,
     select_users,
 )
@@ -213,7 +213,7 @@ def test_run_evaluation_retrieval_through_ray(ray_cluster, tmp_path, tiny_bert):
 def test_run_evaluation_uses_latest_checkpoint(tmp_path, tiny_bert):
     import torch
     from rayrec.models.ranker import build_ranker, load_ranker, save_ranker
-    from rayrec.train.checkpoint import write_manifest
+    from rayrec.raytrain.checkpoint import write_manifest
 
     write_tiny_dataset(tmp_path / "data")
     cfg = _cfg(tmp_path, tiny_bert, **{"evaluate.require_checkpoint": True, "evaluate.scoring": "local"})
@@ -247,7 +247,7 @@ def test_scoring_that_cannot_be_scheduled_fails_at_once(ray_cluster):
     """Scoring actors the cluster can never hold: a clear error naming the fields, not a wait."""
     from rayrec.config import load_config
     from rayrec.errors import ClusterResourceError
-    from rayrec.evaluation.evaluate import scoring_on_ray
+    from rayrec.evaluation.scoring import scoring_on_ray
 
     cfg = load_config(None, {"evaluate.scoring": "ray", "evaluate.scoring_actors": 3, "evaluate.scoring_cpus": 2})
     with pytest.raises(ClusterResourceError, match=r"evaluate.scoring_actors=3 x evaluate.scoring_cpus=2"):

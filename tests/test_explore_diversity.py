@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from rayrec.evaluation.metrics import category_coverage, intra_list_diversity
 from rayrec.explore.config import ExploreConfig
 from rayrec.explore.diversity import dpp, mmr
 from rayrec.explore.policies import make_policy
+from rayrec.metrics import category_coverage, intra_list_diversity
 
 
 def _clustered(seed: int = 0):

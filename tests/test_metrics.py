@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 import pytest
-from rayrec.evaluation import metrics as m
+from rayrec import metrics as m
 
 
 def test_ranking_metrics_single_relevant() -> None:

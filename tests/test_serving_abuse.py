@@ -23,7 +23,8 @@ from collections import Counter
 import pytest
 
 httpx = pytest.importorskip("httpx")
-from serving_support import free_port, make_serving_env, rayrec_serve  # noqa: E402
+from rayrec.runtime import free_port  # noqa: E402
+from serving_support import make_serving_env, rayrec_serve  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

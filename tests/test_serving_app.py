@@ -15,11 +15,11 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
+from rayrec.runtime import free_port  # noqa: E402
 from serving_support import (  # noqa: E402
     API_KEY,
     API_KEY_2,
     N_ITEMS,
-    free_port,
     make_serving_env,
     post,
     vid,

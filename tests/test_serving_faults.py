@@ -26,7 +26,8 @@ httpx = pytest.importorskip("httpx")
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from serving_support import free_port, make_serving_env, rayrec_serve, vid, wait_ranker  # noqa: E402
+from rayrec.runtime import free_port  # noqa: E402
+from serving_support import make_serving_env, rayrec_serve, vid, wait_ranker  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -281,9 +282,10 @@ def test_openapi_fuzz_no_5xx_and_responses_conform(endpoint):
     assert sum(statuses.values()) >= 300
 
 
-def test_sigterm_during_startup_exits_cleanly(endpoint):
-    """SIGTERM while the app is still deploying: the same clean path (exit 0, no traceback,
-    the half-deployed app and its policy actors removed)."""
+def test_signals_during_startup_exit_cleanly(endpoint):
+    """Ctrl-C while the app is still deploying, and a SIGTERM right behind it (a double Ctrl-C,
+    or a kill sent to the process group): one clean path (exit 0, no traceback, the
+    half-deployed app and its policy actors removed); the second signal does not cut it short."""
     import ray
     from ray import serve
 
@@ -295,6 +297,7 @@ def test_sigterm_during_startup_exits_cleanly(endpoint):
     while name not in serve.status().applications:
         assert proc.poll() is None and time.time() < deadline, "".join(output[-40:])
         time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(120) == 0, "".join(output[-40:])
     text = "".join(output)

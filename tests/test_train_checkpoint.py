@@ -13,9 +13,10 @@ from rayrec.checkpoints import MANIFEST_FILE, latest_checkpoint
 from rayrec.models.config import ModelConfig
 from rayrec.models.ranker import build_ranker, load_ranker, save_ranker
 from rayrec.models.tiny import make_tiny_backbone
-from rayrec.train.checkpoint import export_serving_artifact, write_manifest
+from rayrec.raytrain.checkpoint import write_manifest
+from rayrec.raytrain.deepspeed import build_ds_config
+from rayrec.train.checkpoint import export_serving_artifact
 from rayrec.train.config import TrainConfig
-from rayrec.train.deepspeed import build_ds_config
 
 HIST = ["red car | red boat", "blue cup"]
 CANDS = [["red apple", "blue car", "green cup"], ["blue tree", "white lamp"]]
@@ -119,7 +120,7 @@ def test_one_resolver_serves_the_promotion_until_a_newer_training_run(trained_ra
 
     from rayrec.checkpoints import promote, promoted_file, record_best, served_checkpoint
     from rayrec.config import RayrecConfig
-    from rayrec.evaluation.evaluate import resolve_checkpoint
+    from rayrec.evaluation.scoring import resolve_checkpoint
 
     _, mcfg, model, collator = trained_ranker
     cfg = RayrecConfig.model_validate({"run_dir": str(tmp_path)})

@@ -5,6 +5,10 @@ the common fields as flags (``--data``, ``--out``, ...), so ``rayrec preprocess 
 ~/ml-100k --out /tmp/ml100k`` works without a config file. Jobs in ``jobs/`` call
 :func:`job_main`, so ``ray job submit -- python jobs/NAME.py --config ...`` parses the same
 flags. Ray is reached through RAY_ADDRESS when set, else started locally.
+
+Each subcommand imports the library code it runs inside its function, on purpose: Ray,
+torch and transformers take seconds to import, and ``rayrec --help``, ``rayrec config`` or a
+mistyped flag should answer at once.
 """
 
 from __future__ import annotations
@@ -14,11 +18,15 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from rayrec import console
+from rayrec.checkpoints import served_checkpoint
 from rayrec.config import RayrecConfig, load_config, parse_override
-from rayrec.errors import RayrecError
+from rayrec.configbase import describe_yaml
+from rayrec.errors import RayrecError, UserFacingError
+from rayrec.stages import StageRunner
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,6 @@ def _train_tower(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 def _new_items(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     from rayrec.recipes.newitems import run_new_item_protocol
-    from rayrec.stages import StageRunner
 
     result = run_new_item_protocol(cfg, StageRunner(cfg, rebuild=args.rebuild))
     return {"report": result["files"], "models": result["models"], "comparisons": result["comparisons"],
@@ -111,7 +118,6 @@ def _serve(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 
 def _export(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
-    from rayrec.checkpoints import served_checkpoint
     from rayrec.train.checkpoint import export_serving_artifact
 
     checkpoint = args.checkpoint or served_checkpoint(cfg).path
@@ -128,7 +134,6 @@ def _feedback(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 def _catalog(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     """`rayrec catalog add|hide`: a client of the running endpoint's admin routes."""
-    from rayrec.errors import UserFacingError
     from rayrec.serving import catalog_client as client
 
     sc = cfg.serve
@@ -153,8 +158,6 @@ def _catalog(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
 
 def _config(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     """`rayrec config`: the resolved config as YAML, each field under its description."""
-    from rayrec.configbase import describe_yaml
-
     sys.stdout.write(describe_yaml(cfg))
     sys.stdout.flush()
     return None
@@ -353,7 +356,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rayrec`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from rayrec import console
 
     console.setup_console(args.verbose)
     error: RayrecError | FileNotFoundError | None = None
@@ -379,7 +381,6 @@ _CONFIG_ONLY = {"config"}
 
 
 def _run(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
-    from rayrec import console
     from rayrec.runtime import check_job_paths
 
     run = COMMANDS[args.command].run
@@ -398,8 +399,6 @@ def _summarise(result: Any) -> Any:
     if hasattr(result, "model_dump"):
         return result.model_dump()
     if hasattr(result, "__dataclass_fields__"):
-        from dataclasses import asdict
-
         return asdict(result)
     return result
 

@@ -7,6 +7,9 @@ import json
 import logging
 import os
 import shutil
+import signal
+import socket
+import threading
 from pathlib import Path
 
 import ray
@@ -82,10 +85,10 @@ def init_ray(cfg: RayConfig | None = None) -> None:
         # driver, whether or not the cluster image has rayrec installed.
         if os.environ.get("RAYREC_SHIP_CODE", "1") == "1":
             runtime_env["py_modules"] = [str(Path(rayrec.__file__).parent)]
-        ray.init(address=address, runtime_env=runtime_env, **kwargs)
+        context = ray.init(address=address, runtime_env=runtime_env, **kwargs)
     else:
         with local_ray_env(cfg.serve_data_plane) as plane:
-            ray.init(
+            context = ray.init(
                 address="local",  # a new local cluster, never another process's cluster on this host
                 num_cpus=cfg.num_cpus,
                 object_store_memory=cfg.object_store_memory,
@@ -94,7 +97,7 @@ def init_ray(cfg: RayConfig | None = None) -> None:
                 **kwargs,
             )
         plane = {**{k: v for k, v in os.environ.items() if k in _SERVE_PLANE_VARS}, **plane}
-    console.after_ray_init()
+    console.after_ray_init(context.address_info.get("session_dir"))
     log.info("connected to Ray: %s; Serve data plane: %s", ray.cluster_resources(),
              "as the cluster was started" if address else plane or "Serve's defaults")
 
@@ -106,9 +109,6 @@ def dashboard_url() -> str | None:
     also re-installs Ray's own SIGTERM handler (``sys.exit(15)``), which would cut short a clean
     shutdown (``rayrec serve``): the caller's handler is put back.
     """
-    import signal
-    import threading
-
     if not ray.is_initialized():
         return None
     main = threading.current_thread() is threading.main_thread()
@@ -185,3 +185,11 @@ def warn_if_busy(needed: dict[str, float], what: str) -> bool:
             "train.resources_per_worker).", what, short, {k: free.get(k, 0.0) for k in short},
         )
     return bool(short)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a local Serve, dashboard or test
+    server; another process may still take it before the caller binds it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -16,19 +16,16 @@ stage), ``worker`` (worker-side logging, forwarded worker lines), ``handler`` (t
 line), ``session`` (one command's set-up; holds the active session). All re-exported here.
 """
 
-from rayrec.console.handler import PROGRESS_EVERY_S, ConsoleHandler, _for_console, _Live
+from rayrec.console.handler import PROGRESS_EVERY_S, ConsoleHandler
 from rayrec.console.progress_records import (
     PROGRESS,
     Progress,
-    _duration,
-    _short,
     parse_progress,
     progress,
 )
 from rayrec.console.session import (
     RAY_LOGGERS,
     ConsoleSession,
-    _fileno,
     after_ray_init,
     close_console,
     is_quiet,
@@ -36,7 +33,6 @@ from rayrec.console.session import (
 )
 from rayrec.console.stages import (
     STAGE,
-    _Stage,
     stage,
     stage_done,
     stage_failed,
@@ -62,12 +58,6 @@ __all__ = [
     "ConsoleHandler",
     "ConsoleSession",
     "Progress",
-    "_Live",
-    "_Stage",
-    "_duration",
-    "_fileno",
-    "_for_console",
-    "_short",
     "after_ray_init",
     "close_console",
     "forward_worker_lines",

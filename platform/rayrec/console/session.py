@@ -60,17 +60,16 @@ class ConsoleSession:
         return self
 
     # once Ray is up
-    def attach_ray(self) -> None:
-        """Ray is initialised: the log file in its session directory, worker lines filtered,
-        Ray Data's progress bars off; print where the logs are."""
+    def attach_ray(self, session_dir: str | None) -> None:
+        """Ray is initialised (``session_dir``: what ``ray.init`` reported): the log file in its
+        session directory, worker lines filtered, Ray Data's progress bars off; print where the
+        logs are."""
         self.started_ray = True
         if self.verbose:
             return
-        import ray
-        from ray.data import DataContext
+        from ray.data import DataContext  # Ray is up by now; console itself loads without it
 
-        node = ray._private.worker._global_node
-        logs = os.path.join(node.get_session_dir_path(), "logs") if node else tempfile.gettempdir()
+        logs = os.path.join(session_dir, "logs") if session_dir else tempfile.gettempdir()
         self._open_log_file(os.path.join(logs, f"rayrec-driver-{os.getpid()}.log"))
         self._quiet_ray_loggers()
         ctx = DataContext.get_current()
@@ -85,7 +84,7 @@ class ConsoleSession:
         """Stop Ray if this command started it (its teardown lines go to the log file too), then
         restore logging, the worker-line printer and fd 2."""
         if self.started_ray and not self.verbose:
-            import ray
+            import ray  # a session that never started Ray never loads it
 
             if ray.is_initialized():
                 ray.shutdown()
@@ -154,30 +153,11 @@ class ConsoleSession:
             os.close(fd)
 
     def _filter_worker_lines(self) -> None:
-        try:  # a private hook of Ray's (pinned version); without it, worker output prints as is
-            from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-        except ImportError:
-            return
-        original = [h for name, h in dispatcher.handlers if name == "ray_print_logs"]
-        if not original:  # log_to_driver is off
-            return
-        dispatcher.remove_handler("ray_print_logs")
-        dispatcher.add_handler("ray_print_logs", forward_worker_lines)  # ray.shutdown removes it
-        # The raylet's messages to the driver are printed by this function, not the dispatcher.
-        import ray._private.worker as ray_worker
+        from rayrec.console.rayhooks import route_worker_output  # loads Ray: only once Ray is up
 
-        printer = ray_worker.print_to_stdstream
-        ray_worker.print_to_stdstream = forward_worker_lines
-
-        def undo() -> None:
-            import ray
-
-            ray_worker.print_to_stdstream = printer
-            dispatcher.remove_handler("ray_print_logs")
-            if ray.is_initialized():
-                dispatcher.add_handler("ray_print_logs", original[0])
-
-        self._undo.append(undo)
+        undo = route_worker_output(forward_worker_lines)
+        if undo is not None:
+            self._undo.append(undo)
 
 
 def _fileno(stream: Any) -> int | None:
@@ -201,10 +181,10 @@ def is_quiet() -> bool:
     return _session is not None and not _session.verbose
 
 
-def after_ray_init() -> None:
+def after_ray_init(session_dir: str | None = None) -> None:
     """Called by :func:`rayrec.runtime.init_ray` once it started or joined Ray."""
     if _session is not None:
-        _session.attach_ray()
+        _session.attach_ray(session_dir)
 
 
 def close_console() -> None:

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from rayrec.figures import key_figures
+
 STAGE = "rayrec.stage"  # the logger of stage start / end records
 
 
@@ -36,8 +38,6 @@ def stage_start(name: str, index: int | None = None) -> None:
 
 def stage_done(result: Any = None) -> float:
     """The current stage ended: its time and key figures; returns its seconds."""
-    from rayrec.figures import key_figures
-
     stage = _current or _Stage("stage", "stage")
     seconds = time.perf_counter() - stage.started
     figures = key_figures(stage.name, result)
@@ -47,8 +47,6 @@ def stage_done(result: Any = None) -> float:
 
 
 def stage_reused(name: str, index: int | None, finished: str | None, result: Any = None) -> None:
-    from rayrec.figures import key_figures
-
     label = f"[{index}] {name}" if index else name
     figures = key_figures(name, result)
     _stage_record("end", f"{label}: reused (built {finished})" + (f". {figures}" if figures else ""))

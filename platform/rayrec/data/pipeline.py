@@ -44,7 +44,9 @@ from rayrec.data.schema import (
     WORLD_DIR,
 )
 from rayrec.data.sources import REJECT_SCHEMA, SourcePlan, detect_kind, plan_source, read_chunk
+from rayrec.data.synthetic import generate_event_log, synthetic_data_config
 from rayrec.data.validate import GOOD_SCHEMA, label, user_buckets, validate
+from rayrec.data.world import SyntheticWorld
 from rayrec.errors import DataError
 from rayrec.runtime import init_ray
 from rayrec.storage import join, resolve_fs
@@ -79,31 +81,40 @@ class _Ctx:
     tie_order: str = "item"
 
 
-def run_preprocess(cfg: RayrecConfig) -> dict:
-    """Preprocess ``cfg.data`` into ``cfg.data_dir``; returns the manifest (also written)."""
-    init_ray(cfg.ray)
-    pre, out = cfg.preprocess, cfg.data_dir
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+class _Laps:
+    """Seconds per named step, each from the end of the previous one."""
 
-    def lap(name: str) -> None:
-        nonlocal clock
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
         now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
+        self.seconds[name] = round(now - self._clock, 3)
+        self._clock = now
 
-    data_cfg, kind = cfg.data, None
-    if cfg.data.source == "synthetic" or (cfg.data.source == "auto" and cfg.data.path is None):
-        from rayrec.data.synthetic import generate_event_log, synthetic_data_config
-        from rayrec.data.world import SyntheticWorld
 
-        raw = join(out, "raw")
-        generate_event_log(cfg.data.synthetic, raw)
-        SyntheticWorld.generate(cfg.data.synthetic).save(join(out, WORLD_DIR))
-        data_cfg, kind = synthetic_data_config(cfg.data, raw), "synthetic"
-        lap("generate")
+@dataclass
+class _Kept:
+    """What the partition steps leave: per bucket its users, the items kept, and the counts."""
+
+    bucket_users: list[pa.Array]
+    item_keep: pa.Array
+    rounds: int
+    n_good: int
+    n_dup: int
+    rejected: dict[str, int]
+
+
+def run_preprocess(cfg: RayrecConfig) -> dict:
+    """Preprocess ``cfg.data`` into ``cfg.data_dir``; returns the manifest (also written).
+
+    Steps: source (the synthetic log when asked) → plan → ingest + rejects → dedup → k-core
+    → id maps → build (per partition) → finalize (items, users, maps) → manifest."""
+    init_ray(cfg.ray)
+    pre, out, laps = cfg.preprocess, cfg.data_dir, _Laps()
+    data_cfg, kind = _source(cfg, out, laps)
     plan = plan_source(data_cfg)
-    kind = kind or plan.kind
     n_buckets = pre.num_partitions or max(2, math.ceil(plan.est_rows / pre.rows_per_partition))
     map_dir = pre.id_map_from or out
     prev_users, prev_items = idmap.load(map_dir, "users"), idmap.load(map_dir, "items")
@@ -113,45 +124,73 @@ def run_preprocess(cfg: RayrecConfig) -> dict:
                pre.min_item_interactions, pre.split, pre.max_history, pre.num_negatives,
                pre.eval_negatives, pre.num_hard_negatives, pre.seed,
                tuple(pre.global_cut_quantiles), pre.tie_order)
-    lap("plan")
-
-    _ingest(plan, cfg, ctx)
-    lap("ingest")
-    rejected = _write_rejects(ctx)
-    lap("rejects")
+    laps("plan")
 
     ctx_ref = ray.put(ctx)
-    first = ray.get([_dedup_task.remote(ctx_ref, b) for b in range(n_buckets)])
-    n_good = sum(r["n_in"] for r in first)
-    n_dup = sum(r["n_dup"] for r in first)
-    lap("dedup")
+    kept = _partition(plan, cfg, ctx, ctx_ref, laps)
+    user_map, n_new_users = idmap.extend(prev_users, pa.concat_arrays(kept.bucket_users), plan.id_type)
+    item_map, n_new_items = idmap.extend(prev_items, kept.item_keep, plan.id_type)
+    items = _item_table(item_map, plan.catalog, prev_item_table)
+    cuts = _global_cuts(ctx_ref, ctx, kept.bucket_users, kept.item_keep) if pre.split == "global_time" else None
+    hard = _load_hard_negatives(pre.hard_negatives) if pre.hard_negatives else None
+    keep_ref = ray.put(kept.item_keep)
+    maps_ref = ray.put((user_map, item_map, items["text"].combine_chunks(), hard))
+    laps("id_map")
+
+    built = ray.get([_build_task.remote(ctx_ref, b, kept.bucket_users[b], keep_ref, maps_ref, cuts)
+                     for b in range(n_buckets)])
+    laps("build")
+    _finalize(out, built, items, user_map, item_map)
+    laps("finalize")
+
+    manifest = _manifest(cfg, data_cfg, kind or plan.kind, plan, kept, built, cuts, laps.seconds,
+                         {"users_in_map": len(user_map), "items_in_map": len(item_map),
+                          "new_users": n_new_users, "new_items": n_new_items, "partitions": n_buckets})
+    fs, root = resolve_fs(out)
+    with fs.open_output_stream(f"{root}/{MANIFEST_FILE}") as f:
+        f.write(json.dumps(manifest, indent=2).encode())
+    return manifest
+
+
+def _source(cfg: RayrecConfig, out: str, laps: _Laps):
+    """The data config to read: ``cfg.data``, or for synthetic data the event log (and the
+    world's ground truth) generated under ``<out>/raw`` first. Returns (data config, kind)."""
+    if cfg.data.source == "synthetic" or (cfg.data.source == "auto" and cfg.data.path is None):
+        raw = join(out, "raw")
+        generate_event_log(cfg.data.synthetic, raw)
+        SyntheticWorld.generate(cfg.data.synthetic).save(join(out, WORLD_DIR))
+        laps("generate")
+        return synthetic_data_config(cfg.data, raw), "synthetic"
+    return cfg.data, None
+
+
+def _partition(plan: SourcePlan, cfg: RayrecConfig, ctx: _Ctx, ctx_ref, laps: _Laps) -> _Kept:
+    """Ingest into user partitions, write the rejects, dedup per partition, then k-core rounds
+    to the fixed point; raises DataError when nothing survives."""
+    _ingest(plan, cfg, ctx)
+    laps("ingest")
+    rejected = _write_rejects(ctx)
+    laps("rejects")
+    first = ray.get([_dedup_task.remote(ctx_ref, b) for b in range(ctx.n_buckets)])
+    n_good, n_dup = sum(r["n_in"] for r in first), sum(r["n_dup"] for r in first)
+    laps("dedup")
 
     def run_round(item_keep: pa.Array | None) -> list[tuple[pa.Array, pa.Table]]:
         if item_keep is None:  # the first round ran inside the dedup tasks
             return [(r["users"], r["counts"]) for r in first]
         keep_ref = ray.put(item_keep)
-        return ray.get([_kcore_task.remote(ctx_ref, b, keep_ref) for b in range(n_buckets)])
+        return ray.get([_kcore_task.remote(ctx_ref, b, keep_ref) for b in range(ctx.n_buckets)])
 
     bucket_users, item_keep, rounds = build.kcore_fixed_point(run_round, ctx.min_item)
-    n_users_kept = sum(len(u) for u in bucket_users)
-    if n_users_kept == 0 or len(item_keep) == 0:
+    if sum(len(u) for u in bucket_users) == 0 or len(item_keep) == 0:
         raise DataError(f"{plan.root}: no user has >= {ctx.min_user} positives on items with >= "
                         f"{ctx.min_item} positives ({n_good - n_dup} valid rows after dedup)")
-    lap("kcore")
+    laps("kcore")
+    return _Kept(bucket_users, item_keep, rounds, n_good, n_dup, rejected)
 
-    user_map, n_new_users = idmap.extend(prev_users, pa.concat_arrays(bucket_users), plan.id_type)
-    item_map, n_new_items = idmap.extend(prev_items, item_keep, plan.id_type)
-    items = _item_table(item_map, plan.catalog, prev_item_table)
-    cuts = _global_cuts(ctx_ref, ctx, bucket_users, item_keep) if pre.split == "global_time" else None
-    hard = _load_hard_negatives(pre.hard_negatives) if pre.hard_negatives else None
-    keep_ref = ray.put(item_keep)
-    maps_ref = ray.put((user_map, item_map, items["text"].combine_chunks(), hard))
-    lap("id_map")
 
-    built = ray.get([_build_task.remote(ctx_ref, b, bucket_users[b], keep_ref, maps_ref, cuts)
-                     for b in range(n_buckets)])
-    lap("build")
-
+def _finalize(out: str, built: list[dict], items: pa.Table, user_map: pa.Array, item_map: pa.Array) -> None:
+    """items.parquet (with train popularity), users.parquet, the id maps; the work dir removed."""
     popularity = np.sum([r["popularity"] for r in built], axis=0)
     items = items.set_column(items.schema.get_field_index("popularity"), "popularity",
                              pa.array(popularity, pa.int64()))
@@ -167,18 +206,22 @@ def run_preprocess(cfg: RayrecConfig) -> dict:
     idmap.save(out, "items", item_map)
     fs.delete_dir_contents(f"{root}/{WORK_DIR}", missing_dir_ok=True)
     fs.delete_dir(f"{root}/{WORK_DIR}")
-    lap("finalize")
 
+
+def _manifest(cfg: RayrecConfig, data_cfg, kind: str, plan: SourcePlan, kept: _Kept, built: list[dict],
+              cuts, timings: dict[str, float], maps: dict[str, int]) -> dict[str, Any]:
+    """The manifest, with the row accounting that must balance:
+    rows_read = rows_kept + rows_rejected + duplicates_removed + rows_filtered."""
     def total(key: str) -> dict[str, int]:
         return {s: int(sum(r[key][s] for r in built)) for s in SPLITS}
 
     interactions = total("interactions")
     filtered = {"kcore_user": int(sum(r["filtered_user"] for r in built)),
                 "kcore_item": int(sum(r["filtered_item"] for r in built))}
-    n_rejected = int(sum(rejected.values()))
-    rows_read = n_good + n_rejected
+    n_rejected = int(sum(kept.rejected.values()))
+    rows_read = kept.n_good + n_rejected
     rows_kept = int(sum(interactions.values()))
-    balanced = rows_read == rows_kept + n_rejected + n_dup + sum(filtered.values())
+    balanced = rows_read == rows_kept + n_rejected + kept.n_dup + sum(filtered.values())
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -187,27 +230,25 @@ def run_preprocess(cfg: RayrecConfig) -> dict:
                    "catalog_items": 0 if plan.catalog is None else plan.catalog.num_rows},
         "config": cfg.model_dump(mode="json"),
         "counts": {
-            "rows_read": rows_read, "rows_rejected": n_rejected, "rejected_by_reason": rejected,
-            "duplicates_removed": int(n_dup), "filtered_by_reason": filtered,
+            "rows_read": rows_read, "rows_rejected": n_rejected, "rejected_by_reason": kept.rejected,
+            "duplicates_removed": int(kept.n_dup), "filtered_by_reason": filtered,
             "rows_kept": rows_kept, "interactions": interactions, "positives": total("positives"),
-            "examples": total("examples"), "users": n_users_kept, "items": len(item_keep),
-            "users_in_map": len(user_map), "items_in_map": len(item_map),
-            "new_users": n_new_users, "new_items": n_new_items,
-            "kcore_rounds": rounds, "partitions": n_buckets,
+            "examples": total("examples"), "users": sum(len(u) for u in kept.bucket_users),
+            "items": len(kept.item_keep), "users_in_map": maps["users_in_map"],
+            "items_in_map": maps["items_in_map"], "new_users": maps["new_users"],
+            "new_items": maps["new_items"], "kcore_rounds": kept.rounds, "partitions": maps["partitions"],
         },
         "accounting": {
             "equation": "rows_read = rows_kept + rows_rejected + duplicates_removed + rows_filtered",
             "rows_read": rows_read, "rows_kept": rows_kept, "rows_rejected": n_rejected,
-            "duplicates_removed": int(n_dup), "rows_filtered": int(sum(filtered.values())),
+            "duplicates_removed": int(kept.n_dup), "rows_filtered": int(sum(filtered.values())),
             "balanced": bool(balanced),
         },
-        "split": {"method": pre.split, "global_cuts": list(cuts) if cuts else None},
+        "split": {"method": cfg.preprocess.split, "global_cuts": list(cuts) if cuts else None},
         "timings_s": timings,
     }
     if not balanced:
         raise RuntimeError(f"row accounting does not balance: {manifest['accounting']}")
-    with fs.open_output_stream(f"{root}/{MANIFEST_FILE}") as f:
-        f.write(json.dumps(manifest, indent=2).encode())
     return manifest
 
 

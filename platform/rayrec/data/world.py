@@ -82,6 +82,7 @@ import numpy as np
 
 from rayrec import storage
 from rayrec.data.config import SyntheticWorldConfig
+from rayrec.data.schema import WORLD_DIR
 from rayrec.data.text import item_text as render_item_text
 
 WORLD_ARRAYS, WORLD_META = "world.npz", "world.json"
@@ -430,8 +431,6 @@ class SyntheticWorld:
 def saved_world(data_dir: str) -> SyntheticWorld | None:
     """The synthetic world that generated a preprocessed dataset (``<data_dir>/world``, local or
     remote), or None when the data is not synthetic."""
-    from rayrec.data.schema import WORLD_DIR
-
     world_dir = storage.join(data_dir, WORLD_DIR)
     return SyntheticWorld.load(world_dir) if storage.is_file(storage.join(world_dir, WORLD_ARRAYS)) else None
 

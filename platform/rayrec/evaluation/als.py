@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from rayrec.evaluation.metrics import ndcg_at_k
+from rayrec.metrics import ndcg_at_k
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,9 @@ class AlsBaseline:
         self._seen = None
 
     def fit(self, users: Sequence[int], histories: Sequence[np.ndarray], **params) -> AlsBaseline:
-        from implicit.cpu.als import AlternatingLeastSquares
+        from implicit.cpu.als import (
+            AlternatingLeastSquares,  # the ALS baseline only: loads its BLAS threads
+        )
 
         n_users = int(max(users)) + 1
         self._seen = _matrix(histories, users, n_users, self.n_items)

@@ -30,3 +30,13 @@ def percentile_interval(replicates: Sequence[float], alpha: float = 0.05) -> tup
     """The (alpha/2, 1 - alpha/2) quantiles of the replicates (linear interpolation)."""
     lo, hi = np.quantile(np.asarray(replicates, dtype=np.float64), [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
+    """Mean of a - b over paired users, the users a beats b on and loses to, and the percentile
+    95% CI of the mean (users resampled with replacement: sum(c) = n, so the mean is c @ d / n)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    out = {"delta": float(d.mean()), "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
+    if n_boot > 0 and len(d) > 1:
+        out["ci95"] = list(percentile_interval(bootstrap(lambda c: float(c @ d) / len(d), len(d), n_boot, seed)))
+    return out

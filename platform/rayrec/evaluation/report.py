@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from rayrec import storage
+from rayrec.tracking import start_run
 
 JSON_FILE = "eval.json"
 MARKDOWN_FILE = "eval.md"
@@ -48,7 +49,7 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 def plot_by_k(result: dict[str, Any], path) -> None:
     """HR@K and NDCG@K against K, one line per model (``path``: a file name or a binary file)."""
-    import matplotlib
+    import matplotlib  # deferred: the Agg backend is chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -90,8 +91,6 @@ def track_evaluation(cfg, result: dict[str, Any], name: str = "evaluate") -> Non
     and the protocol's short entries as params; ``<metric>/<model>`` and the comparisons
     (``delta/<a>_vs_<b>``, ``ci95_lo/...``, ``ci95_hi/...``) as metrics; HR@K and NDCG@K also
     as curves over K (``<metric>_by_k/<model>``, step = K); the report files as artifacts."""
-    from rayrec.tracking import start_run
-
     p = result["protocol"]
     short = {k: v for k, v in p.items()  # the protocol's counts and names, not its descriptions
              if isinstance(v, int | float) or (isinstance(v, str) and len(v) <= 80 and k != "data_dir")}

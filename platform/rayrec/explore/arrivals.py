@@ -26,6 +26,7 @@ them and carries what it learned to the next arrival.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from rayrec.data.world import SyntheticWorld
 from rayrec.explore.environments import Request, WorldEnv, _logit
@@ -85,8 +86,6 @@ class ArrivalsEnv(WorldEnv):
 
 def movielens_release_order(ratings_csv, item_ids: np.ndarray) -> np.ndarray:
     """Item positions (into ``item_ids``) from the first rated to the last (by first rating)."""
-    import pandas as pd
-
     df = pd.read_csv(ratings_csv, usecols=["movieId", "timestamp"])
     first = df.groupby("movieId")["timestamp"].min().reindex(item_ids)
     return np.argsort(first.to_numpy(dtype=np.float64), kind="stable")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rayrec.data.world import SyntheticWorld
+from rayrec.data.world import SyntheticWorld, saved_world
 from rayrec.explore.features import contextual_features
 
 
@@ -80,8 +80,6 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 def load_or_generate_world(cfg) -> SyntheticWorld:
     """The preprocessed world under ``<data_dir>/world`` when present, else a generated one."""
-    from rayrec.data.world import saved_world
-
     return saved_world(cfg.data_dir) or SyntheticWorld.generate(cfg.data.synthetic)
 
 
@@ -107,7 +105,7 @@ def fit_click_model(
     rated any of them. Returned as a SyntheticWorld (user = [P_u, b_u / c], item = [Q_i, c],
     item_bias = b_i, offset = b0, scale = 1, c = 0.01) so the same environment code runs on it.
     """
-    import torch
+    import torch  # only the MovieLens click model needs it; the policies are numpy
 
     path = Path(ratings_path)
     if not path.is_file():

@@ -18,8 +18,7 @@ import numpy as np
 import ray
 from scipy import stats
 
-from rayrec import storage
-from rayrec.evaluation import metrics
+from rayrec import metrics, storage
 from rayrec.explore.arrivals import ArrivalsEnv, movielens_release_order
 from rayrec.explore.config import ExploreConfig
 from rayrec.explore.environments import (
@@ -31,6 +30,8 @@ from rayrec.explore.environments import (
 )
 from rayrec.explore.features import feature_settings
 from rayrec.explore.policies import make_policy
+from rayrec.runtime import init_ray
+from rayrec.tracking import start_run
 
 
 def simulate(env: WorldEnv, policy_name: str, cfg: ExploreConfig, seed: int, horizon: int) -> dict:
@@ -173,7 +174,7 @@ def summarise(runs: list[dict], cfg: ExploreConfig) -> dict:
 
 
 def _plot(summary: dict, path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # deferred: the Agg backend is chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -258,8 +259,6 @@ def _track(cfg, result: dict) -> None:
     """One MLflow run (:mod:`rayrec.tracking`): the explore section as params; per policy the
     mean cumulative reward and regret over seeds per round (``cum_reward/<policy>``, step =
     round) and the scalar metrics (``ctr/<policy>``, ...); the click model's fit; the report."""
-    from rayrec.tracking import start_run
-
     with start_run(cfg, "bandit", {"explore": result["config"], "environment": result["environment"]}) as run:
         horizon = len(next(iter(result["policies"].values()))["cum_reward"][0])
         rounds = np.unique(np.linspace(1, horizon, min(horizon, MAX_CURVE_POINTS)).round().astype(int))
@@ -303,8 +302,6 @@ def build_environment(cfg) -> tuple[WorldEnv, dict | None]:
 
 def run_experiment(cfg) -> dict:
     """Run the configured bandit experiment; writes results.json, curves.png, report.md."""
-    from rayrec.runtime import init_ray
-
     ex = cfg.explore
     env, click_model = build_environment(cfg)
     if ex.environment == "replay" and ex.slate_size != 1:

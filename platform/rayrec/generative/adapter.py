@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 from rayrec import storage
+from rayrec.raytrain.checkpoint import gather_trainable
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,6 @@ TUNED = "tuned"  # evaluate.generative.adapter: the adapter `rayrec train-genera
 
 def save_adapter(engine, out_dir: str, meta: dict, rank: int) -> None:
     """Every rank gathers the LoRA weights (a collective under ZeRO-3); rank 0 writes them."""
-    from rayrec.train.checkpoint import gather_trainable
-
     state = gather_trainable(engine)
     if rank == 0:
         engine.module.save_pretrained(out_dir, state_dict=state)

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rayrec.data.store import load_items
 from rayrec.generative import prompts
 from rayrec.generative.config import GeneratorConfig
+from rayrec.seqrec.data import load_sequences
 
 IGNORE = -100  # label of a position that is not scored (prompt, padding)
 
@@ -39,9 +41,6 @@ def next_item_pairs(sequences: Sequence[np.ndarray], history_items: int, positio
 
 def build_examples(data_dir: str, gc: GeneratorConfig, tokenizer) -> tuple[list[dict], list[dict]]:
     """(train rows, validation rows), each ``{"prompt": str, "target": str}``."""
-    from rayrec.data.store import load_items
-    from rayrec.seqrec.data import load_sequences
-
     titles = load_items(data_dir)["title"].astype(str).to_numpy()
     users = load_sequences(data_dir, "valid")  # history: train items in time order; target: valid item
     if users.empty:

@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rayrec.generative import prompts
 from rayrec.generative.decode import generate_items
 from rayrec.generative.trie import CatalogTrie, title_tokens
+from rayrec.models.backbone import resolve_backbone
 
 
 @dataclass
@@ -29,16 +32,10 @@ class Generator:
 
     @classmethod
     def load(cls, backbone: str, titles: np.ndarray, adapter: str | None = None) -> Generator:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from rayrec.models.backbone import resolve_backbone
-
         path = resolve_backbone(backbone)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         if adapter:
-            from peft import PeftModel
-
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         return cls(model.eval(), tokenizer, CatalogTrie.from_titles(tokenizer, titles.tolist()), titles)
 

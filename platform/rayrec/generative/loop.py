@@ -1,7 +1,7 @@
 """The Ray Train worker loop of the generator: a causal LM + LoRA under DeepSpeed ZeRO, trained
 to write the next item's title (loss on the title tokens only), validated by held-out loss.
 
-DeepSpeed's config is the ranker's builder (:func:`rayrec.train.deepspeed.build_ds_config`) fed
+DeepSpeed's config is the shared builder (:func:`rayrec.raytrain.deepspeed.build_ds_config`) fed
 with the ``train`` section's scaling and the ``generator`` section's optimisation. Every
 ``eval_every_steps`` (and at the end) the workers report the validation loss with a checkpoint
 holding the LoRA adapter; the driver keeps the best by that loss. A failed worker starts the
@@ -11,9 +11,7 @@ tuning over (runs are minutes long; the ranker's loop shows resuming mid-run).
 from __future__ import annotations
 
 import math
-import os
 import random
-import tempfile
 import time
 from collections.abc import Iterator
 
@@ -27,32 +25,24 @@ from rayrec.console import progress
 from rayrec.generative.adapter import save_adapter
 from rayrec.generative.config import GeneratorConfig
 from rayrec.generative.examples import collate, target_exact, target_logits, target_nll, tokenize
-from rayrec.train.config import TrainConfig
-from rayrec.train.deepspeed import build_ds_config
+from rayrec.models.backbone import (
+    backbone_family,
+    default_lora_targets,
+    is_causal_family,
+    resolve_backbone,
+)
+from rayrec.raytrain.checkpoint import checkpoint_dir_name
+from rayrec.raytrain.config import with_optimisation
+from rayrec.raytrain.deepspeed import ds_engine
+from rayrec.raytrain.worker import reported_checkpoint, start_worker
 
 VALID_METRIC = "valid_loss"  # what Ray keeps checkpoints by (lowest first)
-
-
-def optimisation(cfg: RayrecConfig) -> TrainConfig:
-    """The ``train`` section (workers, devices, ZeRO, precision) with the generator's
-    optimisation and schedule: what :func:`build_ds_config` reads."""
-    gc = cfg.generator
-    return TrainConfig.model_validate(cfg.train.model_dump() | {
-        k: getattr(gc, k) for k in ("lr", "batch_size", "grad_accum_steps", "warmup_ratio", "weight_decay",
-                                    "max_grad_norm", "max_steps", "seed")})
 
 
 def build_lora_lm(gc: GeneratorConfig):
     """(causal LM wrapped with a fresh LoRA adapter, its tokenizer)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rayrec.models.backbone import (
-        backbone_family,
-        default_lora_targets,
-        is_causal_family,
-        resolve_backbone,
-    )
 
     path = resolve_backbone(gc.backbone)
     family = backbone_family(path)
@@ -108,21 +98,13 @@ def validate(model, encoded: list, batch_size: int, pad_id: int, rank: int, worl
 def train_loop_per_worker(loop_cfg: dict) -> None:
     """Ray Train entry. ``loop_cfg``: {"cfg": RayrecConfig dump}; datasets ``train`` (this
     worker's shard) and ``valid`` (every row), both of {"prompt", "target"} texts."""
-    import deepspeed
-
     cfg = RayrecConfig.model_validate(loop_cfg["cfg"])
-    gc, tc = cfg.generator, cfg.train
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    if tc.torch_threads is not None:
-        torch.set_num_threads(tc.torch_threads or os.cpu_count() or 1)
+    gc = cfg.generator
+    rank, world, device = start_worker(cfg.train.torch_threads)
     model, tokenizer = build_lora_lm(gc)
     model.train()  # LoRA dropout
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=build_ds_config(optimisation(cfg), gc.max_steps, world), dist_init_required=False,
-    )
+    # the ``train`` section's workers, ZeRO and precision with the generator's optimisation
+    engine = ds_engine(model, with_optimisation(cfg.train, gc), gc.max_steps, world)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train = tokenize(tokenizer, list(ray.train.get_dataset_shard("train").iter_rows()))
     valid = tokenize(tokenizer, list(ray.train.get_dataset_shard("valid").iter_rows()))
@@ -159,9 +141,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             metrics |= validate(engine.module, valid, gc.batch_size, pad_id, rank, world, device)
             if rank == 0:
                 progress("step", step, gc.max_steps, **{k: v for k, v in metrics.items() if k != "step"})
-            with tempfile.TemporaryDirectory() as tmp:
+            with reported_checkpoint(metrics, checkpoint_dir_name(step)) as tmp:
                 save_adapter(engine, tmp, {"backbone": gc.backbone, "history_items": gc.history_items,
                                            "step": step, VALID_METRIC: metrics[VALID_METRIC]}, rank)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
-                ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:08d}")
         t0, seen, tokens, losses = time.perf_counter(), 0, 0, []

@@ -24,12 +24,9 @@ warm catalog plus all of them; NDCG@10 / HR@10 over the pairs.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 
 import numpy as np
-import ray.train
 import torch
 import torch.nn.functional as F
 
@@ -37,20 +34,12 @@ from rayrec.config import RayrecConfig
 from rayrec.console import progress
 from rayrec.itemtower.model import build_tower, save_tower
 from rayrec.itemtower.pairs import TowerData
-from rayrec.train.checkpoint import gather_trainable
-from rayrec.train.config import TrainConfig
-from rayrec.train.deepspeed import build_ds_config
+from rayrec.raytrain.checkpoint import checkpoint_dir_name, gather_trainable
+from rayrec.raytrain.config import with_optimisation
+from rayrec.raytrain.deepspeed import ds_engine
+from rayrec.raytrain.worker import reported_checkpoint, start_worker
 
 VALID_METRIC = "valid_ndcg@10"
-
-
-def optimisation(cfg: RayrecConfig) -> TrainConfig:
-    """The ``train`` section's scaling with the tower's optimisation (what build_ds_config reads)."""
-    tc = cfg.tower
-    return TrainConfig.model_validate(cfg.train.model_dump() | {
-        "lr": tc.lr, "batch_size": tc.batch_size, "grad_accum_steps": 1, "warmup_ratio": tc.warmup_ratio,
-        "weight_decay": tc.weight_decay, "max_grad_norm": tc.max_grad_norm, "max_steps": tc.max_steps,
-        "seed": tc.seed})
 
 
 def _tokens(tokenizer, texts: list[str], max_length: int, device):
@@ -89,21 +78,14 @@ def validate(tower, tokenizer, data: TowerData, pairs: np.ndarray, warm_pairs: n
 def train_loop_per_worker(loop_cfg: dict) -> None:
     """Ray Train entry. ``loop_cfg``: {"cfg": RayrecConfig dump, "data": TowerData, "head":
     initial W or None}; this worker trains on its share of ``data.train_items``."""
-    import deepspeed
-
     cfg = RayrecConfig.model_validate(loop_cfg["cfg"])
     tc, data = cfg.tower, loop_cfg["data"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    if cfg.train.torch_threads is not None:
-        torch.set_num_threads(cfg.train.torch_threads or os.cpu_count() or 1)
+    rank, world, device = start_worker(cfg.train.torch_threads)
     dim = data.item_vectors.shape[1]
     tower, tokenizer = build_tower(tc, dim, loop_cfg.get("head"), seed=tc.seed)
     tower.to(device).train()
-    engine, _, _, _ = deepspeed.initialize(
-        model=tower, model_parameters=[p for p in tower.parameters() if p.requires_grad],
-        config=build_ds_config(optimisation(cfg), tc.max_steps, world), dist_init_required=False)
+    # the ``train`` section's workers, ZeRO and precision with the tower's optimisation
+    engine = ds_engine(tower, with_optimisation(cfg.train, tc, grad_accum_steps=1), tc.max_steps, world)
     rng = np.random.default_rng(tc.seed * 1000 + rank)
     mine = data.train_items[rank::world]  # this worker's items
     if len(mine) < tc.batch_size:
@@ -149,11 +131,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         if rank == 0:
             progress("step", step, tc.max_steps, **{k: v for k, v in metrics.items() if k != "step"})
         state = gather_trainable(engine)  # a collective under ZeRO-3: every rank
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
+        with reported_checkpoint(metrics, checkpoint_dir_name(step, digits=6)) as tmp:
             if rank == 0:
                 save_tower(tmp, state, tc, dim, {"step": step, VALID_METRIC: metrics[VALID_METRIC],
                                                  "start": start})
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:06d}")
         t0, losses = time.perf_counter(), []

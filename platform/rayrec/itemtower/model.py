@@ -17,10 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load, save_file
 from torch import nn
+from transformers import AutoModel, AutoTokenizer
 
 from rayrec import storage
 from rayrec.itemtower.config import TowerConfig
+from rayrec.models.backbone import backbone_family, default_lora_targets, resolve_backbone
 from rayrec.retrieval.encoder import mean_pool
 
 WEIGHTS_FILE, META_FILE = "tower.safetensors", "tower.json"
@@ -44,11 +48,6 @@ def build_tower(tc: TowerConfig, out_dim: int, head: np.ndarray | None = None, s
 
     ``head``: (out_dim, in_dim) initial W (the retriever's ``text_proj.weight``); None: random.
     """
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModel, AutoTokenizer
-
-    from rayrec.models.backbone import backbone_family, default_lora_targets, resolve_backbone
-
     path = resolve_backbone(tc.backbone)
     encoder = AutoModel.from_pretrained(path, dtype=torch.float32)
     in_dim = int(encoder.config.hidden_size)
@@ -77,8 +76,6 @@ def trainable_state(tower: nn.Module) -> dict[str, torch.Tensor]:
 def save_tower(out_dir: str | Path, state: dict[str, torch.Tensor], tc: TowerConfig, out_dim: int,
                meta: dict | None = None) -> str:
     """Write the trainable tensors (safetensors) and what rebuilds the tower (JSON)."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / WEIGHTS_FILE))
@@ -89,8 +86,6 @@ def save_tower(out_dir: str | Path, state: dict[str, torch.Tensor], tc: TowerCon
 
 def load_tower(tower_dir: str) -> tuple[ItemTower, object, dict]:
     """(tower in eval mode with LoRA merged, tokenizer, meta) from a tower directory."""
-    from safetensors.torch import load
-
     meta_uri, weights_uri = storage.join(tower_dir, META_FILE), storage.join(tower_dir, WEIGHTS_FILE)
     if not storage.is_file(meta_uri) or not storage.is_file(weights_uri):
         raise FileNotFoundError(f"no item tower at {tower_dir} (missing {META_FILE} or {WEIGHTS_FILE}); "

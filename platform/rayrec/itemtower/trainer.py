@@ -12,7 +12,20 @@ from typing import Any
 
 from rayrec import storage
 from rayrec.config import RayrecConfig
+from rayrec.data.store import load_items
+from rayrec.itemtower.loop import VALID_METRIC, train_loop_per_worker
+from rayrec.itemtower.pairs import tower_data
+from rayrec.itemtower.vectors import build_text_grounded_index, tower_model_dir
+from rayrec.raytrain.checkpoint import publish_checkpoint
+from rayrec.raytrain.driver import (
+    fit,
+    require_best,
+    require_schedulable,
+    scaling_config,
+    total_resources,
+)
 from rayrec.runtime import init_ray, warn_if_busy
+from rayrec.seqrec.model import load_retriever
 from rayrec.tracking import start_run
 from rayrec.tracking.train import report_callbacks
 
@@ -21,20 +34,9 @@ log = logging.getLogger(__name__)
 
 def run_tower_training(cfg: RayrecConfig) -> dict[str, Any]:
     """LoRA-tune ``tower.backbone`` so that item text lands where the retriever ranks the item."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from rayrec.data.store import load_items
-    from rayrec.itemtower.loop import VALID_METRIC, train_loop_per_worker
-    from rayrec.itemtower.pairs import tower_data
-    from rayrec.itemtower.vectors import build_text_grounded_index, tower_model_dir
-    from rayrec.seqrec.model import load_retriever
-    from rayrec.train.checkpoint import publish_checkpoint
-    from rayrec.train.trainer import require_schedulable, worker_resources
-
     init_ray(cfg.ray)
     tc, tr = cfg.tower, cfg.train
-    require_schedulable(cfg)
+    require_schedulable(tr)
     model, _ = load_retriever(cfg.retriever_model_dir)
     items = load_items(cfg.data_dir)
     trained = items["popularity"].to_numpy() > 0
@@ -42,7 +44,7 @@ def run_tower_training(cfg: RayrecConfig) -> dict[str, Any]:
     head = None if model.text_proj is None else model.text_proj.weight.detach().numpy()
     if head is None:
         log.warning("the retriever is ID-only: the tower's head starts random (set retriever.text_init)")
-    warn_if_busy({k: v * tr.num_workers for k, v in worker_resources(cfg).items()}, "item tower tuning")
+    warn_if_busy(total_resources(tr), "item tower tuning")
     log.info("tuning the %s item tower for %d steps on %d worker(s): %d train items, %d validation items, "
              "%d user states", tc.backbone, tc.max_steps, tr.num_workers, len(data.train_items),
              len(data.valid_items), len(data.states))
@@ -50,30 +52,15 @@ def run_tower_training(cfg: RayrecConfig) -> dict[str, Any]:
               "valid_items": len(data.valid_items), "states": len(data.states), "num_workers": tr.num_workers}
     t0 = time.perf_counter()
     with start_run(cfg, "train-tower", params) as run:
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"cfg": cfg.model_dump(mode="json"), "data": data, "head": head},
-            scaling_config=ScalingConfig(num_workers=tr.num_workers, use_gpu=tr.use_gpu,
-                                         resources_per_worker=tr.resources_per_worker or None,
-                                         placement_strategy=tr.placement_strategy),
-            torch_config=TorchConfig(backend="nccl" if tr.use_gpu else "gloo"),
-            run_config=RunConfig(
-                # a run of its own per call: a failed worker starts the tuning over (minutes
-                # long), and a rerun with other settings never mixes with an earlier run's files
-                name=f"{tc.run_name}_{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage.join(cfg.tower_dir, "runs"),
-                failure_config=FailureConfig(max_failures=tr.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints, checkpoint_score_order="max",
-                                                   checkpoint_score_attribute=VALID_METRIC),
-                callbacks=report_callbacks(run, "step"),
-            ),
+        result = fit(
+            train_loop_per_worker, {"cfg": cfg.model_dump(mode="json"), "data": data, "head": head},
+            # a run of its own per call: a failed worker starts the tuning over (minutes
+            # long), and a rerun with other settings never mixes with an earlier run's files
+            name=f"{tc.run_name}_{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage.join(cfg.tower_dir, "runs"),
+            scaling=scaling_config(tr), max_failures=tr.max_failures, keep_checkpoints=tc.keep_checkpoints,
+            score_attribute=VALID_METRIC, callbacks=report_callbacks(run, "step"),
         )
-        result = trainer.fit()
-        if result.error:
-            raise result.error
-        scored = [(m[VALID_METRIC], c, m) for c, m in (result.best_checkpoints or []) if VALID_METRIC in m]
-        if not scored:
-            raise RuntimeError(f"item tower tuning reported no {VALID_METRIC}; nothing to publish")
-        value, best, best_metrics = max(scored, key=lambda t: t[0])
+        value, best, best_metrics = require_best(result, VALID_METRIC, "item tower tuning")
         start = best_metrics.get("start_" + VALID_METRIC, float("-inf"))
         # Served only where it adds: a tuned tower no better on validation than the frozen one it
         # started from is not published (and an older one is removed), so NewItemEncoder serves

@@ -20,6 +20,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from rayrec import storage
+from rayrec.data.store import load_items
+from rayrec.itemtower.model import META_FILE, WEIGHTS_FILE, encode, load_tower
+from rayrec.retrieval.encoder import TextEncoder
+from rayrec.seqrec.model import MODEL_FILE, load_retriever
+from rayrec.seqrec.scorer import SeqRetriever, build_retriever_index
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +37,6 @@ def tower_model_dir(cfg) -> str:
 def encoder_files(cfg) -> list[str]:
     """The files whose bytes decide what :class:`NewItemEncoder` returns (the retriever's
     weights and the tower's): vectors stored under another fingerprint of them are stale."""
-    from rayrec.itemtower.model import WEIGHTS_FILE
-    from rayrec.seqrec.model import MODEL_FILE
-
     return [storage.join(cfg.retriever_model_dir, MODEL_FILE), storage.join(tower_model_dir(cfg), WEIGHTS_FILE)]
 
 
@@ -42,21 +44,15 @@ class NewItemEncoder:
     """Loaded once (a replica, an evaluation); ``encode(texts)`` -> (n, retriever dim) float32."""
 
     def __init__(self, cfg, prefer: str = "tuned") -> None:
-        from rayrec.itemtower.model import META_FILE
-
         self.kind, self.reason = None, None
         self._tower = self._tokenizer = self._proj = self._encoder = None
         self.max_length = cfg.tower.max_length
         if prefer == "tuned" and storage.is_file(storage.join(tower_model_dir(cfg), META_FILE)):
-            from rayrec.itemtower.model import load_tower
-
             self._tower, self._tokenizer, meta = load_tower(tower_model_dir(cfg))
             self.max_length = int(meta["tower"]["max_length"])
             self.kind = "tuned"
             return
         try:
-            from rayrec.seqrec.model import load_retriever
-
             model, _ = load_retriever(cfg.retriever_model_dir)
         except FileNotFoundError as exc:
             self.reason = str(exc)
@@ -65,7 +61,6 @@ class NewItemEncoder:
             self.reason = ("the retriever is ID-only (retriever.text_init: false): it has no vector for an "
                            "item it never saw")
             return
-        from rayrec.retrieval.encoder import TextEncoder
 
         self._proj = model.text_proj.weight.detach().cpu().numpy().T  # (text dim, retriever dim)
         self._encoder = TextEncoder(cfg.retrieval.encoder or cfg.model.backbone)
@@ -79,8 +74,6 @@ class NewItemEncoder:
         if self.kind is None:
             raise RuntimeError(f"no text-to-retriever encoder: {self.reason}")
         if self.kind == "tuned":
-            from rayrec.itemtower.model import encode
-
             return encode(self._tower, self._tokenizer, list(texts), self.max_length)
         return (self._encoder.encode(list(texts)) @ self._proj).astype(np.float32)
 
@@ -89,9 +82,6 @@ def text_grounded_retriever(cfg, prefer: str = "tuned"):
     """The run's SeqRetriever whose items without a training interaction read their vectors
     from :class:`NewItemEncoder` (``prefer`` "tuned": the tower when trained; "frozen": the
     retriever's own text part). An ID-only retriever is returned as it is."""
-    from rayrec.data.store import load_items
-    from rayrec.seqrec.scorer import SeqRetriever
-
     retriever = SeqRetriever(cfg.retriever_model_dir)
     if retriever.model.text_proj is None or prefer != "tuned":
         return retriever
@@ -110,6 +100,4 @@ def text_grounded_retriever(cfg, prefer: str = "tuned"):
 def build_text_grounded_index(cfg) -> str:
     """Rebuild ``cfg.retriever_index_dir`` from :func:`text_grounded_retriever`: what the
     endpoint searches (new items from the tuned tower)."""
-    from rayrec.retrieval.index import build_retriever_index
-
     return build_retriever_index(cfg, text_grounded_retriever(cfg))

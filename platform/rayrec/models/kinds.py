@@ -23,25 +23,24 @@ from rayrec.models import prompts
 if TYPE_CHECKING:
     import torch
 
-    from rayrec.models.config import ModelConfig
-
 
 @dataclass(frozen=True)
 class RankerKindSpec:
     """``causal``: needs a causal LM backbone (else an encoder and a linear head).
     ``listwise``: one prompt scores a window of ``model.listwise_window`` candidates.
-    ``answer_words(cfg)``: the words whose first-token logits are read at the answer slot.
+    ``answer_words(cfg)``: the words whose first-token logits are read at the answer slot
+    (``cfg`` a :class:`rayrec.models.config.ModelConfig`, which imports this registry).
     ``pieces(texts)``: the prompt's text before and after the history for one candidate (or
     one window). ``score(picked)``: the answer logits (S, words) to scores (S, window)."""
 
     name: str
     causal: bool
     listwise: bool = False
-    answer_words: Callable[[ModelConfig], list[str]] | None = None
+    answer_words: Callable[[Any], list[str]] | None = None
     pieces: Callable[[Sequence[str]], tuple[str, str]] | None = None
     score: Callable[[torch.Tensor], torch.Tensor] | None = None
 
-    def window(self, cfg: ModelConfig) -> int:
+    def window(self, cfg: Any) -> int:
         """Candidates per scored sequence."""
         return cfg.listwise_window if self.listwise else 1
 

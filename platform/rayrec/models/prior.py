@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from rayrec.data.schema import ITEMS_FILE
+from rayrec.data.store import load_items
+
 
 def popularity_prior(popularity: np.ndarray) -> np.ndarray:
     """float32 prior per item (index = item_idx) from train-split positive counts."""
@@ -48,9 +51,6 @@ def candidate_priors(prior: np.ndarray, candidates) -> list[np.ndarray]:
 
 def load_item_prior(data_dir: str) -> np.ndarray:
     """The prior of every item in a preprocessed dataset (``items.parquet``)."""
-    from rayrec.data.schema import ITEMS_FILE
-    from rayrec.data.store import load_items
-
     try:
         items = load_items(data_dir)
     except (FileNotFoundError, OSError) as e:

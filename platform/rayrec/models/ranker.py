@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, load_peft_weights, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -25,6 +26,7 @@ from rayrec.models.collate import RankerCollator, SeqPlan, scatter_scores
 from rayrec.models.config import ModelConfig
 from rayrec.models.kinds import kind_of
 from rayrec.models.prior import prior_names
+from rayrec.storage import local_copy
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +178,6 @@ def save_ranker(
 def warm_start(model: RankerModel, checkpoint: str | Path) -> None:
     """Load a saved ranker's LoRA adapter and head into a freshly built ``model`` (same backbone
     and LoRA shape): fine-tuning continues from that adapter instead of a new one."""
-    from peft import load_peft_weights, set_peft_model_state_dict
-
     art = _artifact_dir(checkpoint)
     if (art / "adapter").is_dir():
         result = set_peft_model_state_dict(model.backbone, load_peft_weights(str(art / "adapter")))
@@ -205,8 +205,6 @@ def _load_head(model: RankerModel, art: Path) -> None:
 
 
 def _artifact_dir(checkpoint: str | Path) -> Path:
-    from rayrec.storage import local_copy
-
     p = Path(local_copy(str(checkpoint)))  # a remote checkpoint is downloaded once
     for cand in (p, p / "model"):
         if (cand / ARTIFACT_FILE).is_file():
@@ -265,7 +263,6 @@ def for_inference(model: RankerModel, precision: str, device: torch.device) -> R
     """
     precision = _resolve_precision(precision, device)
     if precision == "int8":
-        import warnings
 
         model = model.eval()
         if isinstance(model.backbone, PeftModel):

@@ -19,6 +19,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from rayrec.models import prompts
 from rayrec.models.backbone import resolve_backbone
 
 TINY_FAMILIES = ("bert", "gpt2", "llama", "qwen2")
@@ -27,9 +28,13 @@ _EOS = "<|endoftext|>"
 
 def _bpe_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on prompt words, so verbalizer/index tokens are single."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from rayrec.models import prompts
+    from tokenizers import (  # tiny test models only
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -24,19 +24,24 @@ import numpy as np
 import pandas as pd
 
 from rayrec import storage
+from rayrec.checkpoints import promote, served_checkpoint
 from rayrec.config import RayrecConfig
 from rayrec.data import store
 from rayrec.data.schema import EXAMPLE_COLUMNS, EXAMPLES_DIR, ITEMS_FILE, SOURCE_COLUMN
+from rayrec.data.text import render_history
+from rayrec.errors import UserFacingError
+from rayrec.evaluation.evaluate import run_evaluation
+from rayrec.explore.ope import join_events
+from rayrec.runtime import init_ray
+from rayrec.serving.control import switch_adapter
+from rayrec.serving.eventlog import read_events
+from rayrec.train.trainer import require_schedulable, run_training
 
 log = logging.getLogger("rayrec")
 
 
 def feedback_examples(cfg: RayrecConfig) -> pd.DataFrame:
     """Training examples from the endpoint's event log (known users, slates with a click)."""
-    from rayrec.data.text import render_history
-    from rayrec.explore.ope import join_events
-    from rayrec.serving.eventlog import read_events
-
     impressions, feedback = read_events(cfg.event_log_dir)
     impressions, feedback = attributed_only(impressions, feedback)
     shown = join_events(impressions, feedback)
@@ -85,8 +90,6 @@ def attributed_only(impressions: pd.DataFrame, feedback: pd.DataFrame) -> tuple[
 def _ndcg10(result: dict[str, Any]) -> float:
     """The ranker's NDCG@10: end to end on the full catalog (retrieval top-N re-ranked), or on
     the re-ranking diagnostic."""
-    from rayrec.errors import UserFacingError
-
     models = result["models"]
     name = next((m for m in models if m.endswith("_ranker")), "ranker")
     if name not in models:
@@ -98,12 +101,6 @@ def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
     """One round: build examples from the log, fine-tune from the current adapter, evaluate
     both on the validation split, promote the new adapter when its NDCG@10 is higher by more
     than ``feedback.min_improvement``, and switch the running endpoint to it."""
-    from rayrec.checkpoints import promote, served_checkpoint
-    from rayrec.errors import UserFacingError
-    from rayrec.evaluation.evaluate import run_evaluation
-    from rayrec.runtime import init_ray
-    from rayrec.train.trainer import require_schedulable, run_training
-
     init_ray(cfg.ray)
     # Before any work: the round trains one worker (plus its data feed); evaluation checks its
     # scoring actors when it starts (scoring_on_ray).
@@ -150,8 +147,6 @@ def run_feedback_loop(cfg: RayrecConfig) -> dict[str, Any]:
     switch: dict[str, Any] = {"switched": False, "reason": why if not promoted else
                               "feedback.switch_endpoint is false"}
     if promoted and cfg.feedback.switch_endpoint:
-        from rayrec.serving.control import switch_adapter
-
         switch = switch_adapter(cfg, candidate)
     result = {"examples": len(examples), "current": current, "candidate": candidate,
               "valid_ndcg@10": {"current": before, "candidate": after}, "promoted": promoted,

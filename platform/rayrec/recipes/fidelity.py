@@ -17,12 +17,17 @@ import io
 import time
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 
 from rayrec import storage
 from rayrec.config import RayrecConfig
+from rayrec.data import store
 from rayrec.evaluation.report import PER_USER_FILE
+from rayrec.recipes.traffic import simulate_traffic
+from rayrec.serving.bandit import learn_pending
+from rayrec.serving.control import start_app, stop_app
 
 
 def served_model(cfg: RayrecConfig, models: set[str]) -> str:
@@ -38,8 +43,6 @@ def endpoint_vs_offline(cfg: RayrecConfig, http, k: int = 10, max_users: int | N
     """NDCG@k of the endpoint's greedy answers and of the evaluation, on the same users.
 
     ``http``: an ``httpx.Client`` whose base URL is the endpoint's."""
-    from rayrec.data import store
-
     raw = storage.read_bytes(storage.join(cfg.eval_dir, PER_USER_FILE))
     per_user = pd.read_parquet(io.BytesIO(raw))
     model = served_model(cfg, set(per_user["model"]))
@@ -72,8 +75,6 @@ def endpoint_vs_offline(cfg: RayrecConfig, http, k: int = 10, max_users: int | N
 def learn_now(cfg: RayrecConfig, policies: tuple[str, ...] = ("greedy",)) -> None:
     """Let the endpoint's policy learn what it was sent: its state actor learns every slate
     awaiting feedback (as the feedback window closing would), then the replicas' copies sync."""
-    from rayrec.serving.bandit import learn_pending
-
     learn_pending(cfg.serve.app_name, list(policies))
     time.sleep(2 * cfg.serve.policy_sync_s + 1.0)
 
@@ -83,12 +84,6 @@ def measure_fidelity(cfg: RayrecConfig, n_requests: int = 1000, k: int = 10,
     """Start the run's endpoint, measure its greedy answers against evaluation, send
     ``n_requests`` simulated greedy requests with feedback (clicks from the click model, never
     from the test items), let the policy learn them, measure again, stop the endpoint."""
-    import httpx
-
-    from rayrec.data import store
-    from rayrec.recipes.traffic import simulate_traffic
-    from rayrec.serving.control import start_app, stop_app
-
     url = start_app(cfg)
     try:
         with httpx.Client(base_url=url, timeout=60) as http:

@@ -16,6 +16,9 @@ import numpy as np
 
 from rayrec import storage
 from rayrec.config import RayrecConfig
+from rayrec.explore.ope import evaluate, join_events
+from rayrec.recipes.traffic import counterfactual_location
+from rayrec.serving.eventlog import read_events
 
 
 def estimate_from_event_log(cfg: RayrecConfig, n_boot: int = 200) -> dict[str, Any]:
@@ -25,10 +28,6 @@ def estimate_from_event_log(cfg: RayrecConfig, n_boot: int = 200) -> dict[str, A
     slot given the earlier slots): greedy's is 1 when the logged slot holds the item greedy put
     there (its slate for the same request), else 0.
     """
-    from rayrec.explore.ope import evaluate, join_events
-    from rayrec.recipes.traffic import counterfactual_location
-    from rayrec.serving.eventlog import read_events
-
     cf_location = counterfactual_location(cfg)
     if not storage.is_file(cf_location):
         raise FileNotFoundError(f"{cf_location} is missing: run the serve stage first")

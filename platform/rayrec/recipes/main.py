@@ -15,27 +15,27 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rayrec import storage
+from rayrec import storage, tracking
 from rayrec.config import RayrecConfig
+from rayrec.data.pipeline import run_preprocess
+from rayrec.data.schema import MANIFEST_FILE
+from rayrec.explore.experiment import run_experiment
+from rayrec.itemtower.trainer import run_tower_training
+from rayrec.recipes.logged_ope import estimate_from_event_log
+from rayrec.recipes.newitems import run_new_item_protocol
+from rayrec.recipes.seeds import run_headline_evaluation
+from rayrec.recipes.traffic import serve_and_simulate
+from rayrec.report import write_report
+from rayrec.report.writer import FIGURE_DIR, JSON_FILE, MARKDOWN_FILE
+from rayrec.retrieval.index import META_FILE, build_index
 from rayrec.runtime import init_ray
+from rayrec.seqrec.trainer import run_retriever_training
 from rayrec.stages import StageRunner
+from rayrec.train.trainer import run_training
 
 
 def run_main(cfg: RayrecConfig, rebuild: bool = False) -> dict[str, Any]:
     """Run every stage on ``cfg`` and write ``<run_dir>/report.md``; returns a summary."""
-    from rayrec.data.pipeline import run_preprocess
-    from rayrec.data.schema import MANIFEST_FILE
-    from rayrec.explore.experiment import run_experiment
-    from rayrec.itemtower.trainer import run_tower_training
-    from rayrec.recipes.logged_ope import estimate_from_event_log
-    from rayrec.recipes.newitems import run_new_item_protocol
-    from rayrec.recipes.seeds import run_headline_evaluation
-    from rayrec.recipes.traffic import serve_and_simulate
-    from rayrec.report import write_report
-    from rayrec.retrieval.index import META_FILE, build_index
-    from rayrec.seqrec.trainer import run_retriever_training
-    from rayrec.train.trainer import run_training
-
     started = time.perf_counter()
     init_ray(cfg.ray)
     storage.write_text(cfg.path("config.yaml"), cfg.to_yaml())
@@ -78,9 +78,6 @@ def run_main(cfg: RayrecConfig, rebuild: bool = False) -> dict[str, Any]:
 def _track(cfg: RayrecConfig, records: list[dict[str, Any]], total: float) -> None:
     """The run's report (markdown, JSON, figures) and stage times as one MLflow run, ``main``
     (training, evaluation and the bandit experiment log their own runs as they go)."""
-    from rayrec import tracking
-    from rayrec.report.writer import FIGURE_DIR, JSON_FILE, MARKDOWN_FILE
-
     with tracking.start_run(cfg, "main", params={"run_dir": cfg.path()}) as run:
         run.log_metrics({f"seconds/{r['name']}": r["seconds"] for r in records} | {"seconds/total": total})
         for name in (MARKDOWN_FILE, JSON_FILE, FIGURE_DIR):

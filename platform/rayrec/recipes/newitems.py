@@ -23,7 +23,17 @@ from typing import Any
 
 from rayrec import storage
 from rayrec.config import RayrecConfig
+from rayrec.data.newitems import HELD_OUT_FILE, derive_new_item_dataset, load_held_out
+from rayrec.data.store import load_manifest
+from rayrec.evaluation.fullcatalog import run_full_catalog
+from rayrec.itemtower.trainer import run_tower_training
+from rayrec.itemtower.vectors import NewItemEncoder, text_grounded_retriever
+from rayrec.retrieval.index import META_FILE, build_index
+from rayrec.runtime import init_ray
+from rayrec.seqrec.scorer import SeqRetriever
+from rayrec.seqrec.trainer import run_retriever_training
 from rayrec.stages import StageRunner
+from rayrec.train.trainer import run_training
 
 ROOT = "newitems"
 
@@ -54,11 +64,6 @@ def protocol_configs(cfg: RayrecConfig) -> dict[str, RayrecConfig]:
 
 def evaluate_new_items(configs: dict[str, RayrecConfig]) -> dict[str, Any]:
     """The full-catalog report of the protocol (rayrec.evaluation.fullcatalog)."""
-    from rayrec.data.newitems import load_held_out
-    from rayrec.evaluation.fullcatalog import run_full_catalog
-    from rayrec.itemtower.vectors import NewItemEncoder, text_grounded_retriever
-    from rayrec.seqrec.scorer import SeqRetriever
-
     base, text = configs["base"], configs["text"]
     retrievers = {"retriever": SeqRetriever(configs["id"].retriever_model_dir),
                   "text_retriever": text_grounded_retriever(text, "frozen")}
@@ -80,8 +85,6 @@ def evaluate_new_items(configs: dict[str, RayrecConfig]) -> dict[str, Any]:
 
 
 def _counts(base: RayrecConfig) -> dict[str, Any]:
-    from rayrec.data.store import load_manifest
-
     return load_manifest(base.data_dir).get("new_items", {})
 
 
@@ -89,13 +92,6 @@ def run_new_item_protocol(cfg: RayrecConfig, stages: StageRunner | None = None, 
                           ) -> dict[str, Any] | None:
     """Build and evaluate every system of the protocol; stages are reused when unchanged.
     ``required`` False (the main job): a failed stage is recorded and the run goes on."""
-    from rayrec.data.newitems import HELD_OUT_FILE, derive_new_item_dataset
-    from rayrec.itemtower.trainer import run_tower_training
-    from rayrec.retrieval.index import META_FILE, build_index
-    from rayrec.runtime import init_ray
-    from rayrec.seqrec.trainer import run_retriever_training
-    from rayrec.train.trainer import run_training
-
     init_ray(cfg.ray)
     stages = stages or StageRunner(cfg)
     configs = protocol_configs(cfg)

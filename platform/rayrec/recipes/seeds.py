@@ -25,6 +25,9 @@ from typing import Any
 
 from rayrec import storage
 from rayrec.config import RayrecConfig
+from rayrec.evaluation.evaluate import run_evaluation
+from rayrec.evaluation.fullcatalog import run_full_catalog
+from rayrec.seqrec.trainer import run_retriever_training
 from rayrec.stages import StageRunner
 
 SEEDS_FILE = "seeds.json"
@@ -46,8 +49,6 @@ def seed_config(cfg: RayrecConfig, k: int) -> RayrecConfig:
 def run_headline_evaluation(cfg: RayrecConfig, stages: StageRunner | None = None) -> dict[str, Any]:
     """``rayrec evaluate`` and the main job's evaluate stage: over ``evaluate.seeds`` seeds on
     the full catalog, else the one evaluation (rayrec.evaluation.evaluate.run_evaluation)."""
-    from rayrec.evaluation.evaluate import run_evaluation
-
     if cfg.evaluate.seeds > 1 and cfg.evaluate.candidates == "full":
         return run_seeded_evaluation(cfg, stages)
     return run_evaluation(cfg)
@@ -56,9 +57,6 @@ def run_headline_evaluation(cfg: RayrecConfig, stages: StageRunner | None = None
 def run_seeded_evaluation(cfg: RayrecConfig, stages: StageRunner | None = None) -> dict[str, Any]:
     """Seed 0's full-catalog result (the usual shape, so reports read it as ever) with a
     ``seeds`` section: per seed, mean ± sd and the comparisons' verdicts over seeds."""
-    from rayrec.evaluation.fullcatalog import run_full_catalog
-    from rayrec.seqrec.trainer import run_retriever_training
-
     stages = stages or StageRunner(cfg)
     has_retriever = storage.is_dir(cfg.retriever_model_dir)
     configs = [seed_config(cfg, k) for k in range(cfg.evaluate.seeds)]

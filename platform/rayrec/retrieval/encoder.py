@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from transformers import AutoModel, AutoTokenizer
 
 from rayrec.models.backbone import resolve_backbone
 
@@ -24,8 +25,6 @@ class TextEncoder:
     def __init__(
         self, backbone: str = "minilm", max_length: int = 128, batch_size: int = 64, device: str = "cpu"
     ) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
         path = resolve_backbone(backbone)
         self.name = backbone
         self.max_length = max_length

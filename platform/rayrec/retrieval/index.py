@@ -20,9 +20,12 @@ import faiss
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import ray
 
 from rayrec import storage
+from rayrec.data.store import load_items
 from rayrec.retrieval.encoder import TextEncoder
+from rayrec.runtime import init_ray
 
 INDEX_FILE = "index.faiss"
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -45,8 +48,6 @@ def embed_items_ray(
     items: pd.DataFrame, backbone: str, batch_size: int = 128, num_actors: int = 1, max_length: int = 128
 ) -> np.ndarray:
     """Embed ``items.text`` with a Ray Data actor pool; returns rows aligned with ``items``."""
-    import ray
-
     frame = items[["item_idx", "text"]].reset_index(drop=True)
     # Several blocks so that every actor in the pool gets work.
     n_blocks = max(1, min(len(frame), num_actors * 4, math.ceil(len(frame) / batch_size)))
@@ -274,9 +275,6 @@ class ItemIndex:
 
 def build_index(cfg) -> str:
     """Embed every catalog item with Ray Data, build the FAISS index, save it to ``cfg.index_dir``."""
-    from rayrec.data.store import load_items
-    from rayrec.runtime import init_ray
-
     init_ray(cfg.ray)
     rc = cfg.retrieval
     items = load_items(cfg.data_dir)
@@ -292,24 +290,3 @@ def build_index(cfg) -> str:
     )
     index.meta["embed_seconds"] = round(time.time() - t0, 2)
     return index.save(cfg.index_dir)
-
-
-def build_retriever_index(cfg, retriever=None) -> str:
-    """Index the trained retriever's item vectors (inner product = its own scores) at
-    ``cfg.retriever_index_dir``: the collaborative half of retrieval. ``retriever``: a loaded
-    SeqRetriever (e.g. with the item tower's new-item vectors), default the run's."""
-    from rayrec.data.store import load_items
-    from rayrec.seqrec.scorer import SeqRetriever
-
-    retriever = retriever or SeqRetriever(cfg.retriever_model_dir)
-    items = load_items(cfg.data_dir)
-    if len(items) != retriever.n_items:
-        raise ValueError(f"the retriever at {cfg.retriever_model_dir} knows {retriever.n_items} items "
-                         f"but the catalog at {cfg.data_dir} has {len(items)}; retrain it")
-    kind = choose_index_type(len(items), cfg.retrieval.index_type, cfg.retrieval.exact_max_items)
-    index = ItemIndex.from_embeddings(
-        items["item_idx"].to_numpy(), retriever.item_vectors(), items["category"].fillna("").astype(str),
-        index_type=kind, nlist=cfg.retrieval.nlist, nprobe=cfg.retrieval.nprobe,
-        encoder=f"retriever:{cfg.retriever_model_dir}",
-    )
-    return index.save(cfg.retriever_index_dir)

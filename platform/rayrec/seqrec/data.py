@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from rayrec.data import store
+
 SEQUENCE_COLUMNS = ["user_idx", "items", "valid_item"]
 
 
@@ -51,8 +53,6 @@ def _user_sequence(group: pd.DataFrame, keep: int, stride: int) -> pd.DataFrame:
 
 def sequence_dataset(data_dir: str, max_len: int, stride: int = 0):
     """Ray Dataset of SEQUENCE_COLUMNS (windows with at least 2 items; see the module doc)."""
-    from rayrec.data import store
-
     def tag(split: int):
         def add(batch: pd.DataFrame) -> pd.DataFrame:
             batch = batch[batch["label"] > 0][["user_idx", "item_idx", "timestamp"]].copy()
@@ -77,8 +77,6 @@ def load_sequences(data_dir: str, split: str) -> pd.DataFrame:
     target = test item. ``seen`` = the items the user interacted with before the target (what
     full-catalog ranking excludes). Read with pandas: evaluation and mining run on one node.
     """
-    from rayrec.data import store
-
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     parts = [store.read_pandas(data_dir, "interactions", "train").assign(split=0)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -14,13 +13,15 @@ import torch
 import torch.distributed as dist
 
 from rayrec.console import progress
-from rayrec.evaluation.metrics import ndcg_at_k
+from rayrec.metrics import ndcg_at_k
+from rayrec.raytrain.checkpoint import checkpoint_dir_name
+from rayrec.raytrain.worker import reported_checkpoint, start_worker
 from rayrec.seqrec.config import RetrieverConfig
 from rayrec.seqrec.data import training_tensors
 from rayrec.seqrec.model import SASRec, save_retriever, sequence_loss
 from rayrec.seqrec.scorer import retrieve_topn
 
-log = logging.getLogger("rayrec.train")
+log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
 
 
@@ -68,15 +69,11 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     "text_vectors": (n_items, d) array or None, "trained": (n_items,) bool or None}."""
     rc = RetrieverConfig.model_validate(loop_cfg["retriever"])
     n_items = int(loop_cfg["n_items"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if rc.torch_threads is not None:
-        torch.set_num_threads(rc.torch_threads or os.cpu_count() or 1)
+    rank, world, device = start_worker(rc.torch_threads)  # device: the worker's GPU with use_gpu
     torch.manual_seed(rc.seed)
     # Each worker keeps its shard of users as two (users, max_len) int64 tensors: ~3 KB a user.
     rows = list(ray.train.get_dataset_shard("train").iter_rows())
     inputs, targets = training_tensors([r["items"] for r in rows], rc.max_len, n_items)
-    device = ray.train.torch.get_device()  # the worker's GPU with use_gpu, else the CPU
     inputs, targets = inputs.to(device), targets.to(device)  # once: the whole shard fits
     # DDP needs the same number of steps on every rank: the smallest shard sets the epoch.
     steps = int(_all_reduce([len(rows) // rc.batch_size or 1], dist.ReduceOp.MIN)[0])
@@ -139,14 +136,11 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         if rank == 0:
             total = epoch if stop else max(epoch + 1, min(rc.max_epochs, math.ceil(planned)))
             progress("epoch", epoch, total, **{k: v for k, v in metrics.items() if k != "epoch"})
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
+        with reported_checkpoint(metrics, checkpoint_dir_name(epoch, "epoch", 5)) as tmp:
+            if rank == 0:  # DDP: every rank holds the same weights
                 save_retriever(tmp, net, rc, {"epoch": epoch, "metrics": metrics})
                 torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "state": state},
                            os.path.join(tmp, STATE_FILE))
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:05d}")
         t0, seen, losses = time.perf_counter(), 0, []
         if stop:
             break

@@ -21,7 +21,10 @@ import pandas as pd
 
 from rayrec import storage
 from rayrec.data.schema import EXAMPLES_DIR
+from rayrec.data.store import load_items
 from rayrec.data.text import render_history
+from rayrec.seqrec.data import load_sequences
+from rayrec.seqrec.scorer import SeqRetriever
 
 
 def _examples(retriever, histories, positives, users, n: int, texts: np.ndarray,
@@ -48,10 +51,6 @@ def _examples(retriever, histories, positives, users, n: int, texts: np.ndarray,
 
 def mine_ranker_examples(cfg) -> dict:
     """Write mined train and valid examples; returns their counts and where they went."""
-    from rayrec.data.store import load_items
-    from rayrec.seqrec.data import load_sequences
-    from rayrec.seqrec.scorer import SeqRetriever
-
     retriever = SeqRetriever(cfg.retriever_model_dir)  # exact top-N: the same lists as a flat index
     texts = load_items(cfg.data_dir)["text"].astype(str).to_numpy()
     n, m = cfg.retriever.mine_candidates, cfg.retriever.mine_positions

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rayrec import storage
 from rayrec.seqrec.config import RetrieverConfig
 
 MODEL_FILE, META_FILE = "retriever.pt", "retriever.json"
@@ -218,8 +219,6 @@ def save_retriever(out_dir: str | Path, model: SASRec, cfg: RetrieverConfig, ext
 
 def load_retriever(model_dir: str | Path) -> tuple[SASRec, dict]:
     """The saved network in eval mode, and its metadata."""
-    from rayrec import storage
-
     d = str(model_dir)  # a local path or a URI
     if not storage.is_file(storage.join(d, META_FILE)) or not storage.is_file(storage.join(d, MODEL_FILE)):
         raise FileNotFoundError(f"no trained retriever at {d} (missing {META_FILE} or {MODEL_FILE}); "

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from rayrec.data.store import load_items
+from rayrec.retrieval.index import ItemIndex, choose_index_type
 from rayrec.seqrec.data import batch_inputs
 from rayrec.seqrec.model import SASRec, load_retriever
 
@@ -107,3 +109,21 @@ class SeqRetriever:
         """Top-n (items, log-lift) per history, excluding ``exclude`` (default: the history)."""
         known = [[int(i) for i in h if 0 <= int(i) < self.n_items] for h in histories]
         return retrieve_topn(self.model, known, n, exclude, self.index)
+
+
+def build_retriever_index(cfg, retriever=None) -> str:
+    """Index the trained retriever's item vectors (inner product = its own scores) at
+    ``cfg.retriever_index_dir``: the collaborative half of retrieval. ``retriever``: a loaded
+    SeqRetriever (e.g. with the item tower's new-item vectors), default the run's."""
+    retriever = retriever or SeqRetriever(cfg.retriever_model_dir)
+    items = load_items(cfg.data_dir)
+    if len(items) != retriever.n_items:
+        raise ValueError(f"the retriever at {cfg.retriever_model_dir} knows {retriever.n_items} items "
+                         f"but the catalog at {cfg.data_dir} has {len(items)}; retrain it")
+    kind = choose_index_type(len(items), cfg.retrieval.index_type, cfg.retrieval.exact_max_items)
+    index = ItemIndex.from_embeddings(
+        items["item_idx"].to_numpy(), retriever.item_vectors(), items["category"].fillna("").astype(str),
+        index_type=kind, nlist=cfg.retrieval.nlist, nprobe=cfg.retrieval.nprobe,
+        encoder=f"retriever:{cfg.retriever_model_dir}",
+    )
+    return index.save(cfg.retriever_index_dir)

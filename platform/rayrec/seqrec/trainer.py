@@ -14,13 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ray.train import ScalingConfig
 
 from rayrec.config import RayrecConfig
+from rayrec.data.store import load_items
+from rayrec.raytrain.checkpoint import publish_checkpoint
+from rayrec.raytrain.driver import fit, require_best
+from rayrec.retrieval.index import ItemIndex, embed_items_ray
 from rayrec.runtime import init_ray, require_resources, warn_if_busy
 from rayrec.seqrec.data import sequence_dataset
 from rayrec.seqrec.loop import train_loop_per_worker
 from rayrec.seqrec.mining import mine_ranker_examples
 from rayrec.seqrec.model import META_FILE, MODEL_FILE
+from rayrec.seqrec.scorer import build_retriever_index
 from rayrec.tracking import start_run
 from rayrec.tracking.train import report_callbacks
 
@@ -29,17 +35,12 @@ log = logging.getLogger(__name__)
 
 def _text_vectors(cfg: RayrecConfig, n_items: int) -> np.ndarray:
     """Item text embeddings (row i = item i): the text index's when built, else encoded now."""
-    from rayrec.retrieval.index import ItemIndex
-
     try:
         index = ItemIndex.load(cfg.index_dir)
         if len(index) == n_items:
             return index.embeddings_for(range(n_items))
     except FileNotFoundError:
         pass
-    from rayrec.data.store import load_items
-    from rayrec.retrieval.index import embed_items_ray
-
     items = load_items(cfg.data_dir)
     return embed_items_ray(items, cfg.retrieval.encoder or cfg.model.backbone,
                            batch_size=cfg.retrieval.embed_batch_size)
@@ -63,13 +64,6 @@ def run_name(rc, n_items: int, n_windows: int) -> str:
 
 def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
     """Train the retriever on ``<data_dir>/interactions``; publish the best model and its index."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from rayrec.data.store import load_items
-    from rayrec.retrieval.index import build_retriever_index
-    from rayrec.train.checkpoint import publish_checkpoint
-
     init_ray(cfg.ray)
     rc = cfg.retriever
     items = load_items(cfg.data_dir)
@@ -92,29 +86,16 @@ def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
     params = {"retriever": rc.model_dump(mode="json"), "users": n_users, "windows": n_windows,
               "items": n_items}
     with start_run(cfg, "train-retriever", params) as run:
-        trainer = TorchTrainer(
+        result = fit(
             train_loop_per_worker,
-            train_loop_config={"retriever": rc.model_dump(mode="json"), "n_items": n_items,
-                               "text_vectors": text, "trained": trained},
-            scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu),
-            torch_config=TorchConfig(backend="nccl" if rc.use_gpu else "gloo"),
-            run_config=RunConfig(
-                name=run_name(rc, n_items, n_windows), storage_path=cfg.retriever_dir + "/runs",
-                failure_config=FailureConfig(max_failures=rc.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=rc.keep_checkpoints,
-                                                   checkpoint_score_attribute=metric,
-                                                   checkpoint_score_order="max"),
-                callbacks=report_callbacks(run, "epoch"),  # rank 0's metrics per epoch -> MLflow
-            ),
+            {"retriever": rc.model_dump(mode="json"), "n_items": n_items, "text_vectors": text, "trained": trained},
+            name=run_name(rc, n_items, n_windows), storage_path=cfg.retriever_dir + "/runs",
+            scaling=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu),
+            max_failures=rc.max_failures, keep_checkpoints=rc.keep_checkpoints, score_attribute=metric,
+            callbacks=report_callbacks(run, "epoch"),  # rank 0's metrics per epoch -> MLflow
             datasets={"train": seqs},
         )
-        result = trainer.fit()
-        if result.error:
-            raise result.error
-        scored = [(m[metric], c, m) for c, m in (result.best_checkpoints or []) if metric in m]
-        if not scored:
-            raise RuntimeError(f"retriever training reported no {metric}; nothing to publish")
-        value, best, best_metrics = max(scored, key=lambda t: t[0])
+        value, best, best_metrics = require_best(result, metric, "retriever training")
         model_dir = publish_checkpoint(best, cfg.retriever_model_dir)
         index_dir = build_retriever_index(cfg)
         mined = mine_ranker_examples(cfg)

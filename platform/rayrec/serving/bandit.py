@@ -36,7 +36,7 @@ import numpy as np
 import ray
 
 from rayrec.config import RayrecConfig
-from rayrec.explore.policies import Policy, Slate, make_policy
+from rayrec.explore.policies import POLICIES, Policy, Slate, make_policy
 from rayrec.explore.state import BanditState, default_state_path, shown
 from rayrec.serving.calls import wait_for
 
@@ -244,8 +244,6 @@ class BanditClient:
                            ) -> tuple[str | None, str]:
         """Feedback for a request another ingress replica served: ask every live policy actor;
         returns (the policy that knew the request, its answer), or (None, "")."""
-        from rayrec.explore.policies import POLICIES
-
         for policy in POLICIES:
             if policy not in self._actors:
                 try:

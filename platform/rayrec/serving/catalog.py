@@ -31,6 +31,7 @@ embeds the text again rather than use vectors from another space. Nothing here i
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import logging
@@ -43,9 +44,11 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 
 from rayrec import storage
 from rayrec.data.text import item_text
+from rayrec.serving.calls import wait_for
 
 log = logging.getLogger("ray.serve")
 
@@ -342,10 +345,6 @@ class CatalogCommitter:
         self._actor = None
 
     def _writer(self):
-        import hashlib
-
-        import ray
-
         if self._actor is None:
             # Owned by the replica that made it (not detached): it goes with the app, and the next
             # commit after its owner is gone makes another (it holds no state storage lacks).
@@ -357,10 +356,6 @@ class CatalogCommitter:
 
     async def commit(self, commit_id: str, adds: list[dict[str, Any]], hides: list[str], max_added: int,
                      timeout_s: float) -> dict[str, Any]:
-        import ray
-
-        from rayrec.serving.calls import wait_for
-
         args = (commit_id, adds, hides, max_added)
         if not ray.is_initialized():
             return await asyncio.wait_for(
@@ -388,8 +383,6 @@ def rows_by_action(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 def model_key(locations: Iterable[str]) -> str:
     """A fingerprint of the files that define a model (its stored vectors are its own): their
     bytes, so a retrained model never passes for the one that made the vectors."""
-    import hashlib
-
     h = hashlib.sha1()
     for loc in locations:
         h.update(storage.read_bytes(loc) if storage.is_file(loc) else b"-")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rayrec.errors import DataError, UserFacingError
+from rayrec.serving.api import load_api_keys
 
 ITEM_FIELDS = {"item_id": (str, int), "title": (str,), "genres": (list,), "text": (str, type(None))}
 REQUIRED = ("item_id", "title")
@@ -115,8 +116,6 @@ def hide_items(url: str, key: str, item_ids: list[str], timeout_s: float) -> dic
 
 def admin_key(env_var: str, key_file: str | None) -> str:
     """The first admin key in ``$env_var`` (comma separated) or the key file."""
-    from rayrec.serving.api import load_api_keys
-
     try:
         keys = load_api_keys(env_var, key_file)
     except OSError as e:

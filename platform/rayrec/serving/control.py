@@ -13,14 +13,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from typing import Any
 
+import ray
 from ray import serve
+from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+from ray.serve.exceptions import RayServeException
 
 from rayrec.config import RayrecConfig
 from rayrec.errors import UserFacingError
+from rayrec.explore.policies import POLICIES
+from rayrec.runtime import dashboard_url
 from rayrec.serving.app import RANKING, app_config, compose
+from rayrec.serving.bandit import kill_state_actors
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +39,6 @@ NO_DASHBOARD = ("this Ray cluster runs without a dashboard, and Serve's declarat
 def serve_admin():
     """Serve's REST API client on the connected cluster's dashboard (``RAY_DASHBOARD_ADDRESS``
     when set, as for the `serve` CLI), or None when no dashboard answers."""
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-    from rayrec.runtime import dashboard_url
-
     address = os.environ.get("RAY_DASHBOARD_ADDRESS") or dashboard_url()
     if not address:
         return None
@@ -85,8 +88,6 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def check_exposure(sc) -> None:
     """Refuse to bind beyond this machine without API keys (a safe default, not a warning)."""
-    from rayrec.errors import UserFacingError
-
     if sc.host not in LOOPBACK and not sc.require_api_key:
         raise UserFacingError(
             f"serve.host={sc.host} accepts connections from other machines, but "
@@ -174,11 +175,6 @@ def switch_adapter(cfg: RayrecConfig, checkpoint: str, timeout_s: float = 600.0)
 def stop_app(cfg: RayrecConfig) -> None:
     """Delete the app (replicas shut down gracefully, flushing the event log), then persist
     and stop its shared policy-state actors."""
-    from ray.serve.exceptions import RayServeException
-
-    from rayrec.explore.policies import POLICIES
-    from rayrec.serving.bandit import kill_state_actors
-
     try:
         serve.delete(cfg.serve.app_name)
     except RayServeException:  # Serve never started (stopped during startup): nothing to delete
@@ -191,12 +187,14 @@ def run_blocking(cfg: RayrecConfig) -> dict[str, Any]:
     """`rayrec serve`: deploy, print where, serve until Ctrl-C or SIGTERM, then shut down
     cleanly: the app is deleted (replicas flush their event logs), the policy states persisted,
     and, when this process started Ray itself, Serve and Ray are stopped (no agents left)."""
-    import signal
-
-    def _terminate(signum, frame):  # SIGTERM (kill, systemd, k8s) takes the Ctrl-C path
+    def _stop(signum, frame):  # Ctrl-C and SIGTERM (kill, systemd, k8s) take one path
+        # Ignore both before anything else: a second signal (a double Ctrl-C, or kill sent to
+        # the process group) must not interrupt the shutdown that the first one starts.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
     url = None
     try:  # a signal while the app is still starting takes the same clean path
         url = start_app(cfg)
@@ -206,19 +204,19 @@ def run_blocking(cfg: RayrecConfig) -> dict[str, Any]:
     except KeyboardInterrupt:
         print("stopping the rayrec endpoint...", flush=True)
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the cleanup short
+        for sig in previous:  # also when start_app failed without a signal
+            signal.signal(sig, signal.SIG_IGN)
         try:
             stop_app(cfg)
         finally:
             _shutdown_local_ray(cfg)
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return {"url": url, "event_log": cfg.event_log_dir}
 
 
 def _shutdown_local_ray(cfg: RayrecConfig) -> None:
     """Stop Serve and Ray if this process started them (not when attached to a cluster)."""
-    import ray
-
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         return  # a cluster's Serve outlives this client
     try:

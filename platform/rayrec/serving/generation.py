@@ -21,10 +21,15 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 from ray import serve
 
 from rayrec.config import validate_config
+from rayrec.data.store import load_items
+from rayrec.generative.adapter import resolve_adapter
+from rayrec.generative.explain import Explainer
 from rayrec.generative.grounding import GroundingCheck
+from rayrec.generative.lists import Generator
 from rayrec.serving.catalog import CatalogLog, catalog_dir, rows_by_action
 
 log = logging.getLogger("ray.serve")
@@ -35,13 +40,6 @@ class GenerationDeployment:
     """One causal LM (optionally with a tuned LoRA adapter merged) and the catalog it may name."""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
-        import torch
-
-        from rayrec.data.store import load_items
-        from rayrec.generative.adapter import resolve_adapter
-        from rayrec.generative.explain import Explainer
-        from rayrec.generative.lists import Generator
-
         self.cfg = validate_config(cfg, "serve generation")
         gc = self.cfg.serve.generation
         if gc.num_gpus == 0:

@@ -32,6 +32,7 @@ from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
 from rayrec.config import RayrecConfig, validate_config
+from rayrec.data.text import render_history
 from rayrec.explore.features import request_features
 from rayrec.explore.policies import POLICIES, ArmPolicy
 from rayrec.ratelimit import TokenBuckets
@@ -433,8 +434,6 @@ class RecommenderIngress:
 
     async def _rank(self, cand: dict[str, Any], query: str | None) -> dict[str, Any] | BaseException:
         """Ranker scores for the candidates, or the exception/timeout that prevented them."""
-        from rayrec.data.text import render_history
-
         texts = cand["history_texts"][-self.cfg.model.max_history_items :]
         if query and query.strip():
             texts = [*texts, query.strip()]  # the query reads as the most recent thing the user wants

@@ -17,18 +17,18 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 from ray import serve
 from ray.serve import metrics
 
 from rayrec.checkpoints import served_checkpoint, version_id
 from rayrec.config import validate_config
+from rayrec.models.ranker import load_ranker
 
 log = logging.getLogger("ray.serve")
 
 
 def _device(num_gpus: float) -> str:
-    import torch
-
     return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
@@ -43,7 +43,6 @@ class RankingDeployment:
         if self.device == "cpu":
             # Every core the replica reserves, no more: intra-op threads beyond its CPUs would
             # fight the other replicas on the node (Ray sets OMP_NUM_THREADS=1 below 1 CPU).
-            import torch
 
             torch.set_num_threads(max(1, int(rc.num_cpus)))
         self._score_batch.set_max_batch_size(rc.max_batch_size)
@@ -77,8 +76,6 @@ class RankingDeployment:
 
     def _load(self, requested: str | None, resolved=None) -> None:
         """Load the adapter ``served_checkpoint`` picks (``resolved``: already picked)."""
-        from rayrec.models.ranker import load_ranker
-
         checkpoint, why = resolved or served_checkpoint(self.cfg, requested)
         t0 = time.perf_counter()
         ranker = load_ranker(self.cfg.model, checkpoint, device=self.device)  # remote: downloaded

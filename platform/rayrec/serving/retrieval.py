@@ -36,8 +36,14 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from rayrec.config import RayrecConfig, validate_config
+from rayrec.data.store import load_histories, load_items, load_users
+from rayrec.itemtower.vectors import NewItemEncoder, encoder_files
 from rayrec.models.prior import popularity_prior, ranker_priors
-from rayrec.retrieval.query import blend_hits
+from rayrec.retrieval.encoder import TextEncoder
+from rayrec.retrieval.index import ItemIndex
+from rayrec.retrieval.query import blend_hits, combined_query
+from rayrec.seqrec.data import load_sequences
+from rayrec.seqrec.scorer import SeqRetriever
 from rayrec.serving.calls import wait_for
 from rayrec.serving.catalog import (
     CatalogCommitter,
@@ -71,10 +77,7 @@ class FeatureStore:
     """The preprocessing output as the serving feature store: items, users and histories."""
 
     def __init__(self, data_dir: str) -> None:
-        from rayrec.data.store import load_histories, load_items, load_users
-
         self.items = load_items(data_dir).reset_index(drop=True)
-        from rayrec.seqrec.data import load_sequences
 
         users = load_users(data_dir)
         histories = load_histories(data_dir)
@@ -146,9 +149,6 @@ class RetrievalDeployment:
     """Loads the item index and feature store once per replica; answers candidate requests."""
 
     def __init__(self, cfg: dict[str, Any], generation: DeploymentHandle | None = None) -> None:
-        from rayrec.retrieval.encoder import TextEncoder
-        from rayrec.retrieval.index import ItemIndex
-
         self.cfg = validate_config(cfg, "serve retrieval")
         self.generation = generation
         self.index = ItemIndex.load(self.cfg.index_dir)
@@ -156,8 +156,6 @@ class RetrievalDeployment:
         self.encoder_name = resolve_encoder(self.cfg, self.index.meta)
         self.retriever, self.retriever_error = None, None
         if self.cfg.retriever.enabled:
-            from rayrec.seqrec.scorer import SeqRetriever
-
             try:
                 self.retriever = SeqRetriever(self.cfg.retriever_model_dir,
                                               ItemIndex.load(self.cfg.retriever_index_dir))
@@ -203,8 +201,6 @@ class RetrievalDeployment:
         self._text_key = f"{self.encoder_name}:{self.index.dim}"
         self._retriever_key = None
         if self.retriever is not None:
-            from rayrec.itemtower.vectors import encoder_files
-
             # The files NewItemEncoder reads: vectors they did not make are embedded again.
             self._retriever_key = model_key(encoder_files(self.cfg))
         self._new_item_encoder = None  # NewItemEncoder: loaded when an item first needs it
@@ -224,8 +220,6 @@ class RetrievalDeployment:
     def _new_items_encoder(self):
         """NewItemEncoder: text -> retriever vector (tuned tower or the retriever's text part)."""
         if self._new_item_encoder is None:
-            from rayrec.itemtower.vectors import NewItemEncoder
-
             self._new_item_encoder = NewItemEncoder(self.cfg)
         return self._new_item_encoder
 
@@ -523,8 +517,6 @@ class RetrievalDeployment:
     def _text(self, history: list[int] | None, text: str | None, exclude: set[int], k: int,
               category: str | None) -> list[tuple[int, float]]:
         """The text index's top-k for a history and/or free-text query."""
-        from rayrec.retrieval.query import combined_query
-
         q = combined_query(self.index, history, text, self.encoder if text else None,
                            text_weight=self.cfg.serve.text_weight, recency_decay=self.cfg.retrieval.recency_decay)
         return self.index.search(q, k, exclude=exclude, category=category)

@@ -1,23 +1,4 @@
-"""Experiment tracking in MLflow: one run per job with its params, metric curves and artifacts.
-
-Each job opens one run (``start_run``) in the experiment ``tracking.experiment`` and logs
-  params     its config section(s), flattened (``train.lr``), and the whole config as an artifact;
-  metrics    rank 0's ``ray.train.report`` per optimizer step / epoch (ranker / retriever
-             training, from the driver side: :mod:`rayrec.tracking.train`), the mean curves
-             per round (bandit experiments), the results (evaluation);
-  artifacts  the job's report files and the trained model's manifest (the whole model dir
-             with ``tracking.log_model``).
-Runs of one config share metric names, so the MLflow UI overlays their curves as they are.
-
-Store: ``tracking.tracking_uri`` (an MLflow server on a cluster), else
-``sqlite:///<run_dir>/mlruns/mlflow.db`` with artifacts in ``<run_dir>/mlruns/artifacts``
-(MLflow 3 keeps the ``file://`` store in maintenance mode and refuses to open it by default).
-
-Tracking never fails a job: the first error (bad URI, server down, full disk) logs one
-warning and turns that run's logging off; the job goes on. An unreachable server costs a
-few seconds: HTTP retries default to 2 and the timeout to 10 s here (MLflow's own defaults
-retry for minutes); ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``..._TIMEOUT`` set by the user win.
-"""
+"""MLflow runs: the store, one run per job, what a run logs, and the active-run helpers."""
 
 from __future__ import annotations
 
@@ -34,7 +15,7 @@ from typing import Any
 
 from rayrec.storage import redact
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("rayrec.tracking")  # the package's logger: users filter on it
 
 STORE_DIR = "mlruns"  # under run_dir: mlflow.db and artifacts/
 # Unless the user set them: an unreachable server fails in seconds, not after minutes of
@@ -78,7 +59,9 @@ def _is_finite_number(v: Any) -> bool:
 def _client(uri: str):
     for var, value in _MLFLOW_ENV.items():
         os.environ.setdefault(var, value)
-    from mlflow import MlflowClient
+    from mlflow import (
+        MlflowClient,  # deferred: tracking may be off, and mlflow takes seconds to import
+    )
 
     return MlflowClient(tracking_uri=uri)
 
@@ -121,7 +104,7 @@ class TrackedRun:
         """Nested params flattened to dotted keys; values as text (MLflow keeps 6000 chars)."""
         if not self.enabled:
             return
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # mlflow: deferred, as in _client
 
         items = [Param(metric_key(k), redact(str(v))[:6000]) for k, v in flatten(params).items()]
         self._batch("log params", 100, params=items)
@@ -134,7 +117,7 @@ class TrackedRun:
         """Curves: ``series[name][j]`` at ``steps[j]``, sent in few requests."""
         if not self.enabled:
             return
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # mlflow: deferred, as in _client
 
         ts = int(time.time() * 1000)
         items = [Metric(metric_key(name), float(v), ts, int(s))

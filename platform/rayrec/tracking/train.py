@@ -13,7 +13,7 @@ from typing import Any
 
 from ray.train import UserCallback
 
-from rayrec.tracking import TrackedRun
+from rayrec.tracking.runs import TrackedRun
 
 
 class ReportToMlflow(UserCallback):

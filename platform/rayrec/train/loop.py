@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import random
 import resource
 import tempfile
@@ -20,12 +19,14 @@ import torch.distributed as dist
 
 from rayrec.config import RayrecConfig
 from rayrec.console import progress
-from rayrec.evaluation.metrics import hit_rate_at_k, ndcg_at_k, reciprocal_rank
+from rayrec.metrics import hit_rate_at_k, ndcg_at_k, reciprocal_rank
 from rayrec.models.losses import ranking_loss
 from rayrec.models.prior import ranker_priors
 from rayrec.models.ranker import build_ranker, score_lists, train_scores, warm_start
-from rayrec.train.checkpoint import checkpoint_dir_name, restore_checkpoint, write_checkpoint
-from rayrec.train.deepspeed import build_ds_config
+from rayrec.raytrain.checkpoint import checkpoint_dir_name, restore_checkpoint
+from rayrec.raytrain.deepspeed import ds_engine
+from rayrec.raytrain.worker import reported_checkpoint, start_worker
+from rayrec.train.checkpoint import write_checkpoint
 
 log = logging.getLogger("rayrec.train")
 TRAIN_COLUMNS = ["history_text", "candidates", "candidate_texts", "labels"]
@@ -103,16 +104,10 @@ def _maybe_inject_failure(cfg: RayrecConfig, step: int, rank: int) -> None:
 def train_loop_per_worker(loop_cfg: dict) -> None:
     """Ray Train worker entry point. ``loop_cfg``: {"cfg": RayrecConfig dump, "total_steps": int,
     "has_valid": bool, "item_prior": per-item popularity prior or None, "examples": examples_source}."""
-    import deepspeed
-
     cfg = RayrecConfig.model_validate(loop_cfg["cfg"])
     tc, total_steps = cfg.train, int(loop_cfg["total_steps"])
     item_prior = loop_cfg.get("item_prior")
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    if tc.torch_threads is not None:
-        torch.set_num_threads(tc.torch_threads or os.cpu_count() or 1)
+    rank, world, device = start_worker(tc.torch_threads)
     torch.manual_seed(tc.seed)
     model, collator = build_ranker(cfg.model, seed=tc.seed)
     if loop_cfg.get("examples") == "retriever":  # re-ordering the retriever's lists: start at its order
@@ -120,10 +115,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     if tc.init_from:
         warm_start(model, tc.init_from)
     model.train()  # from_pretrained returns eval mode; LoRA dropout needs train mode
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=build_ds_config(tc, total_steps, world), dist_init_required=False,
-    )
+    engine = ds_engine(model, tc, total_steps, world)
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best": -math.inf, "bad_evals": 0}
     ckpt = ray.train.get_checkpoint()
     if ckpt:
@@ -192,12 +184,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             if do_ckpt or stop:
                 # Ray keeps the keep_checkpoints best by this; one not validated ranks last.
                 metrics[CHECKPOINT_SCORE] = value if do_eval else -math.inf
-                with tempfile.TemporaryDirectory() as tmp:
+                with reported_checkpoint(metrics, checkpoint_dir_name(step), sharded=True) as tmp:
                     write_checkpoint(tmp, engine, collator, cfg, dict(state), rank)
-                    ray.train.report(
-                        metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                        checkpoint_dir_name=checkpoint_dir_name(step),
-                    )
             else:
                 ray.train.report(metrics)
             t0, seen, toks, losses = time.perf_counter(), 0, 0, []

@@ -7,15 +7,27 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from rayrec.checkpoints import MANIFEST_FILE, record_best
 from rayrec.config import RayrecConfig
+from rayrec.data import store
 from rayrec.data.schema import EXAMPLES_DIR
 from rayrec.models.prior import load_item_prior
-from rayrec.runtime import init_ray, require_resources, warn_if_busy
+from rayrec.raytrain import driver
+from rayrec.raytrain.checkpoint import CONFIG_FILE, MODEL_DIR
+from rayrec.raytrain.driver import (
+    best_reported,
+    checkpoint_uri,
+    fit,
+    scaling_config,
+    total_resources,
+)
+from rayrec.raytrain.history import MetricsHistory, history_location, read_history
+from rayrec.runtime import init_ray, warn_if_busy
+from rayrec.storage import join, resolve_fs
 from rayrec.tracking import start_run
 from rayrec.tracking.train import report_callbacks
-from rayrec.train.checkpoint import CONFIG_FILE, MODEL_DIR
-from rayrec.train.history import MetricsHistory, history_location, read_history
 from rayrec.train.loop import (
     CHECKPOINT_SCORE,
     RETRIEVAL_COLUMN,
@@ -42,10 +54,6 @@ def examples_source(cfg: RayrecConfig) -> str:
     ``sampled`` (preprocessing's uniform negatives); ``auto`` takes mined ones when present."""
     if cfg.train.examples != "auto":
         return cfg.train.examples
-    import pyarrow.fs as pafs
-
-    from rayrec.storage import join, resolve_fs
-
     fs, path = resolve_fs(join(cfg.retriever_dir, EXAMPLES_DIR, "train"))
     return "retriever" if fs.get_file_info(path).type == pafs.FileType.Directory else "sampled"
 
@@ -56,8 +64,6 @@ def examples_root(cfg: RayrecConfig) -> str:
 
 
 def _read_examples(cfg: RayrecConfig, split: str):
-    from rayrec.data import store
-
     root = examples_root(cfg)
     if "://" not in root and not os.path.isdir(os.path.join(root, EXAMPLES_DIR, split)):
         return None
@@ -80,27 +86,9 @@ def plan_steps(n_train: int, cfg: RayrecConfig) -> int:
     return min(total, tc.max_steps) if tc.max_steps else total
 
 
-def worker_resources(cfg: RayrecConfig) -> dict[str, float]:
-    """What one training worker holds for the whole run."""
-    tc = cfg.train
-    return {"CPU": 1.0, **({"GPU": 1.0} if tc.use_gpu else {}), **tc.resources_per_worker}
-
-
 def require_schedulable(cfg: RayrecConfig) -> None:
-    """Fail at once when the workers would hold every CPU the Ray Data read feeding them needs.
-
-    The examples stream to the workers through Ray Data tasks that need a CPU of their own:
-    with none left over, the read is back-pressured forever and the run waits without a word.
-    """
-    tc = cfg.train
-    per_worker = worker_resources(cfg)
-    needs = {k: v * tc.num_workers for k, v in per_worker.items()}
-    needs["CPU"] = needs.get("CPU", 0.0) + 1.0  # one for the Ray Data read feeding the workers
-    require_resources(
-        needs, f"training (train.num_workers={tc.num_workers} x {per_worker}, + 1 CPU for the Ray "
-        "Data read that feeds them)",
-        hint="Lower train.num_workers or train.resources_per_worker (or train.use_gpu=false), or add "
-        "capacity (more nodes, `ray start --num-cpus N`).")
+    """:func:`rayrec.raytrain.driver.require_schedulable` for the ranker's ``train`` workers."""
+    driver.require_schedulable(cfg.train)
 
 
 def run_training(cfg: RayrecConfig) -> TrainResult:
@@ -109,9 +97,6 @@ def run_training(cfg: RayrecConfig) -> TrainResult:
     Re-running with the same storage path and ``train.run_name`` resumes from the latest
     checkpoint (step count, optimizer and scheduler continue).
     """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     init_ray(cfg.ray)
     tc = cfg.train
     require_schedulable(cfg)
@@ -134,47 +119,30 @@ def run_training(cfg: RayrecConfig) -> TrainResult:
     item_prior = load_item_prior(cfg.data_dir) if cfg.model.popularity_prior else None
     log.info("training %s for %d steps on %d worker(s), %s examples", cfg.model.backbone,
              total_steps, tc.num_workers, examples_source(cfg))
-    warn_if_busy({k: v * tc.num_workers for k, v in worker_resources(cfg).items()}, "training")
+    warn_if_busy(total_resources(tc), "training")
     params = {"train": tc.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
               "examples": examples_source(cfg), "total_steps": total_steps}
     history = history_location(cfg.checkpoint_dir, tc.run_name)
     with start_run(cfg, "train-ranker", params) as run:
-        trainer = TorchTrainer(
+        result = fit(
             train_loop_per_worker,
-            train_loop_config={
-                "cfg": cfg.model_dump(mode="json"), "total_steps": total_steps,
-                "has_valid": "valid" in datasets, "item_prior": item_prior, "examples": examples_source(cfg),
-            },
-            scaling_config=ScalingConfig(
-                num_workers=tc.num_workers, use_gpu=tc.use_gpu,
-                resources_per_worker=tc.resources_per_worker or None,
-                placement_strategy=tc.placement_strategy,
-            ),
-            torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
-            run_config=RunConfig(
-                name=tc.run_name, storage_path=cfg.checkpoint_dir,
-                failure_config=FailureConfig(max_failures=tc.max_failures),
-                # Keep the best by validation (and Ray always keeps the latest, for resuming);
-                # without a validation split, the newest.
-                checkpoint_config=CheckpointConfig(
-                    num_to_keep=tc.keep_checkpoints, checkpoint_score_order="max",
-                    checkpoint_score_attribute=CHECKPOINT_SCORE if "valid" in datasets else None),
-                callbacks=report_callbacks(run, "step")  # rank 0's metrics per step -> MLflow
-                + [MetricsHistory(history)],  # and -> history.json (the report's training curve)
-            ),
-            datasets=datasets,
-            dataset_config=DataConfig(datasets_to_split=["train"]),
+            {"cfg": cfg.model_dump(mode="json"), "total_steps": total_steps,
+             "has_valid": "valid" in datasets, "item_prior": item_prior, "examples": examples_source(cfg)},
+            name=tc.run_name, storage_path=cfg.checkpoint_dir, scaling=scaling_config(tc),
+            max_failures=tc.max_failures, keep_checkpoints=tc.keep_checkpoints,
+            # Keep the best by validation (and Ray always keeps the latest, for resuming);
+            # without a validation split, the newest.
+            score_attribute=CHECKPOINT_SCORE if "valid" in datasets else None,
+            callbacks=report_callbacks(run, "step")  # rank 0's metrics per step -> MLflow
+            + [MetricsHistory(history)],  # and -> history.json (the report's training curve)
+            datasets=datasets, datasets_to_split=["train"],
         )
-        result = trainer.fit()
-        if result.error:
-            raise result.error
-        ckpt = _uri(result.checkpoint, cfg.checkpoint_dir)
+        ckpt = checkpoint_uri(result.checkpoint, cfg.checkpoint_dir)
         best = None
         metric = f"valid_{tc.early_stopping_metric}"
-        scored = [(m[metric], c) for c, m in (result.best_checkpoints or []) if metric in m]
-        if scored:
-            value, best_ckpt = max(scored, key=lambda t: t[0])
-            best = _uri(best_ckpt, cfg.checkpoint_dir)
+        if (scored := best_reported(result, metric)) is not None:
+            value, best_ckpt, _ = scored
+            best = checkpoint_uri(best_ckpt, cfg.checkpoint_dir)
             record_best(cfg.checkpoint_dir, best, metric, float(value))
         if best or ckpt:  # its manifest and config (the servable model/ too: tracking.log_model)
             run.log_model(best or ckpt, [MANIFEST_FILE, CONFIG_FILE]
@@ -184,10 +152,3 @@ def run_training(cfg: RayrecConfig) -> TrainResult:
         best_checkpoint=best, history=read_history(history),
     )
 
-
-def _uri(checkpoint, storage_path: str) -> str | None:
-    if checkpoint is None:
-        return None
-    if "://" in storage_path:
-        return storage_path.split("://", 1)[0] + "://" + checkpoint.path
-    return checkpoint.path

@@ -21,6 +21,7 @@ HISTORY_FILE = "history.json"
 
 
 def history_location(storage_path: str, run_name: str) -> str:
+    """Where run ``run_name`` under ``storage_path`` keeps its curve."""
     return storage.join(storage_path, run_name, HISTORY_FILE)
 
 
