@@ -25,7 +25,7 @@ FLOORS = [  # bottom to top; a package may import its own floor's packages only 
     {"retrieval"},
     {"seqrec"},
     {"itemtower", "generative"},
-    {"train", "evaluation"},
+    {"train", "evaluation", "tuning"},
     {"explore", "report"},
     {"serving"},
     {"recipes"},

@@ -196,7 +196,7 @@ def test_ranker_on_mined_lists_starts_as_the_retrievers_order(tiny_dir):
 def test_int8_scores_follow_fp32(tiny_dir, family, kind):
     """model.precision=int8: the adapter is merged, every backbone Linear is int8, and the scores
     stay close to fp32's (same candidates, same order for clearly separated ones)."""
-    from rayrec.models.ranker import for_inference
+    from rayrec.models.ranker import resolve_precision
 
     cfg = ModelConfig(backbone=make_tiny_backbone(family, tiny_dir / family), kind=kind,
                       max_length=40, lora={"r": 4, "dropout": 0.0})
@@ -207,9 +207,13 @@ def test_int8_scores_follow_fp32(tiny_dir, family, kind):
                 p.normal_(0, 0.05)
     out = tiny_dir / f"int8_{family}"
     save_ranker(out, cfg, model, collator)
-    fp32 = load_ranker(cfg, str(out))
+    fp32 = load_ranker(cfg.model_copy(update={"precision": "fp32"}), str(out))
     int8 = load_ranker(cfg.model_copy(update={"precision": "int8"}), str(out))
     assert (fp32.precision, int8.precision) == ("fp32", "int8")
+    # auto on a CPU: int8 for the embedded backbones it was measured on, fp32 for others
+    assert load_ranker(cfg, str(out)).precision == "fp32"
+    assert resolve_precision("auto", torch.device("cpu"), "minilm") == "int8"
+    assert resolve_precision("auto", torch.device("cuda"), "minilm") == "bf16"
     modules = list(int8.model.backbone.modules())
     assert not any(type(m) is torch.nn.Linear for m in modules)  # no fp32 matmul left
     assert sum(type(m) is torch.ao.nn.quantized.dynamic.Linear for m in modules) >= 4
@@ -218,7 +222,7 @@ def test_int8_scores_follow_fp32(tiny_dir, family, kind):
     for x, y in zip(a, b, strict=True):
         assert np.abs(x - y).max() < 0.05 * (np.abs(x).max() + 1e-3) + 0.02, (x, y)
     with pytest.raises(ValueError, match="CPU path"):
-        for_inference(model, "int8", torch.device("cuda"))
+        resolve_precision("int8", torch.device("cuda"))
 
 
 WORDS = ["Star", "Wars", "(1977)", "Toy", "Story", "Adventure|Animation|Children", "L'Appartement",

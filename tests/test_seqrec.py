@@ -138,6 +138,29 @@ def test_full_catalog_evaluation_never_inserts_the_held_out_item(trained) -> Non
     assert result["models"]["retriever"]["ndcg@10"] > 0.95 > result["models"]["popularity"]["ndcg@10"]
 
 
+@pytest.mark.slow  # trains the retriever on Ray Train (module fixture, ~1 min)
+def test_llamarec_mask_hides_only_the_input_window(trained) -> None:
+    """#24: evaluate.mask=input_window (LlamaRec's protocol) masks only the newest mask_window
+    items of each input: no system lists them, while older seen items may be listed."""
+    from rayrec.evaluation.fullcatalog import run_full_catalog
+    from rayrec.seqrec.data import load_sequences
+
+    cfg, _ = trained
+    cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={
+        "mask": "input_window", "mask_window": 2, "bootstrap": 0, "rank_retrieved": False,
+        "out": str(Path(cfg.eval_dir).parent / "eval_window")})})
+    result = run_full_catalog(cfg)
+    per_user = pd.read_parquet(result["files"]["per_user"])
+    history = load_sequences(cfg.data_dir, "test").set_index("user_idx")["history"]
+    older_listed = 0
+    for row in per_user.itertuples(index=False):
+        h = history[row.user_idx]
+        assert not set(row.top) & set(h[-2:].tolist()), (row.model, row.user_idx)
+        older_listed += bool(set(row.top) & set(h[:-2].tolist()))
+    assert older_listed > 0  # the window, not every seen item, is masked
+    assert "LlamaRec" in result["protocol"]["candidates_description"]
+
+
 @pytest.mark.slow  # trains the retriever on Ray Train (module fixture + one more seed)
 def test_seeds_in_the_headline(trained) -> None:
     """#24: evaluate.seeds retrains every trained system per seed (a run of its own, reused when

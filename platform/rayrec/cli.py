@@ -67,6 +67,12 @@ def _train_retriever(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     return run_retriever_training(cfg)
 
 
+def _tune(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
+    from rayrec.tuning.search import run_tuning
+
+    return run_tuning(cfg)
+
+
 def _train_generator(cfg: RayrecConfig, args: argparse.Namespace) -> Any:
     from rayrec.generative.trainer import run_generator_training
 
@@ -199,6 +205,14 @@ COMMANDS: dict[str, Command] = {
         "(DDP over the users), keep the best checkpoint by full-catalog validation NDCG, publish "
         "it to <out>/retriever/model and index its item vectors in <out>/retriever/index.",
         _train_retriever,
+    ),
+    "tune": Command(
+        "tune the retriever's settings on the validation split (Ray Tune over Ray Train runs)",
+        "Run one retriever training per combination of tune.search_space (a grid, or "
+        "tune.num_samples random draws) on tune.max_epochs epochs each, score each by its best "
+        "validation metric (the test split is never read), and write <out>/tune/record.json: the "
+        "space, the budget, every trial and the --set line that applies the best.",
+        _tune,
     ),
     "train-generator": Command(
         "LoRA-tune the generative recommender (history titles -> next title; Ray Train + DeepSpeed)",

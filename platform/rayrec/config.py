@@ -29,6 +29,7 @@ from rayrec.seqrec.config import RetrieverConfig
 from rayrec.serving.config import ServeConfig
 from rayrec.tracking.config import TrackingConfig
 from rayrec.train.config import TrainConfig
+from rayrec.tuning.config import TuneConfig
 
 
 class RayConfig(Section):
@@ -129,6 +130,10 @@ class RayrecConfig(Section):
         default_factory=TrackingConfig,
         description="Experiment tracking in MLflow.",
     )
+    tune: TuneConfig = Field(
+        default_factory=TuneConfig,
+        description="Validation-only tuning of the retriever (`rayrec tune`, Ray Tune).",
+    )
 
     # Resolved artifact locations: one place decides where each stage reads and writes.
     def path(self, *parts: str) -> str:
@@ -180,6 +185,11 @@ class RayrecConfig(Section):
     def tower_dir(self) -> str:
         """The LoRA-tuned item tower (text -> retriever vector), written by `rayrec train-tower`."""
         return self._under_run_dir(self.tower.out, "tower")
+
+    @property
+    def tune_dir(self) -> str:
+        """Tuning trials and their record (``record.json``), written by `rayrec tune`."""
+        return self._under_run_dir(self.tune.out, "tune")
 
     @property
     def eval_dir(self) -> str:

@@ -56,11 +56,17 @@ class AlsBaseline:
         self.params = p
         return self
 
-    def topn(self, users: Sequence[int], n: int) -> list[np.ndarray]:
-        """Top-n items per user, the user's fitted history filtered out."""
-        ids, _ = self.model.recommend(np.asarray(users), self._seen[np.asarray(users)], N=n,
-                                      filter_already_liked_items=True)
-        return [np.asarray(r[r >= 0], dtype=np.int64) for r in ids]
+    def topn(self, users: Sequence[int], n: int, masks: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Top-n items per user: the user's fitted history filtered out, or with ``masks`` only
+        the user's mask (LlamaRec's input window: older items may be recommended)."""
+        u = np.asarray(users)
+        if masks is None:
+            ids, _ = self.model.recommend(u, self._seen[u], N=n, filter_already_liked_items=True)
+            return [np.asarray(r[r >= 0], dtype=np.int64) for r in ids]
+        width = n + max((len(m) for m in masks), default=0)  # enough left after the mask
+        ids, _ = self.model.recommend(u, self._seen[u], N=min(width, self._seen.shape[1]),
+                                      filter_already_liked_items=False)
+        return [np.asarray(r[(r >= 0) & ~np.isin(r, m)][:n], dtype=np.int64) for r, m in zip(ids, masks, strict=True)]
 
     def tune(self, users: Sequence[int], train_histories: Sequence[np.ndarray],
              valid_targets: Sequence[int]) -> dict[str, float]:

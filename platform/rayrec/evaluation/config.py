@@ -63,6 +63,14 @@ class EvalConfig(Section):
         description="full: every system's top-K over the whole catalog minus what the user has seen "
         "(the headline); sampled / retrieval / popularity: re-ranking a fixed candidate set (diagnostics).",
     )
+    mask: Literal["seen", "input_window"] = Field(
+        "seen",
+        description="full: which items no list may show. seen: everything the user interacted with "
+        "before the held-out item (rayrec's headline); input_window: only the newest mask_window of "
+        "them, the model's input (LlamaRec's protocol; older items may be shown and count as misses).",
+    )
+    mask_window: int | None = Field(
+        None, ge=1, description="mask=input_window: history items masked; None: retriever.max_len.")
     num_candidates: int = Field(100, ge=2, description="Re-ranking diagnostics: candidates per user.")
     rank_depth: int = Field(20, ge=1, description="full: the retriever's top-N that the ranker re-scores.")
     rank_retrieved: bool = Field(

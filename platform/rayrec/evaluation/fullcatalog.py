@@ -68,26 +68,37 @@ def coverage_novelty(top_lists: list[np.ndarray], k: int, popularity: np.ndarray
             "novelty": float(np.mean([M.novelty(t, popularity, n_users) for t in tops]))}
 
 
+def masked_items(cfg, histories: list[np.ndarray]) -> list[np.ndarray]:
+    """What no list may show each user (``evaluate.mask``): every item seen before the held-out
+    one, or only the model's input window, the newest ``mask_window`` (LlamaRec's protocol)."""
+    if cfg.evaluate.mask == "seen":
+        return histories
+    window = cfg.evaluate.mask_window or cfg.retriever.max_len
+    return [h[-window:] for h in histories]
+
+
 def system_lists(cfg, items: pd.DataFrame, all_users: pd.DataFrame, users: pd.DataFrame,
                  retrievers: dict[str, Any] | None, checkpoint: str | None) -> Lists:
     """Run every available system on ``users``: baselines, retrievers (``retrievers``, default
     the run's), text retrieval, generation, each retriever + the ranker at ``checkpoint``, oracle."""
     ec = cfg.evaluate
     histories = users["history"].tolist()
+    masks = masked_items(cfg, histories)
     depth = max(max(ec.ks), ec.rank_depth)  # every list long enough for K and for the ranker
     popularity = items["popularity"].to_numpy(dtype=np.float64)
     out = Lists()
     if ec.baselines:
-        out.add("popularity", lambda: systems.popularity_lists(popularity, histories, depth))
-        out.add("als", lambda: systems.als_lists(cfg, all_users, users, len(items), depth), True)
+        out.add("popularity", lambda: systems.popularity_lists(popularity, masks, depth))
+        out.add("als", lambda: systems.als_lists(cfg, all_users, users, len(items), depth,
+                                                 None if ec.mask == "seen" else masks), True)
     if retrievers is None:
         retrievers = ({"retriever": systems.load_seq_retriever(cfg)}
                       if storage.is_dir(cfg.retriever_model_dir) else {})
     for name, retriever in retrievers.items():
-        found = out.add(name, lambda r=retriever: r.retrieve(histories, depth))
+        found = out.add(name, lambda r=retriever: r.retrieve(histories, depth, masks))
         out.retrieved[name], out.lists[name] = found, [r[0] for r in found]
     if storage.is_file(storage.join(cfg.index_dir, META_FILE)) and (ec.baselines or not out.retrieved):
-        text = out.add("text_retrieval", lambda: systems.text_retrieval_lists(cfg, histories, depth))
+        text = out.add("text_retrieval", lambda: systems.text_retrieval_lists(cfg, histories, depth, masks))
         if not out.retrieved:  # no sequential retriever: the text index is the retrieval stage
             out.retrieved["text_retrieval"] = [(t, None) for t in text]
     if ec.generative.enabled:
@@ -97,7 +108,7 @@ def system_lists(cfg, items: pd.DataFrame, all_users: pd.DataFrame, users: pd.Da
         out.add(f"{base}_ranker", lambda t=top_n: systems.ranker_lists(cfg, users, t, items, checkpoint))
     if ec.baselines:
         t0 = time.perf_counter()
-        oracle = systems.oracle_lists(cfg, users, items, depth)
+        oracle = systems.oracle_lists(cfg, users, items, depth, masks)
         if oracle is not None:
             out.lists["oracle"], out.seconds["oracle"] = oracle, time.perf_counter() - t0
     return out
@@ -177,8 +188,14 @@ def run_full_catalog(cfg, retrievers: dict[str, Any] | None = None, held_out: np
         "candidates": "full", "task": "full-catalog ranking (not re-ranking of sampled candidates)",
         "candidates_description": (
             f"every catalog item ({len(items)}) the user has not interacted with before the held-out "
-            "item; a held-out item missing from a system's list is a miss (nothing inserted)"),
-        "candidates_per_user": {"mean": float(len(items) - np.mean([len(set(h.tolist())) for h in histories]))},
+            "item; a held-out item missing from a system's list is a miss (nothing inserted)"
+            if ec.mask == "seen" else
+            f"every catalog item ({len(items)}) except the newest "
+            f"{ec.mask_window or cfg.retriever.max_len} items of the user's input (LlamaRec's mask: "
+            "older seen items may be listed and count as misses); a held-out item missing from a "
+            "system's list is a miss (nothing inserted)"),
+        "candidates_per_user": {"mean": float(len(items) - np.mean([len(set(m.tolist()))
+                                                                    for m in masked_items(cfg, histories)]))},
         "ranker_depth": f"the ranker re-scores the {next(iter(out.retrieved), None)}'s top-{ec.rank_depth}",
         "models": describe_systems(cfg, out, checkpoint),
         "ks": sorted(set(ec.ks)), "seed": ec.seed,

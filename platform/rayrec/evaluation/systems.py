@@ -30,13 +30,15 @@ from rayrec.seqrec.data import load_sequences
 from rayrec.seqrec.scorer import SeqRetriever
 
 
-def popularity_lists(popularity: np.ndarray, histories: list[np.ndarray], n: int) -> list[np.ndarray]:
-    return [popularity_top(popularity, n, exclude=set(h.tolist())) for h in histories]
+def popularity_lists(popularity: np.ndarray, masks: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """The n most popular items outside each user's mask."""
+    return [popularity_top(popularity, n, exclude=set(m.tolist())) for m in masks]
 
 
-def als_lists(cfg, everyone: pd.DataFrame, users: pd.DataFrame, n_items: int, n: int
-              ) -> tuple[list[np.ndarray], dict]:
-    """ALS tuned on validation (fit on train), then refit on every user's evaluation input."""
+def als_lists(cfg, everyone: pd.DataFrame, users: pd.DataFrame, n_items: int, n: int,
+              masks: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], dict]:
+    """ALS tuned on validation (fit on train), then refit on every user's evaluation input;
+    each list excludes the user's mask (default: everything the fit saw of them)."""
     valid = load_sequences(cfg.data_dir, "valid")
     ec = cfg.evaluate
     als = AlsBaseline(n_items, seed=ec.seed if ec.system_seed is None else ec.system_seed)
@@ -47,25 +49,28 @@ def als_lists(cfg, everyone: pd.DataFrame, users: pd.DataFrame, n_items: int, n:
                                                                        strict=True)], strict=True))
     fit |= dict(zip(everyone["user_idx"], everyone["history"], strict=True))
     als.fit(list(fit), list(fit.values()))
-    return als.topn(users["user_idx"].tolist(), n), tuned
+    return als.topn(users["user_idx"].tolist(), n, masks), tuned
 
 
-def text_retrieval_lists(cfg, histories: list[np.ndarray], n: int) -> list[np.ndarray]:
-    """The text index's top-n for the recency-weighted query of the newest history items."""
+def text_retrieval_lists(cfg, histories: list[np.ndarray], n: int,
+                         masks: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """The text index's top-n for the recency-weighted query of the newest history items,
+    each user's mask (default: the history) excluded."""
     index = ItemIndex.load(cfg.index_dir)
     out = []
-    for h in histories:
+    for h, m in zip(histories, masks or histories, strict=True):
         recent = h[-cfg.model.max_history_items * 2 :]  # decay makes older items negligible
         try:
             q = history_query(index, recent.tolist(), cfg.retrieval.recency_decay)
         except ValueError:
             out.append(np.zeros(0, dtype=np.int64))
             continue
-        out.append(np.asarray([i for i, _ in index.search(q, n, exclude=set(h.tolist()))], dtype=np.int64))
+        out.append(np.asarray([i for i, _ in index.search(q, n, exclude=set(m.tolist()))], dtype=np.int64))
     return out
 
 
-def oracle_lists(cfg, users: pd.DataFrame, items: pd.DataFrame, n: int) -> list[np.ndarray] | None:
+def oracle_lists(cfg, users: pd.DataFrame, items: pd.DataFrame, n: int,
+                 masks: list[np.ndarray] | None = None) -> list[np.ndarray] | None:
     """Synthetic data only: the world's true next-click probability given the user and their
     last item (:meth:`SyntheticWorld.next_item_probability`), the best any system can rank.
     None when the data has no world ground truth."""
@@ -75,9 +80,9 @@ def oracle_lists(cfg, users: pd.DataFrame, items: pd.DataFrame, n: int) -> list[
     world_item = items["item_id"].astype(int).to_numpy()  # item_idx -> the world's item id
     raw_user = load_users(cfg.data_dir).set_index("user_idx")["user_id"].astype(int)
     out = []
-    for u, h in zip(users["user_idx"], users["history"], strict=True):
+    for u, h, m in zip(users["user_idx"], users["history"], masks or users["history"], strict=True):
         p = world.next_item_probability(int(raw_user[u]), int(world_item[h[-1]]))[world_item].copy()
-        p[h] = -1.0  # seen items are excluded, as for every system
+        p[m] = -1.0  # masked (seen) items are excluded, as for every system
         out.append(np.argsort(-p, kind="stable")[:n].astype(np.int64))
     return out
 

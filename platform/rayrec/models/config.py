@@ -64,7 +64,8 @@ class ModelConfig(Section):
     # weights int8 once, activations per batch), ~2x faster scoring on CPU.
     precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "auto",
-        description="Scoring precision (inference only; training is fp32): auto = bf16 on GPU, fp32 on CPU; "
+        description="Scoring precision (inference only; training is fp32): auto = the fastest path "
+        "within 0.002 NDCG@10 of fp32 (bf16 on GPU; on CPU int8 for the embedded backbones, else fp32); "
         "int8 = quantised, CPU only.",
     )
     lora: LoraSettings = Field(

@@ -62,8 +62,10 @@ def run_name(rc, n_items: int, n_windows: int) -> str:
     return f"{rc.run_name}-{digest}"
 
 
-def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
-    """Train the retriever on ``<data_dir>/interactions``; publish the best model and its index."""
+def run_retriever_training(cfg: RayrecConfig, serving_artifacts: bool = True) -> dict[str, Any]:
+    """Train the retriever on ``<data_dir>/interactions``; publish the best model, and with
+    ``serving_artifacts`` its FAISS index and the ranker's mined lists (a tuning trial needs
+    neither: only its validation figure)."""
     init_ray(cfg.ray)
     rc = cfg.retriever
     items = load_items(cfg.data_dir)
@@ -97,8 +99,8 @@ def run_retriever_training(cfg: RayrecConfig) -> dict[str, Any]:
         )
         value, best, best_metrics = require_best(result, metric, "retriever training")
         model_dir = publish_checkpoint(best, cfg.retriever_model_dir)
-        index_dir = build_retriever_index(cfg)
-        mined = mine_ranker_examples(cfg)
+        index_dir = build_retriever_index(cfg) if serving_artifacts else None
+        mined = mine_ranker_examples(cfg) if serving_artifacts else None
         run.log_model(model_dir, [META_FILE] + ([MODEL_FILE] if cfg.tracking.log_model else []))
         return {"model": model_dir, "index": index_dir, "mined": mined, "best_epoch": best_metrics.get("epoch"),
                 metric: value, "users": n_users, "windows": n_windows, "items": n_items,

@@ -1,0 +1,1 @@
+"""Validation-only tuning of the retriever with Ray Tune (`rayrec tune`)."""
