@@ -26,15 +26,16 @@ def test_the_search_space_names_tunable_retriever_fields():
 
 
 @pytest.mark.slow  # two short retriever trainings under Ray Tune (~1 min)
-def test_tuning_reads_no_test_split_and_records_its_choice(ray_cluster, tmp_path):
+def test_tuning_reads_no_test_split_and_records_its_choice(ray_cluster, tmp_path, monkeypatch):
     from rayrec.tuning.search import RECORD_FILE, run_tuning
 
     data = tmp_path / "run" / "data"
     write_cyclic_dataset(data)
     for d in (data / schema.INTERACTIONS_DIR / "test", data / schema.EXAMPLES_DIR / "test"):
         shutil.rmtree(d, ignore_errors=True)  # nothing the tuning reads may be the test split
+    monkeypatch.chdir(tmp_path)  # a relative run_dir, as a config file gives it
     cfg = load_config(overrides={
-        "run_dir": str(tmp_path / "run"),
+        "run_dir": "run",
         "retriever.max_len": 8, "retriever.dim": 32, "retriever.layers": 1, "retriever.batch_size": 16,
         "retriever.eval_every_epochs": 2, "retriever.num_workers": 1, "retriever.torch_threads": 1,
         "tune.search_space": {"lr": [1e-4, 1e-2]}, "tune.max_epochs": 6,
@@ -47,3 +48,5 @@ def test_tuning_reads_no_test_split_and_records_its_choice(ray_cluster, tmp_path
     assert "never read" in record["split_read"]
     assert json.loads(Path(cfg.tune_dir, RECORD_FILE).read_text()) == record
     assert not Path(cfg.retriever_dir).exists()  # trials write under tune/, never the run's retriever
+    trials = sorted(Path(cfg.tune_dir, "trials").iterdir())  # not in Tune's working directory
+    assert len(trials) == 2 and all((t / "model").is_dir() for t in trials)

@@ -53,10 +53,11 @@ def _train(cfg: dict[str, Any]) -> dict[str, Any]:
     return run_retriever_training(RayrecConfig.model_validate(cfg), serving_artifacts=False)
 
 
-def _trial(params: dict[str, Any], base: dict[str, Any]) -> None:
-    """One Tune trial: train the retriever with ``params``; report its best validation figure."""
+def _trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str) -> None:
+    """One Tune trial: train the retriever with ``params``; report its best validation figure.
+    ``trials_dir`` is resolved by the driver: a trial runs in a working directory of Tune's."""
     cfg = RayrecConfig.model_validate(base)
-    trial_dir = storage.join(cfg.tune_dir, "trials", ray.tune.get_context().get_trial_id())
+    trial_dir = storage.join(trials_dir, ray.tune.get_context().get_trial_id())
     t0 = time.perf_counter()
     result = ray.get(_train.remote(trial_config(cfg, params, trial_dir).model_dump(mode="json")))
     metric = f"valid_{cfg.retriever.early_stopping_metric}"
@@ -82,7 +83,9 @@ def run_tuning(cfg: RayrecConfig) -> dict[str, Any]:
                       hint="Lower tune.max_concurrent_trials or retriever.num_workers, or add nodes.")
     t0 = time.perf_counter()
     tuner = ray.tune.Tuner(
-        ray.tune.with_resources(ray.tune.with_parameters(_trial, base=cfg.model_dump(mode="json")), {"CPU": TRIAL_CPU}),
+        ray.tune.with_resources(ray.tune.with_parameters(
+            _trial, base=cfg.model_copy(update={"run_dir": cfg.path()}).model_dump(mode="json"),
+            trials_dir=storage.join(cfg.tune_dir, "trials")), {"CPU": TRIAL_CPU}),
         param_space=param_space(cfg),
         tune_config=ray.tune.TuneConfig(
             metric=SCORE, mode="max", num_samples=tc.num_samples or 1,
