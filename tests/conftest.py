@@ -11,9 +11,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-from rayrec.runtime import free_port
-
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # No implicit ray.init() in this process: a Serve handle's background metrics thread would
 # otherwise re-connect the driver right after a test's ray.shutdown() and race the next
@@ -26,6 +23,11 @@ os.environ.setdefault("RAY_enable_metrics_collection", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+# Ray reads RAY_ENABLE_AUTO_CONNECT once, when ray is first imported: every import of ray (and
+# of rayrec, which imports it) comes after the settings above.
+import pytest  # noqa: E402
+from rayrec.runtime import free_port  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ML_LATEST_SMALL = SHARED_DATA / "ml-latest-small"
