@@ -116,7 +116,7 @@ def test_tuned_generator_writes_the_taught_next_title(ray_cluster, tmp_path, tin
     config = tmp_path / "gen.yaml"
     config.write_text(yaml.safe_dump({
         "generator": {"backbone": tiny_llama, "history_items": 1, "lr": 1e-2, "batch_size": 64,
-                      "max_steps": 300, "eval_every_steps": 150, "max_valid_users": 32,
+                      "max_steps": 150, "eval_every_steps": 75, "max_valid_users": 32,
                       "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ALL_MODULES}},
         "train": {"num_workers": 1, "torch_threads": 0},
         "evaluate": {"baselines": False, "ks": [1, 3], "bootstrap": 20,

@@ -38,13 +38,13 @@ def test_tuning_reads_no_test_split_and_records_its_choice(ray_cluster, tmp_path
         "run_dir": "run",
         "retriever.max_len": 8, "retriever.dim": 32, "retriever.layers": 1, "retriever.batch_size": 16,
         "retriever.eval_every_epochs": 2, "retriever.num_workers": 1, "retriever.torch_threads": 1,
-        "tune.search_space": {"lr": [1e-4, 1e-2]}, "tune.max_epochs": 6,
+        "tune.search_space": {"lr": [1e-4, 1e-2]}, "tune.max_epochs": 4, "tune.max_concurrent_trials": 2,
     })
     record = run_tuning(cfg)
     assert [t["params"]["lr"] for t in record["trials"]] == [1e-2, 1e-4], record  # best first
     best = record["best"]
     assert best["params"] == {"lr": 1e-2} and best["valid"] > record["trials"][1]["valid"]
-    assert record["apply"] == "--set retriever.lr=0.01" and record["budget"]["max_epochs"] == 6
+    assert record["apply"] == "--set retriever.lr=0.01" and record["budget"]["max_epochs"] == 4
     assert "never read" in record["split_read"]
     assert json.loads(Path(cfg.tune_dir, RECORD_FILE).read_text()) == record
     assert not Path(cfg.retriever_dir).exists()  # trials write under tune/, never the run's retriever
