@@ -62,12 +62,15 @@ class Ledger:
                 self.statuses[(tag, str(r.status_code))] += 1
         return r
 
-    def give_feedback(self, client: httpx.Client, url: str, slate: dict) -> None:
+    def give_feedback(self, client: httpx.Client, url: str, slate: dict) -> bool:
+        """A click on the slate's first item; True when the endpoint recorded it."""
         item = slate["items"][0]["item_id"]
         r = client.post(f"{url}/feedback", json={"request_id": slate["request_id"], "item_id": item, "reward": 1})
         if r.status_code == 200 and r.json()["recorded"]:
             with self._lock:
                 self.feedback.add((slate["request_id"], str(item)))
+            return True
+        return False
 
     def counts(self, tag: str) -> dict[str, int]:
         with self._lock:
@@ -138,8 +141,16 @@ def test_killed_policy_state_heals_and_keeps_its_learning(endpoint):
 
     url, ledger = endpoint["url"], endpoint["ledger"]
     with httpx.Client(timeout=30) as c:
-        body = ledger.recommend(c, url, {"user_id": "u2", "k": 3, "policy": "ucb1"}, "policy_kill").json()
-        ledger.give_feedback(c, url, body)
+        # Something learned to keep: a click on a slate the policy chose. The policy's first
+        # request creates its state actor; on a slow machine that can outlast the call's timeout
+        # and the answer is degraded (not the policy's slate, nothing to click on): ask again.
+        deadline = time.monotonic() + 120
+        while True:
+            body = ledger.recommend(c, url, {"user_id": "u2", "k": 3, "policy": "ucb1"}, "policy_kill").json()
+            if body["degraded_reason"] is None and ledger.give_feedback(c, url, body):
+                break
+            assert time.monotonic() < deadline, body
+            time.sleep(1.0)
         name = f"{ACTOR_PREFIX}:{APP}:ucb1"
         actor = ray.get_actor(name, namespace=NAMESPACE)
         assert ray.get(actor.close.remote())  # persist (as its persist_every would), then kill it

@@ -38,7 +38,7 @@ def test_tuning_reads_no_test_split_and_records_its_choice(ray_cluster, tmp_path
         "run_dir": "run",
         "retriever.max_len": 8, "retriever.dim": 32, "retriever.layers": 1, "retriever.batch_size": 16,
         "retriever.eval_every_epochs": 2, "retriever.num_workers": 1, "retriever.torch_threads": 1,
-        "tune.search_space": {"lr": [1e-4, 1e-2]}, "tune.max_epochs": 4, "tune.max_concurrent_trials": 2,
+        "tune.search_space": {"lr": [1e-4, 1e-2]}, "tune.max_epochs": 4,
     })
     record = run_tuning(cfg)
     assert [t["params"]["lr"] for t in record["trials"]] == [1e-2, 1e-4], record  # best first
